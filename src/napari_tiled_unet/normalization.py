@@ -1,0 +1,94 @@
+"""Intensity normalization from global statistics, never per tile.
+
+A bundle carries a *recipe* (``{"kind": "percentile", "low": 1.0, "high": 99.8}`` or
+``{"kind": "scale", "divide": 255.0}``); :func:`compute_stats` turns it into per-channel
+``(offset, scale)`` pairs from the whole image (or an evenly spread sample of a lazy
+one), and :func:`apply` maps any window with those same numbers, so every tile sees
+exactly the values the whole image would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+#: pixels per channel above which percentiles are estimated from a sample
+SAMPLE_PIXELS = 4_000_000
+
+
+class ImageError(ValueError):
+    """Input that cannot be segmented; the message says what to do."""
+
+
+def _sample_plane_indices(shape: tuple[int, ...], target: int) -> tuple[slice, ...]:
+    """Strided slices that pick about ``target`` pixels spread over the whole array."""
+    total = math.prod(shape)
+    if total <= target:
+        return tuple(slice(None) for _ in shape)
+    step = max(1, math.ceil((total / target) ** (1.0 / len(shape))))
+    return tuple(slice(None, None, step) for _ in shape)
+
+
+def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None = None) -> np.ndarray:
+    """Per-channel ``(offset, scale)`` such that ``(x - offset) * scale`` is normalized.
+
+    Args:
+        image: array-like (numpy, dask, zarr) of any shape; read in strided samples when
+            it has more than :data:`SAMPLE_PIXELS` pixels per channel.
+        recipe: the bundle's normalization recipe.
+        channel_axis: axis holding channels, or None for a single channel.
+
+    Returns:
+        float64 array of shape (C, 2).
+
+    Raises:
+        ImageError: the image is empty, constant or holds NaN/inf values.
+    """
+    shape = tuple(image.shape)
+    if 0 in shape:
+        raise ImageError("The image is empty (one of its dimensions is 0); choose another image.")
+    n_ch = 1 if channel_axis is None else shape[channel_axis]
+    stats = np.zeros((n_ch, 2), dtype=np.float64)
+    for c in range(n_ch):
+        if channel_axis is None:
+            plane_shape = shape
+        else:
+            plane_shape = shape[:channel_axis] + shape[channel_axis + 1 :]
+        sl = list(_sample_plane_indices(plane_shape, SAMPLE_PIXELS))
+        if channel_axis is not None:
+            sl.insert(channel_axis % len(shape), c)
+        sample = np.asarray(image[tuple(sl)], dtype=np.float64).ravel()
+        if not np.all(np.isfinite(sample)):
+            raise ImageError(
+                "The image contains NaN or infinite values; replace them (e.g. with 0) before segmenting."
+            )
+        kind = recipe.get("kind", "percentile")
+        if kind == "percentile":
+            lo, hi = np.percentile(sample, [float(recipe.get("low", 1.0)), float(recipe.get("high", 99.8))])
+            if hi <= lo:
+                lo, hi = float(sample.min()), float(sample.max())
+            if hi <= lo:
+                raise ImageError(
+                    "The image is constant (every pixel has the same value), so there is nothing to segment."
+                )
+            stats[c] = (lo, 1.0 / (hi - lo))
+        elif kind == "scale":
+            stats[c] = (float(recipe.get("offset", 0.0)), 1.0 / float(recipe.get("divide", 1.0)))
+        elif kind == "none":
+            stats[c] = (0.0, 1.0)
+        else:
+            raise ImageError(f"Unknown normalization {kind!r} in the model file.")
+    return stats
+
+
+def apply(window: np.ndarray, stats: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalize a (C, ...) window with ``stats`` from :func:`compute_stats`; float32 result."""
+    window = np.asarray(window)
+    if out is None:
+        out = np.empty(window.shape, dtype=np.float32)
+    for c in range(window.shape[0]):
+        np.subtract(window[c], stats[c, 0], out=out[c], casting="unsafe")
+        out[c] *= np.float32(stats[c, 1])
+    return out

@@ -1,0 +1,1 @@
+"""Fine-tuning and training: targets from painted labels, patches, losses, the loop."""

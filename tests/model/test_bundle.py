@@ -1,0 +1,180 @@
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+
+from napari_tiled_unet.model import (
+    BundleError,
+    UNet,
+    import_pytorch_unet,
+    load_bundle,
+    load_model,
+    make_metadata,
+    save_bundle,
+)
+from napari_tiled_unet.model.bundle import METADATA_KEY
+
+
+def _small(n_classes=3, **kw):
+    torch.manual_seed(0)
+    net = UNet(1, n_classes, base_channels=4, depth=2, **kw)
+    # make BatchNorm statistics non-trivial so the round trip covers buffers too
+    net.train()
+    net(torch.randn(2, 1, 16, 16))
+    return net.eval()
+
+
+def test_bundle_round_trip_is_bit_exact(tmp_path):
+    net = _small()
+    meta = make_metadata(net, task="instances", name="demo", pixel_size_um=0.65, training={"epochs": 3})
+    path = save_bundle(net, tmp_path / "m.safetensors", meta)
+    bundle = load_bundle(path)
+    for (k, a), b in zip(net.state_dict().items(), bundle.model.state_dict().values()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k
+    assert bundle.metadata == json.loads(json.dumps(meta))
+    assert not bundle.model.training
+    x = torch.randn(1, 1, 24, 40)
+    with torch.inference_mode():
+        assert torch.equal(net(x), bundle.model(x))
+
+
+def test_save_is_atomic_and_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
+    net = _small()
+    path = save_bundle(net, tmp_path / "m.safetensors", make_metadata(net))
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError):
+        save_bundle(net, path, make_metadata(net))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    net = _small()
+    with torch.no_grad():
+        net.outc.conv.bias[0] = float("nan")
+    with pytest.raises(BundleError, match="non-finite"):
+        save_bundle(net, tmp_path / "m.safetensors", make_metadata(net))
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def _write_raw_safetensors(path, tensors, metadata):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_refuses_a_file_that_is_not_safetensors(tmp_path):
+    p = tmp_path / "notes.safetensors"
+    p.write_text("hello, I am a text file")
+    with pytest.raises(BundleError, match="not a safetensors model file"):
+        load_bundle(p)
+
+
+def test_refuses_safetensors_without_format_version(tmp_path):
+    p = tmp_path / "foreign.safetensors"
+    _write_raw_safetensors(p, {"w": torch.zeros(2)}, {"something": "else"})
+    with pytest.raises(BundleError, match="no format version"):
+        load_bundle(p)
+
+
+def _tamper(tmp_path, change):
+    net = _small()
+    meta = make_metadata(net)
+    change(meta)
+    p = tmp_path / "t.safetensors"
+    _write_raw_safetensors(
+        p, {k: v.contiguous() for k, v in net.state_dict().items()}, {METADATA_KEY: json.dumps(meta)}
+    )
+    return p
+
+
+def test_refuses_an_unknown_format_version(tmp_path):
+    p = _tamper(tmp_path, lambda m: m.update(format_version=99))
+    with pytest.raises(BundleError, match=r"format version 99.*update the plugin"):
+        load_bundle(p)
+
+
+def test_refuses_an_unknown_architecture(tmp_path):
+    p = _tamper(tmp_path, lambda m: m.update(architecture={"name": "ResNet", "args": {}}))
+    with pytest.raises(BundleError, match="unknown architecture"):
+        load_bundle(p)
+
+
+def test_refuses_weights_that_do_not_fit(tmp_path):
+    p = _tamper(tmp_path, lambda m: m["architecture"]["args"].update(base_channels=8))
+    with pytest.raises(BundleError, match="do not fit"):
+        load_bundle(p)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="No model file"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_pytorch_unet_checkpoint_is_imported_with_mask_values(tmp_path):
+    torch.manual_seed(3)
+    net = UNet(3, 2, bilinear=True, base_channels=8, depth=3).eval()
+    state = net.state_dict()
+    state["mask_values"] = [0, 255]
+    p = tmp_path / "checkpoint_epoch5.pth"
+    torch.save(state, p)
+    bundle = load_model(p)
+    assert bundle.model.config == {
+        "n_channels": 3, "n_classes": 2, "bilinear": True, "base_channels": 8, "depth": 3,
+    }
+    assert bundle.metadata["imported_from"]["mask_values"] == [0, 255]
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        assert torch.equal(net(x), bundle.model(x))
+    # and it converts to a bundle that loads again without pickle
+    out = bundle.save(tmp_path / "converted.safetensors")
+    again = load_bundle(out)
+    assert again.metadata["imported_from"]["file"] == "checkpoint_epoch5.pth"
+
+
+def test_binary_pytorch_unet_gets_a_sigmoid_and_two_classes(tmp_path):
+    net = UNet(3, 1, base_channels=4, depth=2)
+    p = tmp_path / "binary.pth"
+    torch.save(net.state_dict(), p)
+    bundle = import_pytorch_unet(p)
+    assert bundle.metadata["output_activation"] == "sigmoid"
+    assert len(bundle.class_names) == 2
+
+
+class _Evil:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, writer):
+    victim = tmp_path / "pwned.txt"
+    p = tmp_path / "evil.pth"
+    payload = {"inc.double_conv.0.weight": torch.zeros(1), "payload": _Evil(str(victim))}
+    if writer == "torch.save":
+        torch.save(payload, p)
+    else:
+        with open(p, "wb") as f:
+            pickle.dump(payload, f, protocol=2)
+    assert not victim.exists()
+    with pytest.raises(BundleError, match="could run code"):
+        load_model(p)
+    assert not victim.exists()
+
+
+def test_a_damaged_pth_is_a_clear_error(tmp_path):
+    p = tmp_path / "broken.pth"
+    p.write_bytes(struct.pack("<Q", 12) + b"garbage")
+    with pytest.raises(BundleError, match="not a readable PyTorch checkpoint"):
+        load_model(p)

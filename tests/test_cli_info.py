@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import torch
+
+from napari_tiled_unet.cli import main
+from napari_tiled_unet.model import UNet, make_metadata, save_bundle
+
+
+def test_info_prints_a_bundle_readably(tmp_path, capsys):
+    net = UNet(1, 3, base_channels=4, depth=2)
+    meta = make_metadata(net, task="instances", name="nuclei-demo", training={"epochs": 7, "seed": 1})
+    path = save_bundle(net, tmp_path / "m.safetensors", meta)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "name: nuclei-demo" in out
+    assert "task: instances" in out
+    assert "classes: background, interior, boundary" in out
+    assert "epochs: 7" in out
+    assert f"{sum(p.numel() for p in net.parameters()):,} parameters" in out
+
+
+def test_info_json_is_the_metadata(tmp_path, capsys):
+    net = UNet(1, 3, base_channels=4, depth=2)
+    path = save_bundle(net, tmp_path / "m.safetensors", make_metadata(net, name="x"))
+    assert main(["info", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "x"
+
+
+def test_info_on_a_pytorch_unet_checkpoint_says_it_is_foreign(tmp_path, capsys):
+    p = tmp_path / "unet_carvana.pth"
+    state = UNet(3, 2, base_channels=4, depth=3).state_dict()
+    state["mask_values"] = [0, 1]
+    torch.save(state, p)
+    assert main(["info", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert "Foreign checkpoint: unet_carvana.pth" in out
+    assert "depth: 3" in out and "n_channels: 3" in out and "bilinear: False" in out
+    assert "mask values: 0, 1" in out
+
+
+def test_info_on_a_bad_file_exits_non_zero_with_one_sentence(tmp_path):
+    p = tmp_path / "notes.safetensors"
+    p.write_text("not a model")
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_tiled_unet.cli", "info", str(p)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: notes.safetensors is not a safetensors model file")
+    assert "Traceback" not in result.stderr
