@@ -40,11 +40,14 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Warning:  # noqa: A001 - a warning *event*, distinct from the builtin category
+class WarningEvent:
     """Something the user should know that did not stop the work (e.g. an OOM back-off)."""
 
     message: str
     kind: str = "warning"
+
+
+Warning = WarningEvent  # noqa: A001 - short alias; prefer WarningEvent in imports
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 #: pixels per channel above which percentiles are estimated from a sample
-SAMPLE_PIXELS = 4_000_000
+SAMPLE_PIXELS = 2_000_000
 
 
 class ImageError(ValueError):
@@ -59,7 +59,7 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
         sl = list(_sample_plane_indices(plane_shape, SAMPLE_PIXELS))
         if channel_axis is not None:
             sl.insert(channel_axis % len(shape), c)
-        sample = np.asarray(image[tuple(sl)], dtype=np.float64).ravel()
+        sample = np.asarray(image[tuple(sl)]).astype(np.float32, copy=False).ravel()
         if not np.all(np.isfinite(sample)):
             raise ImageError(
                 "The image contains NaN or infinite values; replace them (e.g. with 0) before segmenting."

@@ -1,0 +1,523 @@
+"""The tiled inference engine: a U-Net bundle over an image of any size, window by window.
+
+:func:`predict_iter` is a generator: it yields :class:`~napari_tiled_unet.events.Progress`
+(one per batch of windows) and :class:`~napari_tiled_unet.events.Warning` events and returns
+the class probabilities; :func:`predict` is its synchronous twin. Closing the generator
+cancels within one batch, stops the reader thread and frees the buffers; nothing partial is
+returned (a zarr output is marked ``complete = False`` until the last window is written).
+
+Memory is bounded by the window queue: the input is read window by window (numpy, dask,
+zarr or anything with ``shape``, ``dtype`` and slicing), normalization uses global
+statistics from a strided sample, and the output goes to a zarr store when asked or when
+it would not fit the RAM budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import normalization, tiling
+from .events import Progress, WarningEvent, run_to_end
+from .model.bundle import ModelBundle, load_model
+from .normalization import ImageError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# -- devices and budgets ------------------------------------------------------------------
+
+
+def available_devices() -> dict[str, bool]:
+    """Which of ``cuda``, ``mps`` and ``cpu`` can run here."""
+    mps = getattr(torch.backends, "mps", None)
+    return {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(mps and mps.is_available()),
+        "cpu": True,
+    }
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        avail = available_devices()
+        return torch.device("cuda" if avail["cuda"] else "mps" if avail["mps"] else "cpu")
+    kind = str(device).split(":")[0]
+    if kind not in ("cuda", "mps", "cpu") or not available_devices()[kind]:
+        raise ImageError(f"The device {device!r} is not available here; choose 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes that one batch of windows may use: most of the free GPU memory, or a share of RAM."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    import psutil
+
+    return int(min(psutil.virtual_memory().available * 0.25, 8 * 1024**3))
+
+
+def bytes_per_pixel(model: torch.nn.Module, precision: str = "fp32") -> int:
+    """Estimated peak activation bytes per window pixel for ``model`` at ``precision``."""
+    base = getattr(model, "base_channels", 64)
+    element = 4 if precision == "fp32" else 2
+    return int(tiling.BYTES_PER_PIXEL_PER_BASE_CHANNEL * base * element / 4) + 16
+
+
+# -- axes -----------------------------------------------------------------------------------
+
+
+def infer_axes(shape: tuple[int, ...], n_channels: int) -> str:
+    """Guess the axes of an image for a model with ``n_channels`` inputs.
+
+    Returns one of ``YX``, ``YXC``, ``CYX``, ``ZYX``, ``ZYXC``, ``ZCYX``; raises
+    :class:`ImageError` with what to do when the image cannot fit the model.
+    """
+    nd = len(shape)
+    if nd == 2:
+        if n_channels == 1:
+            return "YX"
+        raise ImageError(
+            f"The model expects {n_channels} channels but the image has one; choose a "
+            f"{n_channels}-channel image or a model for single-channel images."
+        )
+    if nd == 3:
+        if n_channels == 1:
+            return "ZYX"
+        if shape[-1] == n_channels and shape[0] != n_channels:
+            return "YXC"
+        if shape[0] == n_channels:
+            return "CYX"
+        raise ImageError(
+            f"The model expects {n_channels} channels but no axis of this image of shape "
+            f"{tuple(shape)} has {n_channels} entries; choose a model made for this image."
+        )
+    if nd == 4:
+        if shape[-1] == n_channels:
+            return "ZYXC"
+        if shape[1] == n_channels:
+            return "ZCYX"
+        if n_channels == 1 and shape[-1] in (3, 4):
+            raise ImageError("This looks like an RGB stack; the model expects one channel.")
+        raise ImageError(
+            f"The model expects {n_channels} channels but this image of shape {tuple(shape)} "
+            f"has no axis of that size; choose a model made for this image."
+        )
+    raise ImageError(
+        f"Images must be 2D, 2D with channels, or a stack of those; this one has {nd} dimensions."
+    )
+
+
+def _check_axes(axes: str, shape: tuple[int, ...], n_channels: int) -> str:
+    axes = axes.upper().replace("T", "Z")
+    if len(axes) != len(shape) or sorted(axes) != sorted(set(axes)) or not {"Y", "X"} <= set(axes):
+        raise ImageError(f"Axes {axes!r} do not describe an image of shape {tuple(shape)}.")
+    if not set(axes) <= set("ZCYX"):
+        raise ImageError(f"Axes {axes!r} may only use Z (or T), C, Y and X.")
+    have = shape[axes.index("C")] if "C" in axes else 1
+    if have != n_channels:
+        raise ImageError(
+            f"The image has {have} channel{'s' if have != 1 else ''} but the model expects "
+            f"{n_channels}; choose a model made for {have}-channel images or another image."
+        )
+    return axes
+
+
+@dataclass
+class _PlaneSource:
+    """Reads (C, y0:y1, x0:x1) windows of one plane of an image with arbitrary axes."""
+
+    image: Any
+    axes: str
+    z: int | None
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        index: list[Any] = []
+        for a in self.axes:
+            index.append({"Z": self.z, "Y": slice(y0, y1), "X": slice(x0, x1), "C": slice(None)}[a])
+        block = np.asarray(self.image[tuple(index)])
+        kept = [a for a in self.axes if a in "CYX"]
+        if "C" not in kept:
+            return block[None]
+        return np.moveaxis(block, kept.index("C"), 0)
+
+
+# -- the engine -------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _make_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Any:
+    if out is None:
+        return np.zeros(shape, dtype=np.float32)
+    import zarr
+
+    if isinstance(out, zarr.Array):
+        if tuple(out.shape) != shape:
+            raise ImageError(f"The output store has shape {out.shape}, expected {shape}.")
+        arr = out
+    else:
+        arr = zarr.open_array(str(out), mode="w", shape=shape, chunks=chunks, dtype="float32")
+    arr.attrs["complete"] = False
+    return arr
+
+
+def predict_iter(
+    model: ModelBundle | torch.nn.Module | str,
+    image: Any,
+    *,
+    axes: str | None = None,
+    mode: str = "exact",
+    window: int | tuple[int, int] | None = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    out: Any = None,
+    ram_budget: int | None = None,
+    channels_last: bool | None = None,
+    prefetch: bool = True,
+    halo: int | None = None,
+    plan: tiling.TilePlan | None = None,
+) -> Generator[Progress | WarningEvent, None, Any]:
+    """Predict class probabilities tile by tile, yielding progress events.
+
+    Args:
+        model: a :class:`ModelBundle`, a path or built-in name, or a bare ``UNet`` (then
+            percentile normalization and softmax are assumed).
+        image: (Y, X), (Y, X, C), (C, Y, X) or a stack (Z, Y, X[, C]) / (Z, C, Y, X); numpy,
+            dask, zarr or any array with ``shape``, ``dtype`` and slicing. Never converted
+            whole: only windows are read.
+        axes: the image's axes as a string (``"YX"``, ``"YXC"``, ``"CYX"``, ``"ZYX"``, ...;
+            ``T`` is treated like ``Z``). None: inferred from the shape and the model.
+        mode: ``"exact"`` (the result equals the whole-image pass) or ``"blend"``.
+        window: window size in pixels (int or (h, w)); None chooses it from the memory budget.
+        overlap: blend mode: fraction of a window shared with its neighbour.
+        blend: blend mode weights, ``"gaussian"`` or ``"cosine"``.
+        batch_size: windows per forward pass; None chooses from the memory budget.
+        device: ``"auto"`` (cuda, then mps, then cpu), ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        out: None for a numpy result, or a zarr array / path to write into. When None and
+            the result would exceed the RAM budget, an error asks for a zarr path.
+        ram_budget: bytes for one batch of windows (default: from free GPU memory or RAM).
+        channels_last: use channels-last memory format (default: on CUDA only).
+        prefetch: read and normalize the next batch in a thread while the model computes.
+        halo: override the derived halo (exact mode; for tests and experiments).
+        plan: a ready :class:`~napari_tiled_unet.tiling.TilePlan` (overrides the planning
+            arguments; for tests and experiments).
+
+    Yields:
+        ``Progress`` after every batch (windows done / total, elapsed, eta) and ``WarningEvent``
+        on out-of-memory back-off.
+
+    Returns:
+        float32 probabilities (n_classes, Y, X), or (Z, n_classes, Y, X) for stacks, as
+        numpy or as the zarr array given in ``out``.
+    """
+    bundle = _as_bundle(model)
+    net = bundle.model
+    n_in = bundle.n_channels
+    shape = tuple(int(s) for s in image.shape)
+    axes = _check_axes(axes, shape, n_in) if axes else infer_axes(shape, n_in)
+    if precision not in PRECISIONS:
+        raise ImageError(f"Unknown precision {precision!r}: use fp32, bf16 or fp16.")
+    if not {"f", "i", "u", "b"} >= {np.dtype(image.dtype).kind}:
+        raise ImageError(f"Images of type {image.dtype} cannot be segmented; use an integer or float image.")
+    dev = resolve_device(device)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    height, width = shape[axes.index("Y")], shape[axes.index("X")]
+    n_planes = shape[axes.index("Z")] if "Z" in axes else 1
+    if height == 0 or width == 0 or n_planes == 0:
+        raise ImageError("The image is empty (one of its dimensions is 0); choose another image.")
+    n_classes = len(bundle.class_names)
+    out_shape = (n_classes, height, width) if "Z" not in axes else (n_planes, n_classes, height, width)
+
+    budget = ram_budget or memory_budget(dev)
+    bpp = bytes_per_pixel(net, precision)
+    out_bytes = 4 * math.prod(out_shape)
+    if out is None and dev.type == "cpu" and ram_budget is None:
+        import psutil
+
+        if out_bytes > 0.5 * psutil.virtual_memory().available:
+            raise ImageError(
+                f"The probabilities of this image need {out_bytes / 1e9:.1f} GB, more than half the "
+                "free memory; give a zarr path as output so they are written to disk."
+            )
+
+    # Global normalization (never per tile): statistics from the whole image or a sample.
+    stats = normalization.compute_stats(
+        image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes else None
+    )
+    sigmoid = bundle.metadata.get("output_activation") == "sigmoid"
+
+    depth = getattr(net, "depth", 4)
+    bilinear = bool(getattr(net, "bilinear", False))
+    if plan is None:
+        plan = tiling.plan_tiles(
+            (height, width), depth, mode=mode, window=window, halo=halo, overlap=overlap,
+            max_pixels=max(budget // bpp, 1), bilinear=bilinear,
+        )
+    elif plan.shape != (height, width):
+        raise ImageError(f"The tile plan is for shape {plan.shape}, not {(height, width)}.")
+    if batch_size is None:
+        batch_size = max(1, min(16, budget // (bpp * plan.window[0] * plan.window[1])))
+
+    chunk = (min(height, 1024), min(width, 1024))
+    store = _make_output(out, out_shape, (1, *chunk) if "Z" not in axes else (1, 1, *chunk))
+    net.eval()
+    net.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    start = time.perf_counter()
+    total = len(plan) * n_planes
+    done = 0
+    for z in range(n_planes):
+        source = _PlaneSource(image, axes, z if "Z" in axes else None)
+        target = store if "Z" not in axes else _PlaneView(store, z)
+        while True:  # re-entered only after an out-of-memory back-off shrinks the plan
+            gen = _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision,
+                            batch_size, channels_last, blend, prefetch)
+            try:
+                for n in gen:
+                    done += n
+                    yield Progress(done, total, time.perf_counter() - start, "predict")
+                break
+            except _OutOfMemory as oom:
+                done -= oom.done_in_plan
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                if batch_size > 1:
+                    batch_size //= 2
+                    msg = f"Out of GPU memory: continuing with {batch_size} window(s) per batch."
+                else:
+                    new = (max(plan.window[0] // 2, 1), max(plan.window[1] // 2, 1))
+                    try:
+                        plan = tiling.plan_tiles(
+                            (height, width), depth, mode=mode, window=new, halo=halo,
+                            overlap=overlap, bilinear=bilinear,
+                        )
+                    except ValueError:
+                        raise ImageError(
+                            "Out of GPU memory even with the smallest window; close other GPU "
+                            "programs or run on the CPU."
+                        ) from oom.__cause__
+                    total += (len(plan) - oom.plan_len) * (n_planes - z)
+                    msg = f"Out of GPU memory: continuing with {plan.window[0]}x{plan.window[1]} windows."
+                log.warning(msg)
+                yield WarningEvent(msg, kind="out_of_memory")
+            finally:
+                gen.close()  # on cancel too: stops the reader thread, frees the batch
+    if hasattr(store, "attrs"):
+        store.attrs["complete"] = True
+    return store
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, done_in_plan: int, plan_len: int) -> None:
+        super().__init__("out of memory")
+        self.done_in_plan = done_in_plan
+        self.plan_len = plan_len
+
+
+class _PlaneView:
+    """Write access to plane ``z`` of a (Z, C, Y, X) output."""
+
+    def __init__(self, store: Any, z: int) -> None:
+        self.store, self.z = store, z
+
+    def __setitem__(self, key: tuple, value: np.ndarray) -> None:
+        self.store[(self.z, *key)] = value
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return self.store[(self.z, *key)]
+
+
+def _batches(plan: tiling.TilePlan, batch_size: int) -> Iterator[list[tiling.Window]]:
+    wins = list(plan.windows)
+    for i in range(0, len(wins), batch_size):
+        yield wins[i : i + batch_size]
+
+
+def _read_batch(source: _PlaneSource, wins: list[tiling.Window], stats: np.ndarray, height: int,
+                width: int, pin: bool) -> torch.Tensor:
+    wy, wx = wins[0].shape
+    batch = torch.zeros((len(wins), stats.shape[0], wy, wx), dtype=torch.float32, pin_memory=pin)
+    arr = batch.numpy()
+    for i, w in enumerate(wins):
+        # Only the part inside the image is read; the rest stays 0, as the whole-image pass pads.
+        y1, x1 = min(w.y1, height), min(w.x1, width)
+        block = source.read(w.y0, y1, w.x0, x1)
+        normalization.apply(block, stats, out=arr[i, :, : y1 - w.y0, : x1 - w.x0])
+    return batch
+
+
+def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision, batch_size,
+              channels_last, blend, prefetch) -> Generator[int, None, None]:
+    """Run every window of ``plan`` for one plane; yields the number of windows finished."""
+    height, width = plan.shape
+    pin = dev.type == "cuda"
+    blending = plan.mode == "blend"
+    if blending:
+        weights = tiling.blend_weights(plan.window, blend)
+        acc = np.zeros((n_classes, *plan.padded_shape), dtype=np.float32)
+        norm = np.zeros(plan.padded_shape, dtype=np.float32)
+    batches = list(_batches(plan, batch_size))
+    reader = _Prefetcher(lambda b: _read_batch(source, b, stats, height, width, pin), batches, prefetch)
+    done = 0
+    try:
+        for wins, host in reader:
+            x = host.to(dev, non_blocking=pin)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                with torch.inference_mode(), _autocast(dev, precision):
+                    logits = net(x)
+                    probs = _activate(logits.float(), sigmoid)
+                probs = probs.cpu().numpy()
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                raise _OutOfMemory(done, len(plan)) from exc
+            finally:
+                x = logits = None
+            for w, p in zip(wins, probs):
+                if blending:
+                    acc[:, w.y0 : w.y1, w.x0 : w.x1] += p * weights
+                    norm[w.y0 : w.y1, w.x0 : w.x1] += weights
+                else:
+                    ky1, kx1 = min(w.ky1, height), min(w.kx1, width)
+                    if ky1 > w.ky0 and kx1 > w.kx0:
+                        target[:, w.ky0 : ky1, w.kx0 : kx1] = p[:, w.ky0 - w.y0 : ky1 - w.y0,
+                                                                w.kx0 - w.x0 : kx1 - w.x0]
+            done += len(wins)
+            yield len(wins)
+        if blending:
+            acc /= norm
+            target[:, :height, :width] = acc[:, :height, :width]
+    finally:
+        reader.close()
+
+
+def _activate(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
+    if sigmoid:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+class _Prefetcher:
+    """Iterates ``(item, load(item))``; with ``enabled``, a thread loads the next item ahead."""
+
+    def __init__(self, load, items: list, enabled: bool) -> None:
+        self.load, self.items, self.enabled = load, items, enabled and len(items) > 1
+        self.stop = threading.Event()
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = None
+        if self.enabled:
+            self.thread = threading.Thread(target=self._work, daemon=True, name="tiled-unet-reader")
+            self.thread.start()
+
+    def _work(self) -> None:
+        for item in self.items:
+            if self.stop.is_set():
+                return
+            try:
+                result = (item, self.load(item), None)
+            except BaseException as exc:  # handed to the consumer, never swallowed
+                result = (item, None, exc)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(result, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if result[2] is not None:
+                return
+
+    def __iter__(self):
+        if not self.enabled:
+            for item in self.items:
+                yield item, self.load(item)
+            return
+        for _ in self.items:
+            item, data, exc = self.q.get()
+            if exc is not None:
+                raise exc
+            yield item, data
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.q.get_nowait()
+            self.thread.join(timeout=5)
+
+
+def _as_bundle(model: ModelBundle | torch.nn.Module | str) -> ModelBundle:
+    if isinstance(model, ModelBundle):
+        return model
+    if isinstance(model, torch.nn.Module):
+        from .model.bundle import make_metadata
+
+        n = getattr(model, "n_classes", 3)
+        task = "instances" if n == 3 else "semantic"
+        return ModelBundle(model, make_metadata(model, task=task))
+    return load_model(model)
+
+
+def predict(model: ModelBundle | torch.nn.Module | str, image: Any, on_event=None, **kwargs: Any) -> Any:
+    """Synchronous twin of :func:`predict_iter`: returns the probabilities.
+
+    ``on_event`` (optional) receives every event (e.g. to drive a tqdm bar).
+    """
+    return run_to_end(predict_iter(model, image, **kwargs), on_event)
+
+
+def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.ndarray,
+                              axes: str | None = None) -> np.ndarray:
+    """Reference: one forward pass over the whole (2D) image, normalized the same way.
+
+    For tests and benchmarks; holds everything in memory.
+    """
+    bundle = _as_bundle(bundle)
+    shape = tuple(image.shape)
+    axes = _check_axes(axes, shape, bundle.n_channels) if axes else infer_axes(shape, bundle.n_channels)
+    if "Z" in axes:
+        raise ImageError("The whole-image reference takes one plane.")
+    stats = normalization.compute_stats(
+        image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes else None
+    )
+    src = _PlaneSource(image, axes, None)
+    x = normalization.apply(src.read(0, shape[axes.index("Y")], 0, shape[axes.index("X")]), stats)
+    net = bundle.model.eval().cpu()
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(x)[None])
+        probs = _activate(logits, bundle.metadata.get("output_activation") == "sigmoid")
+    return probs[0].numpy()
