@@ -24,6 +24,13 @@ _LAZY = {
     "save_bundle": "napari_tiled_unet.model.bundle",
     "import_pytorch_unet": "napari_tiled_unet.model.bundle",
     "make_metadata": "napari_tiled_unet.model.bundle",
+    "predict": "napari_tiled_unet.inference",
+    "predict_iter": "napari_tiled_unet.inference",
+    "segment": "napari_tiled_unet.segmentation",
+    "segment_iter": "napari_tiled_unet.segmentation",
+    "Segmentation": "napari_tiled_unet.segmentation",
+    "read_image": "napari_tiled_unet.io",
+    "write_labels": "napari_tiled_unet.io",
 }
 
 __all__ = ["__version__", *_LAZY]

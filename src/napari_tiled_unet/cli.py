@@ -11,7 +11,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 class CLIError(Exception):
@@ -82,9 +85,150 @@ def _cmd_info(args) -> int:
     return 0
 
 
+# -- segment -----------------------------------------------------------------------------
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment images (files, folders, globs) into label maps",
+        description="Segment images with a U-Net, tile by tile; one label file per image.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files (.tif, .png, .zarr), folders or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="folder for the label maps")
+    p.add_argument("-m", "--model", default=None, help="model file or built-in name (default: built-in)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: automatic)")
+    p.add_argument("--mode", default="exact", choices=["exact", "blend"], help="tiling mode")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
+    p.add_argument("--foreground-threshold", type=float, default=None)
+    p.add_argument("--seed-threshold", type=float, default=None)
+    p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
+    p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
+                   help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
+    p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--workers", type=int, default=None,
+                   help="run on a local dask cluster of this many worker processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask.distributed scheduler")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _output_path(src: Path, out_dir: Path, fmt: str, image=None) -> Path:
+    from .io import ZARR_THRESHOLD_PIXELS, is_zarr
+
+    stem = src.name[: -len(".ome.zarr")] if src.name.endswith(".ome.zarr") else src.stem
+    if fmt == "auto":
+        big = image is not None and image.shape[-1] * image.shape[-2] > ZARR_THRESHOLD_PIXELS
+        fmt = "zarr" if is_zarr(src) or big else "tif"
+    return out_dir / f"{stem}_labels.{'zarr' if fmt == 'zarr' else 'tif'}"
+
+
+def _cmd_segment(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from .io import ReadError, expand_inputs, overlay_png, read_image, write_labels
+    from .model import zoo
+    from .model.bundle import load_model
+
+    paths = expand_inputs(args.inputs)
+    out_dir = Path(args.output)
+    if not args.overwrite:
+        existing = [p for src in paths for fmt in ("tif", "zarr")
+                    if (p := _output_path(src, out_dir, fmt)).exists()
+                    and (args.format in ("auto", fmt))]
+        if existing:
+            raise CLIError(
+                f"{len(existing)} output(s) already exist (e.g. {existing[0]}); "
+                "use --overwrite to replace them or choose another output folder."
+            )
+    bundle = load_model(args.model) if args.model else zoo.load()
+    post = {"foreground_threshold": args.foreground_threshold, "seed_threshold": args.seed_threshold,
+            "min_size": args.min_size}
+    predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
+                      "mode": args.mode, "batch_size": args.batch_size}
+    client = None
+    if args.workers or args.scheduler:
+        from .distributed import make_client
+
+        client = make_client(workers=args.workers, scheduler=args.scheduler)
+
+    rows, failures = [], []
+    start_all = time.perf_counter()
+    for src in tqdm(paths, desc="images", unit="image", disable=len(paths) < 2):
+        try:
+            image = read_image(src)
+            dst = _output_path(src, out_dir, args.format, image)
+            t0 = time.perf_counter()
+            if client is not None:
+                from .distributed import segment_distributed
+
+                result = segment_distributed(client, bundle, image, dst, postprocess=post, **predict_kwargs)
+            else:
+                result = _segment_one(bundle, image, dst, post, predict_kwargs, src.name)
+            seconds = time.perf_counter() - t0
+            write_labels(result.labels, dst)
+            if args.overlay:
+                overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
+            npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
+            rows.append({"input": str(src), "output": str(dst), "objects": result.n_objects,
+                         "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)})
+        except (ReadError, ValueError, RuntimeError, OSError) as exc:
+            failures.append({"input": str(src), "error": str(exc)})
+            tqdm.write(f"failed: {src}: {exc}", file=sys.stderr)
+    if client is not None:
+        client.close()
+    total = time.perf_counter() - start_all
+    summary = {"segmented": rows, "failed": failures, "seconds": round(total, 2)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['input']}: {r['objects']} objects in {r['seconds']} s "
+                  f"({r['megapixels_per_s']} MP/s) -> {r['output']}")
+        print(f"{len(rows)} image(s) segmented in {total:.1f} s"
+              + (f", {len(failures)} failed:" if failures else "."))
+        for f in failures:
+            print(f"  {f['input']}: {f['error']}")
+    return 1 if failures else 0
+
+
+def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str):
+    import tempfile
+
+    from tqdm import tqdm
+
+    from .events import Progress, WarningEvent
+    from .segmentation import segment
+
+    bar = tqdm(desc=name, unit="tile", leave=False)
+
+    def on_event(ev):
+        if isinstance(ev, Progress) and ev.stage == "predict":
+            bar.total = ev.total
+            bar.n = ev.done
+            bar.refresh()
+        elif isinstance(ev, WarningEvent):
+            tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+
+    try:
+        if dst.suffix == ".zarr":
+            with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+                seg = segment(bundle, image, on_event=on_event, postprocess=post,
+                              probabilities_out=str(Path(tmp) / "probabilities.zarr"),
+                              labels_out=str(dst), **predict_kwargs)
+                return seg
+        return segment(bundle, image, on_event=on_event, postprocess=post, **predict_kwargs)
+    finally:
+        bar.close()
+
+
 # -- entry point -------------------------------------------------------------------------
 
-COMMANDS = ["info"]
+COMMANDS = ["info", "segment"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    from .io import ReadError
     from .model.bundle import BundleError
     from .normalization import ImageError
 
@@ -108,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return globals()[f"_cmd_{args.command}"](args)
-    except (BundleError, ImageError, CLIError, FileNotFoundError) as exc:
+    except (BundleError, ImageError, ReadError, CLIError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

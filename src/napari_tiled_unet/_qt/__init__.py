@@ -1,0 +1,1 @@
+"""Qt widgets: they build the view and wire events; the engine does the work."""

@@ -1,0 +1,373 @@
+"""The "Segment (U-Net)" dock widget: builds the view and wires events; computes nothing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from .workers import EngineJob
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+LOAD_FILE = "Load file…"
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "…"
+    s = round(s)
+    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
+
+
+def layer_image_and_axes(layer) -> tuple[Any, str | None]:
+    """The full-resolution array of an Image layer (lazily) and its axes when they are known.
+
+    Multiscale layers give their first (full-resolution) level; RGB(A) layers are ``...YXC``.
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if getattr(layer, "rgb", False):
+        return data, "YXC" if data.ndim == 3 else "ZYXC"
+    return data, None
+
+
+class SegmentWidget(QWidget):
+    """Segment the chosen image layer with a U-Net into a Labels layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.job: EngineJob | None = None
+        self.bundle = None  # the model last used (the fine-tune widget can pick it up)
+        self.result = None  # last Segmentation, for Re-segment
+        self._result_image = None
+        self._loaded: dict[str, str] = {}  # display name -> file path
+        self._outputs: dict[str, Any] = {}  # the plugin's own layers, by role
+
+        self.image_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.device_combo = QComboBox()
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["fp32", "bf16", "fp16"])
+        self.window_spin = QSpinBox()
+        self.window_spin.setRange(0, 16384)
+        self.window_spin.setSingleStep(64)
+        self.window_spin.setSpecialValueText("auto")
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["exact", "blend"])
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(0, 64)
+        self.batch_spin.setSpecialValueText("auto")
+        self.fg_spin = self._prob_spin(0.5)
+        self.seed_spin = self._prob_spin(0.7)
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 100000)
+        self.min_size_spin.setValue(16)
+        self.show_probs = QCheckBox("also show probabilities")
+
+        self.run_button = QPushButton("Segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.resegment_button = QPushButton("Re-segment (new thresholds)")
+        self.resegment_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("precision", self.precision_combo)
+
+        advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.addRow("tile size", self.window_spin)
+        adv_form.addRow("tiling", self.mode_combo)
+        adv_form.addRow("batch size", self.batch_spin)
+        adv_form.addRow("foreground threshold", self.fg_spin)
+        adv_form.addRow("seed threshold", self.seed_spin)
+        adv_form.addRow("min object size (px)", self.min_size_spin)
+        adv_form.addRow(self.show_probs)
+        advanced.addWidget(adv)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.resegment_button)
+        layout.addStretch()
+
+        self._fill_devices()
+        self._fill_models()
+        self._refresh_images()
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(self._refresh_images)
+        self.model_combo.activated.connect(self._on_model_chosen)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resegment_button.clicked.connect(self.resegment)
+
+    # -- view helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def _prob_spin(value: float) -> QDoubleSpinBox:
+        s = QDoubleSpinBox()
+        s.setRange(0.0, 1.0)
+        s.setSingleStep(0.05)
+        s.setDecimals(2)
+        s.setValue(value)
+        return s
+
+    def _fill_devices(self) -> None:
+        from ..inference import available_devices
+
+        self.device_combo.addItem("auto")
+        for name, ok in available_devices().items():
+            self.device_combo.addItem(name)
+            item = self.device_combo.model().item(self.device_combo.count() - 1)
+            if not ok:
+                item.setEnabled(False)
+                item.setToolTip(f"{name} is not available on this computer")
+
+    def _fill_models(self) -> None:
+        from ..model import zoo
+
+        self.model_combo.clear()
+        for name in zoo.available():
+            self.model_combo.addItem(name)
+        for name in self._loaded:
+            self.model_combo.addItem(name)
+        self.model_combo.addItem(LOAD_FILE)
+
+    def add_model_file(self, path: str | Path) -> None:
+        """Add a model file to the picker and select it (also used by tests and scripts)."""
+        path = Path(path)
+        self._loaded[path.name] = str(path)
+        self._fill_models()
+        self.model_combo.setCurrentText(path.name)
+
+    def _on_model_chosen(self, index: int) -> None:
+        if self.model_combo.itemText(index) != LOAD_FILE:
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load a U-Net model", "", "Models (*.safetensors *.pth *.pt);;All files (*)"
+        )
+        if path:
+            self.add_model_file(path)
+        else:
+            self.model_combo.setCurrentIndex(0)
+
+    def _refresh_images(self, *_: Any) -> None:
+        import napari
+
+        current = self.image_combo.currentText()
+        self.image_combo.clear()
+        for layer in self.viewer.layers:
+            if isinstance(layer, napari.layers.Image) and layer not in self._outputs.values():
+                self.image_combo.addItem(layer.name)
+        if current:
+            self.image_combo.setCurrentText(current)
+
+    def _notify_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(message)
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.resegment_button.setEnabled(not running and self.result is not None)
+
+    # -- actions ------------------------------------------------------------------------
+
+    def selected_layer(self):
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+
+    def load_selected_model(self):
+        from ..model.bundle import load_model
+
+        name = self.model_combo.currentText()
+        if not name or name == LOAD_FILE:
+            raise ValueError("Choose a model first: a built-in one, or load a model file.")
+        source = self._loaded.get(name, name)
+        if self.bundle is not None and self.bundle.metadata.get("_source") == source:
+            return self.bundle
+        bundle = load_model(source)
+        bundle.metadata["_source"] = source
+        return bundle
+
+    def postprocess_overrides(self) -> dict[str, Any]:
+        if self.bundle is None or self.bundle.task != "instances":
+            return {}
+        return {
+            "foreground_threshold": self.fg_spin.value(),
+            "seed_threshold": self.seed_spin.value(),
+            "min_size": self.min_size_spin.value(),
+        }
+
+    def run(self) -> None:
+        """Start segmenting the selected image in a worker thread."""
+        from ..segmentation import segment_iter
+
+        layer = self.selected_layer()
+        if layer is None:
+            self._notify_error("Open an image first (File > Open, or File > Open Sample).")
+            return
+        try:
+            self.bundle = self.load_selected_model()
+        except Exception as exc:  # BundleError and friends: one sentence to the user
+            self._notify_error(str(exc))
+            return
+        image, axes = layer_image_and_axes(layer)
+        kwargs = {
+            "axes": axes,
+            "device": self.device_combo.currentText(),
+            "precision": self.precision_combo.currentText(),
+            "mode": self.mode_combo.currentText(),
+            "window": self.window_spin.value() or None,
+            "batch_size": self.batch_spin.value() or None,
+            "postprocess": self.postprocess_overrides(),
+        }
+        bundle = self.bundle
+        self._result_image = layer.name
+        self.status.setText(f"Segmenting {layer.name} …")
+        self.progress.setRange(0, 0)
+        self.job = EngineJob(
+            lambda: segment_iter(bundle, image, **kwargs),
+            on_event=self._on_event,
+            on_result=self._on_result,
+            on_error=lambda exc: self._notify_error(str(exc)),
+            on_done=self._on_done,
+        )
+        self._set_running(True)
+        self.job.start()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.status.setText("Cancelling …")
+            self.job.cancel()
+
+    def _on_event(self, event: Any) -> None:
+        from ..events import Progress, WarningEvent
+
+        if isinstance(event, Progress):
+            self.progress.setRange(0, max(event.total, 1))
+            self.progress.setValue(event.done)
+            if event.stage == "predict":
+                self.status.setText(
+                    f"{event.done}/{event.total} tiles, {_fmt_seconds(event.elapsed)} elapsed, "
+                    f"{_fmt_seconds(event.eta)} left"
+                )
+            else:
+                self.status.setText("Turning probabilities into labels …")
+        elif isinstance(event, WarningEvent):
+            from napari.utils.notifications import show_warning
+
+            show_warning(event.message)
+
+    def _on_result(self, result) -> None:
+        self.result = result
+        self._show_result(result)
+        self.status.setText(
+            f"{result.n_objects} objects found in {_fmt_seconds(result.seconds)}."
+            if result.task == "instances"
+            else f"Done in {_fmt_seconds(result.seconds)}."
+        )
+
+    def _on_done(self) -> None:
+        if self.job is not None and self.job.cancelled and self.result is None:
+            self.status.setText("Cancelled: nothing was added.")
+        elif self.job is not None and self.job.cancelled:
+            self.status.setText("Cancelled: the previous result is kept.")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0 if self.job and self.job.cancelled else 1)
+        self._set_running(False)
+
+    def _show_result(self, result) -> None:
+        """Add the labels (and probabilities) as layers, replacing this widget's own earlier
+        output; the user's layers are never touched."""
+        layers = self.viewer.layers
+        source = layers[self._result_image] if self._result_image in layers else None  # noqa: SIM401
+        meta = {"scale": source.scale, "translate": source.translate} if source is not None else {}
+        name = f"{self._result_image} labels"
+        labels_kwargs: dict[str, Any] = {"name": name, **meta}
+        if result.task == "semantic":
+            labels_kwargs["features"] = {"class": result.class_names}
+        self._outputs["labels"] = self._replace_or_add("labels", result.labels, labels_kwargs)
+        if self.show_probs.isChecked():
+            self._outputs["probabilities"] = self._replace_or_add(
+                "probabilities", result.probabilities,
+                {"name": f"{self._result_image} probabilities", "colormap": "magma", **meta},
+            )
+        self._refresh_images()
+
+    def _replace_or_add(self, role: str, data: Any, kwargs: dict[str, Any]):
+        old = self._outputs.get(role)
+        if old is not None and old in self.viewer.layers:
+            old.data = data
+            old.name = kwargs["name"]
+            return old
+        if role == "labels":
+            return self.viewer.add_labels(data, **kwargs)
+        return self.viewer.add_image(data, **kwargs)
+
+    def resegment(self) -> None:
+        """Apply the current thresholds to the cached probabilities (no network run)."""
+        from ..segmentation import Segmentation, labels_from, postprocess_params
+
+        if self.result is None or self.bundle is None:
+            return
+        params = postprocess_params(self.bundle, self.postprocess_overrides())
+        probs = self.result.probabilities
+        task = self.result.task
+        old = self.result
+
+        def work():
+            yield from ()
+            labels = labels_from(probs, task, params)
+            return Segmentation(labels, probs, task, old.class_names, params, old.seconds)
+
+        self.status.setText("Re-segmenting with the new thresholds …")
+        self.job = EngineJob(work, self._on_event, self._on_result,
+                             lambda exc: self._notify_error(str(exc)), self._on_done)
+        self._set_running(True)
+        self.job.start()
+
+
+def make_segment_widget(napari_viewer: napari.Viewer) -> SegmentWidget:
+    """npe2 widget factory."""
+    return SegmentWidget(napari_viewer)
+
+
+__all__ = ["SegmentWidget", "make_segment_widget"]

@@ -1,0 +1,150 @@
+"""Reading and writing images and label maps: tif/tiff, png, zarr (OME-Zarr's full resolution).
+
+Readers are lazy where the format allows it: zarr stays a zarr array, large tifs are opened
+through tifffile's zarr interface. Writers never leave a half-written file under the final
+name (temporary file + rename for tif/png).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
+
+#: above this many pixels, results are written as zarr unless a format is forced
+ZARR_THRESHOLD_PIXELS = 8192 * 8192
+
+
+class ReadError(ValueError):
+    """A file that cannot be read as an image; the message says which and why."""
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.suffix == ".zarr" or (p.is_dir() and any((p / n).exists() for n in (".zarray", ".zgroup",
+                                                                                  "zarr.json")))
+
+
+def read_image(path: str | os.PathLike) -> Any:
+    """Open an image: numpy for png and small tifs, a zarr array for zarr and big tifs.
+
+    For an OME-Zarr (or any zarr group) the full-resolution array is returned: the first
+    dataset of the multiscales metadata, else the array named ``0``, else the only array.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"{path} does not exist.")
+    try:
+        if is_zarr(path):
+            return _read_zarr(path)
+        suffix = path.suffix.lower()
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                big = np.prod(series.shape) > ZARR_THRESHOLD_PIXELS
+                if not big:
+                    return series.asarray()
+            import zarr
+
+            return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if suffix == ".png":
+            from skimage.io import imread
+
+            return imread(path)
+    except ReadError:
+        raise
+    except Exception as exc:
+        raise ReadError(f"{path.name} could not be read as an image ({type(exc).__name__}: {exc}).") from exc
+    raise ReadError(f"{path.name}: unsupported file type; use .tif, .tiff, .png or .zarr.")
+
+
+def _read_zarr(path: Path) -> Any:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node
+    ms = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if ms:
+        return node[ms[0]["datasets"][0]["path"]]
+    if "0" in node:
+        return node["0"]
+    arrays = list(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise ReadError(f"{path.name} is a zarr group without a single image array; point at the array.")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order."""
+    out: list[Path] = []
+    for item in inputs:
+        matches = sorted(glob.glob(item)) if any(c in item for c in "*?[") else [item]
+        if not matches:
+            raise ReadError(f"No file matches {item!r}.")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir() and not is_zarr(p):
+                found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+                if not found:
+                    raise ReadError(f"The folder {p} holds no .tif, .png or .zarr images.")
+                out.extend(found)
+            else:
+                out.append(p)
+    return out
+
+
+def write_labels(labels: Any, path: str | os.PathLike) -> Path:
+    """Write a label map to ``.tif`` (zlib-compressed, atomically) or copy it into ``.zarr``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zarr":
+        import dask.array as da
+        import zarr
+
+        if hasattr(labels, "store") and Path(str(getattr(labels.store, "path", ""))) == path:
+            return path
+        arr = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=1024)
+        z = zarr.open_array(str(path), mode="w", shape=arr.shape, chunks=(1024,) * arr.ndim,
+                            dtype=arr.dtype)
+        da.store(arr, z, lock=False)
+        return path
+    import tifffile
+
+    data = np.asarray(labels)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, data, compression="zlib")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save a PNG of ``image`` with the outlines of ``labels`` drawn in colour (for a quick look)."""
+    from skimage.color import label2rgb
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.mean(axis=-1)
+    lo, hi = np.percentile(img, [1, 99.8])
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.stack([img] * 3, axis=-1)
+    edges = find_boundaries(labels, mode="inner")
+    colours = label2rgb(labels, bg_label=0)
+    rgb[edges] = colours[edges]
+    imsave(str(path), (rgb * 255).astype(np.uint8), check_contrast=False)
+    return Path(path)

@@ -1,0 +1,134 @@
+"""Image -> labels: the tiled engine's probabilities followed by post-processing.
+
+:func:`segment_iter` is the generator every front end uses (widget, CLI, cluster, scripts);
+:func:`segment` is its synchronous twin.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .events import Progress, WarningEvent, run_to_end
+from .inference import _as_bundle, predict_iter
+from .model.bundle import ModelBundle
+
+
+@dataclass
+class Segmentation:
+    """The result of :func:`segment`.
+
+    Attributes:
+        labels: int32 (Y, X) or (Z, Y, X): object ids (instances) or class indices (semantic).
+        probabilities: float32 (C, Y, X) or (Z, C, Y, X), numpy or zarr; kept so that new
+            thresholds can be applied without running the network again.
+        task: ``"instances"`` or ``"semantic"``.
+        class_names: names of the classes.
+        params: the post-processing parameters used.
+        seconds: wall time of prediction and post-processing.
+    """
+
+    labels: Any
+    probabilities: Any
+    task: str
+    class_names: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_objects(self) -> int:
+        """Objects found (instances) or classes present besides the first (semantic)."""
+        labels = np.asarray(self.labels) if not hasattr(self.labels, "attrs") else self.labels
+        if self.task == "instances":
+            return int(_max(labels))
+        return len(np.unique(np.asarray(labels))) - 1
+
+
+def _max(a: Any) -> int:
+    if isinstance(a, np.ndarray):
+        return int(a.max()) if a.size else 0
+    import dask.array as da
+
+    return int(da.from_zarr(a).max().compute()) if hasattr(a, "attrs") else int(np.max(a))
+
+
+def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The bundle's default post-processing parameters updated with ``overrides`` (None ignored)."""
+    params = dict(bundle.postprocess)
+    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return params
+
+
+def labels_from(probabilities: Any, task: str, params: dict[str, Any], out: Any = None) -> Any:
+    """Post-process probabilities of one image or a stack, in memory or blockwise.
+
+    ``probabilities`` is (C, Y, X) or (Z, C, Y, X); numpy in memory, zarr/dask blockwise
+    (written to ``out`` when given).
+    """
+    from . import postprocess
+
+    if isinstance(probabilities, np.ndarray):
+        if probabilities.ndim == 3:
+            return postprocess.labels_from_probabilities(probabilities, task, **params)
+        planes = [postprocess.labels_from_probabilities(p, task, **params) for p in probabilities]
+        return _stack_unique(planes, task)
+    import dask.array as da
+
+    arr = probabilities if isinstance(probabilities, da.Array) else da.from_zarr(probabilities)
+    if arr.ndim != 3:
+        raise NotImplementedError("Blockwise post-processing of stacks: segment plane by plane.")
+    if task == "instances":
+        return postprocess.instances_blockwise(arr, out=out, **params)
+    return postprocess.semantic_blockwise(arr, out=out, **params)
+
+
+def _stack_unique(planes: list[np.ndarray], task: str) -> np.ndarray:
+    """Stack per-plane labels; object ids are made unique across planes."""
+    out = np.stack(planes).astype(np.int32)
+    if task == "instances":
+        offset = 0
+        for plane in out:
+            n = int(plane.max())
+            plane[plane > 0] += offset
+            offset += n
+    return out
+
+
+def segment_iter(
+    model: ModelBundle | str,
+    image: Any,
+    *,
+    postprocess: dict[str, Any] | None = None,
+    probabilities_out: Any = None,
+    labels_out: Any = None,
+    **predict_kwargs: Any,
+) -> Generator[Progress | WarningEvent, None, Segmentation]:
+    """Segment ``image``: yields the engine's events, returns a :class:`Segmentation`.
+
+    Args:
+        model: bundle, path or built-in name.
+        image: as for :func:`~napari_tiled_unet.inference.predict_iter`.
+        postprocess: overrides of the bundle's post-processing defaults (e.g.
+            ``{"min_size": 30}``).
+        probabilities_out: zarr path/array for the probabilities (large images).
+        labels_out: zarr path/array for the labels (used with ``probabilities_out``).
+        **predict_kwargs: passed to ``predict_iter`` (device, precision, window, mode, ...).
+    """
+    bundle = _as_bundle(model)
+    start = time.perf_counter()
+    probs = yield from predict_iter(bundle, image, out=probabilities_out, **predict_kwargs)
+    params = postprocess_params(bundle, postprocess)
+    yield Progress(0, 1, time.perf_counter() - start, "postprocess")
+    labels = labels_from(probs, bundle.task, params, out=labels_out)
+    elapsed = time.perf_counter() - start
+    yield Progress(1, 1, elapsed, "postprocess")
+    return Segmentation(labels, probs, bundle.task, bundle.class_names, params, elapsed)
+
+
+def segment(model: ModelBundle | str, image: Any, on_event=None, **kwargs: Any) -> Segmentation:
+    """Synchronous twin of :func:`segment_iter`."""
+    return run_to_end(segment_iter(model, image, **kwargs), on_event)

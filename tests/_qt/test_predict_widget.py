@@ -1,0 +1,206 @@
+import gc
+import threading
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+
+from napari_tiled_unet._qt.predict_widget import SegmentWidget
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+from napari_tiled_unet.model import UNet, make_metadata, save_bundle
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(1, 3, base_channels=4, depth=2).eval()
+    return save_bundle(net, tmp_path / "tiny.safetensors", make_metadata(net, name="tiny"))
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model)
+    w.device_combo.setCurrentText("cpu")
+    return viewer, w
+
+
+def _wait(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=timeout)
+
+
+def test_segment_adds_a_labels_layer_of_the_image_shape(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(nuclei_image(), name="nuclei")
+    w.image_combo.setCurrentText("nuclei")
+    w.run()
+    _wait(qtbot, w)
+    labels = viewer.layers["nuclei labels"]
+    assert labels.data.shape == nuclei_image().shape
+    assert "objects found" in w.status.text()
+    # the user's layer is untouched
+    assert np.array_equal(viewer.layers["nuclei"].data, nuclei_image())
+
+
+def test_running_again_replaces_only_the_plugins_own_layer(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:128, :128], name="img")
+    viewer.add_labels(np.zeros((128, 128), np.int32), name="my annotations")
+    w.image_combo.setCurrentText("img")
+    for _ in range(2):
+        w.run()
+        _wait(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == ["img", "my annotations", "img labels"]
+
+
+def test_cancel_mid_run_leaves_no_layer_and_ends_the_worker(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(da.from_array(np.tile(nuclei_image(), (4, 4)), chunks=512), name="big")
+    w.image_combo.setCurrentText("big")
+    w.window_spin.setValue(128)
+    w.batch_spin.setValue(1)
+    w.run()
+    qtbot.waitUntil(lambda: w.progress.maximum() > 1 and w.progress.value() >= 1, timeout=30_000)
+    w.cancel()
+    _wait(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert w.job.generator_closed
+    gc.collect()
+    assert not any(t.name == "tiled-unet-reader" for t in threading.enumerate())
+    assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
+    assert "Cancelled" in w.status.text()
+
+
+def test_event_loop_is_never_blocked_for_200_ms_during_a_run(widget, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, w = widget
+    viewer.add_image(np.tile(nuclei_image(), (2, 2)), name="img")
+    w.image_combo.setCurrentText("img")
+    w.window_spin.setValue(256)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    w.run()
+    _wait(qtbot, w)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10
+    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
+
+
+def test_resegment_changes_labels_without_running_the_model(widget, qtbot, monkeypatch):
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:256, :256], name="img")
+    w.image_combo.setCurrentText("img")
+    w.run()
+    _wait(qtbot, w)
+    calls = []
+    original = w.bundle.model.forward
+    monkeypatch.setattr(w.bundle.model, "forward", lambda *a: calls.append(1) or original(*a))
+    before = viewer.layers["img labels"].data.copy()
+    w.fg_spin.setValue(0.05)
+    w.seed_spin.setValue(0.05)
+    w.min_size_spin.setValue(0)
+    w.resegment()
+    _wait(qtbot, w)
+    after = viewer.layers["img labels"].data
+    assert calls == []
+    assert not np.array_equal(before, after)
+
+
+def test_a_stack_runs_plane_by_plane(widget, qtbot):
+    viewer, w = widget
+    stack = np.stack([nuclei_image()[:128, :160]] * 3)
+    viewer.add_image(stack, name="stack")
+    w.image_combo.setCurrentText("stack")
+    w.run()
+    _wait(qtbot, w)
+    assert viewer.layers["stack labels"].data.shape == stack.shape
+
+
+class _RecordingArray:
+    """An array that records the size of every read made outside the main thread."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.worker_reads = []
+
+    def __getitem__(self, key):
+        out = self.data[key]
+        if threading.current_thread() is not threading.main_thread():
+            self.worker_reads.append(out.size)
+        return out
+
+
+def test_a_dask_layer_is_never_converted_to_numpy_whole(widget, qtbot):
+    viewer, w = widget
+    rec = _RecordingArray(np.tile(nuclei_image(), (3, 3)))
+    viewer.add_image(da.from_array(rec, chunks=(512, 512)), name="lazy")
+    w.image_combo.setCurrentText("lazy")
+    w.run()
+    _wait(qtbot, w)
+    assert viewer.layers["lazy labels"].data.shape == rec.shape
+    assert rec.worker_reads and max(rec.worker_reads) <= 512 * 512
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (np.zeros((4, 5, 6, 7, 8), np.uint8), "dimensions"),
+        (np.full((64, 64), 3, np.uint8), "constant"),
+        (np.where(np.eye(64) > 0, np.nan, 1.0).astype(np.float32), "NaN"),
+    ],
+)
+def test_bad_images_notify_and_leave_the_layers_as_they_were(widget, qtbot, data, message):
+    viewer, w = widget
+    viewer.add_image(data, name="bad")
+    errors = []
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(w, "_notify_error", lambda m: errors.append(m))
+    try:
+        w.image_combo.setCurrentText("bad")
+        w.run()
+        _wait(qtbot, w)
+    finally:
+        monkey.undo()
+    assert errors and message in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["bad"]
+
+
+def test_channel_mismatch_notifies(widget, qtbot, tmp_path):
+    viewer, w = widget
+    net = UNet(3, 3, base_channels=4, depth=2).eval()
+    w.add_model_file(save_bundle(net, tmp_path / "rgb.safetensors", make_metadata(net)))
+    viewer.add_image(nuclei_image()[:64, :64], name="gray")
+    errors = []
+    w._notify_error = errors.append
+    w.image_combo.setCurrentText("gray")
+    w.run()
+    _wait(qtbot, w)
+    assert errors and "expects 3 channels" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["gray"]
+
+
+def test_unreadable_model_file_notifies(widget, qtbot, tmp_path):
+    viewer, w = widget
+    bad = tmp_path / "broken.safetensors"
+    bad.write_text("nonsense")
+    w.add_model_file(bad)
+    viewer.add_image(nuclei_image()[:64, :64], name="img")
+    errors = []
+    w._notify_error = errors.append
+    w.run()
+    assert errors and "not a safetensors model file" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["img"]
+
+
+def test_sample_labels_match_the_sample_image():
+    assert nuclei_labels().shape == nuclei_image().shape
+    assert len(np.unique(nuclei_labels())) - 1 == 198
