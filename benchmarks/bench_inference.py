@@ -125,8 +125,8 @@ def part_b(bundle, img, ref_time, ref):
 
 
 def part_c(bundle, img):
-    from napari_tiled_unet.postprocess import labels_from_probabilities
     from napari_tiled_unet.metrics import match_instances
+    from napari_tiled_unet.postprocess import labels_from_probabilities
 
     t32, p32 = timed(lambda: predict(bundle, img, precision="fp32", device="cpu"))
     t16, p16 = timed(lambda: predict(bundle, img, precision="bf16", device="cpu"))

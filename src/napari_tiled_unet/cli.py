@@ -214,6 +214,12 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
         elif isinstance(ev, WarningEvent):
             tqdm.write(f"warning: {ev.message}", file=sys.stderr)
 
+    if dst.suffix == ".zarr" and getattr(image, "ndim", 0) == 2 and hasattr(image, "store"):
+        from .distributed import chunk_plan
+
+        # the same chunk-aligned plan as the cluster path, so both give identical results
+        predict_kwargs = {**predict_kwargs, "plan": chunk_plan(tuple(image.shape), bundle.depth, 1024)}
+        predict_kwargs.pop("window", None)
     try:
         if dst.suffix == ".zarr":
             with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:

@@ -208,6 +208,7 @@ def predict_iter(
     prefetch: bool = True,
     halo: int | None = None,
     plan: tiling.TilePlan | None = None,
+    stats: np.ndarray | None = None,
 ) -> Generator[Progress | WarningEvent, None, Any]:
     """Predict class probabilities tile by tile, yielding progress events.
 
@@ -233,7 +234,9 @@ def predict_iter(
         prefetch: read and normalize the next batch in a thread while the model computes.
         halo: override the derived halo (exact mode; for tests and experiments).
         plan: a ready :class:`~napari_tiled_unet.tiling.TilePlan` (overrides the planning
-            arguments; for tests and experiments).
+            arguments; the cluster path uses chunk-aligned plans).
+        stats: normalization statistics (C, 2) computed elsewhere (the cluster path computes
+            them once for the whole image); None computes them from ``image``.
 
     Yields:
         ``Progress`` after every batch (windows done / total, elapsed, eta) and ``WarningEvent``
@@ -275,9 +278,10 @@ def predict_iter(
             )
 
     # Global normalization (never per tile): statistics from the whole image or a sample.
-    stats = normalization.compute_stats(
-        image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes else None
-    )
+    if stats is None:
+        stats = normalization.compute_stats(
+            image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes else None
+        )
     sigmoid = bundle.metadata.get("output_activation") == "sigmoid"
 
     depth = getattr(net, "depth", 4)

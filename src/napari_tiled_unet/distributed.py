@@ -1,0 +1,198 @@
+"""The dask.distributed path: the windows of one zarr image on many workers.
+
+The same engine as everywhere else: each task runs :func:`~napari_tiled_unet.inference.predict`
+on its part of the image with a ready tile plan, so tiling, normalization and the network are
+the single-process code. What is added here is only the split:
+
+* The plan is **chunk-aligned** (:func:`chunk_plan`): every window keeps exactly one chunk of
+  the output store, so tasks write disjoint chunks and never race on a partial chunk.
+* Each worker loads the model **once** (the bundle's bytes are broadcast, and a per-process
+  cache keyed by their hash holds the network).
+* A worker reads only its windows from the input store (it opens the store by path).
+* Post-processing is the labels module's blockwise path, run by dask on the same cluster.
+
+Normalization statistics are computed once on the client and shipped with every task, so all
+windows see the same global mapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import tiling
+
+log = logging.getLogger(__name__)
+
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def make_client(workers: int | None = None, scheduler: str | None = None):
+    """A dask client: a LocalCluster of ``workers`` processes, or one connected to ``scheduler``."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler)
+    n = workers or 2
+    threads = max(1, (os.cpu_count() or 1) // n)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
+                           dashboard_address=None)
+    return Client(cluster)
+
+
+def chunk_plan(shape: tuple[int, int], depth: int, chunk: int, halo: int | None = None) -> tiling.TilePlan:
+    """An exact-mode plan whose windows each keep one ``chunk`` x ``chunk`` output block.
+
+    ``chunk`` must be a multiple of ``2**depth``. Windows extend a halo (rounded to the
+    alignment) beyond their block and are pulled inside the (padded) image at the borders.
+    """
+    m = 2**depth
+    if chunk % m:
+        raise ValueError(f"The chunk size {chunk} must be a multiple of {m}.")
+    halo = tiling.exact_halo(depth) if halo is None else halo
+    h, w = shape
+    hp, wp = -(-h // m) * m, -(-w // m) * m
+    ext = -(-halo // m) * m
+    win = (min(chunk + 2 * ext, hp), min(chunk + 2 * ext, wp))
+
+    def axis(length: int, size: int) -> list[tuple[int, int, int, int]]:
+        out = []
+        for k0 in range(0, length, chunk):
+            k1 = min(k0 + chunk, length)
+            s = min(max(k0 - ext, 0), length - size)
+            out.append((s, s + size, k0, k1))
+        return out
+
+    ys, xs = axis(hp, win[0]), axis(wp, win[1])
+    windows = tuple(tiling.Window(y[0], y[1], x[0], x[1], y[2], y[3], x[2], x[3]) for y in ys for x in xs)
+    return tiling.TilePlan((h, w), (hp, wp), win, halo, "exact", windows)
+
+
+def _bundle_bytes(bundle) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        return Path(bundle.save(Path(d) / "m.safetensors")).read_bytes()
+
+
+def _worker_model(payload: bytes):
+    """The bundle for ``payload`` on this worker process, loaded on first use only."""
+    key = hashlib.sha256(payload).hexdigest()
+    if key not in _MODEL_CACHE:
+        from .model.bundle import load_bundle
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / "m.safetensors"
+            p.write_bytes(payload)
+            _MODEL_CACHE[key] = load_bundle(p)
+        log.info("worker %s loaded the model", os.getpid())
+    return _MODEL_CACHE[key]
+
+
+class _Slice:
+    """A read-only view of rows/columns of a zarr array opened by path (reads only what is sliced)."""
+
+    def __init__(self, path: str, y0: int, y1: int, x0: int, x1: int) -> None:
+        import zarr
+
+        self.arr = zarr.open_array(path, mode="r")
+        self.off = (y0, x0)
+        self.shape = (y1 - y0, x1 - x0)
+        self.dtype = self.arr.dtype
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        ys, xs = key
+        return self.arr[self.off[0] + ys.start : self.off[0] + ys.stop,
+                        self.off[1] + xs.start : self.off[1] + xs.stop]
+
+
+def _run_windows(payload: bytes, in_path: str, out_path: str, windows: list[tiling.Window],
+                 stats: np.ndarray, shape: tuple[int, int], predict_kwargs: dict) -> int:
+    """Task: compute ``windows`` (each keeping one output chunk) and write their chunks."""
+    import zarr
+
+    from .inference import predict
+
+    bundle = _worker_model(payload)
+    out = zarr.open_array(out_path, mode="r+")
+    h, w = shape
+    for win in windows:
+        y1, x1 = min(win.y1, h), min(win.x1, w)
+        view = _Slice(in_path, win.y0, y1, win.x0, x1)
+        # one window covering the view: its plan is trivially the window itself, padded at the
+        # far end inside the image's padded extent exactly as the full plan would.
+        sub = tiling.TilePlan((y1 - win.y0, x1 - win.x0), win.shape, win.shape, 0, "exact",
+                              (tiling.Window(0, win.shape[0], 0, win.shape[1], 0, win.shape[0], 0,
+                                             win.shape[1]),))
+        probs = predict(bundle, view, plan=sub, stats=stats, prefetch=False, **predict_kwargs)
+        ky1, kx1 = min(win.ky1, h), min(win.kx1, w)
+        out[:, win.ky0 : ky1, win.kx0 : kx1] = probs[:, win.ky0 - win.y0 : ky1 - win.y0,
+                                                     win.kx0 - win.x0 : kx1 - win.x0]
+    return len(windows)
+
+
+def predict_distributed(client, bundle, image_path: str, out_path: str, *, chunk: int = 1024,
+                        tasks_per_worker: int = 4, **predict_kwargs: Any):
+    """Probabilities of the zarr image at ``image_path`` into a new zarr at ``out_path``.
+
+    Returns the output zarr array (n_classes, Y, X) float32.
+    """
+    import zarr
+
+    from . import normalization
+
+    src = zarr.open_array(image_path, mode="r")
+    if src.ndim != 2:
+        raise ValueError(
+            "The cluster path takes 2D single-channel zarr images; segment stacks plane by plane."
+        )
+    shape = tuple(src.shape)
+    depth = bundle.depth
+    plan = chunk_plan(shape, depth, chunk)
+    stats = normalization.compute_stats(src, bundle.normalization)
+    n_classes = len(bundle.class_names)
+    out = zarr.open_array(out_path, mode="w", shape=(n_classes, *shape), chunks=(n_classes, chunk, chunk),
+                          dtype="float32")
+    out.attrs["complete"] = False
+    payload = client.scatter(_bundle_bytes(bundle), broadcast=True)
+    n_workers = max(1, len(client.scheduler_info()["workers"]))
+    n_tasks = min(len(plan), n_workers * tasks_per_worker)
+    groups = [list(plan.windows[i::n_tasks]) for i in range(n_tasks)]
+    futures = [client.submit(_run_windows, payload, image_path, out_path, g, stats, shape, predict_kwargs,
+                             pure=False) for g in groups]
+    done = sum(f.result() for f in futures)
+    if done != len(plan):
+        raise RuntimeError(f"Only {done} of {len(plan)} windows were computed.")
+    out.attrs["complete"] = True
+    return out
+
+
+def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: dict | None = None,
+                        chunk: int = 1024, **predict_kwargs: Any):
+    """Segment a zarr image on the cluster; labels are written blockwise to ``dst`` (zarr) or
+    returned in memory for a tif destination."""
+    from .segmentation import Segmentation, labels_from, postprocess_params
+
+    store = getattr(image, "store", None)
+    path = getattr(store, "path", None) or getattr(store, "root", None)
+    if path is None:
+        raise ValueError("The cluster path needs a zarr image on disk that the workers can open.")
+    predict_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("window", "mode")}
+    tmp = tempfile.mkdtemp(prefix="tiled-unet-", dir=Path(dst).parent)
+    try:
+        probs = predict_distributed(client, bundle, str(path), str(Path(tmp) / "probabilities.zarr"),
+                                    chunk=chunk, **predict_kwargs)
+        params = postprocess_params(bundle, postprocess)
+        out = str(dst) if Path(dst).suffix == ".zarr" else None
+        labels = labels_from(probs, bundle.task, params, out=out)
+        if out is None:
+            labels = np.asarray(labels[:]) if hasattr(labels, "attrs") else np.asarray(labels)
+        return Segmentation(labels, probs, bundle.task, bundle.class_names, params)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_tiled_unet._sample_data import nuclei_image
+from napari_tiled_unet.cli import main
+from napari_tiled_unet.model import UNet, make_metadata, save_bundle
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(1, 3, base_channels=4, depth=2)
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(2, 1, 64, 64))
+    net.eval()
+    return save_bundle(net, tmp_path / "m.safetensors", make_metadata(net, name="tiny"))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    img = nuclei_image()
+    for i, (y, x) in enumerate([(0, 0), (100, 200), (250, 300)]):
+        tifffile.imwrite(d / f"img{i}.tif", img[y : y + 200, x : x + 260])
+    return d
+
+
+def test_folder_gives_one_labels_file_per_image_and_a_summary(tmp_path, folder, model_file, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "-m", str(model_file), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["img0_labels.tif", "img1_labels.tif", "img2_labels.tif"]
+    assert len(summary["segmented"]) == 3 and summary["failed"] == []
+    for row in summary["segmented"]:
+        labels = tifffile.imread(row["output"])
+        assert labels.shape == (200, 260)
+        assert row["objects"] == labels.max()
+
+
+def test_one_corrupt_file_is_named_the_others_are_written(tmp_path, folder, model_file, capsys):
+    (folder / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "-m", str(model_file)]) == 1
+    text = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["img0_labels.tif", "img1_labels.tif", "img2_labels.tif"]
+    assert "3 image(s) segmented" in text.out and "1 failed" in text.out
+    assert "broken.tif" in text.out
+
+
+def test_refuses_to_overwrite_without_the_flag(tmp_path, folder, model_file, capsys):
+    out = tmp_path / "out"
+    assert main(["segment", str(folder / "img0.tif"), "-o", str(out), "-m", str(model_file)]) == 0
+    before = (out / "img0_labels.tif").stat().st_mtime_ns
+    assert main(["segment", str(folder / "img0.tif"), "-o", str(out), "-m", str(model_file)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "img0_labels.tif").stat().st_mtime_ns == before
+    assert main(["segment", str(folder / "img0.tif"), "-o", str(out), "-m", str(model_file),
+                 "--overwrite"]) == 0
+
+
+def test_glob_and_overlay(tmp_path, folder, model_file):
+    out = tmp_path / "out"
+    assert main(["segment", str(folder / "img[01].tif"), "-o", str(out), "-m", str(model_file),
+                 "--overlay"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "img0_labels.png", "img0_labels.tif", "img1_labels.png", "img1_labels.tif",
+    ]
+
+
+def test_workers_2_on_a_zarr_image_equals_the_single_process_run(tmp_path, model_file):
+    import zarr
+
+    img = np.tile(nuclei_image(), (3, 2))[:1500, :1300]
+    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=img.shape, chunks=(512, 512),
+                          dtype=img.dtype)
+    src[:] = img
+    common = [str(tmp_path / "big.zarr"), "-m", str(model_file), "--batch-size", "1", "--format", "zarr"]
+    assert main(["segment", *common, "-o", str(tmp_path / "single")]) == 0
+    assert main(["segment", *common, "-o", str(tmp_path / "cluster"), "--workers", "2"]) == 0
+    single = zarr.open_array(str(tmp_path / "single" / "big_labels.zarr"), mode="r")[:]
+    cluster = zarr.open_array(str(tmp_path / "cluster" / "big_labels.zarr"), mode="r")[:]
+    assert single.shape == img.shape and single.max() > 0
+    assert np.array_equal(single, cluster)
