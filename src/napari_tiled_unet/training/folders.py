@@ -1,0 +1,148 @@
+"""Training on folder pairs: ``images/<id>.tif`` with ``labels/<id>.tif`` (the CLI's ``train``).
+
+The layout of the DSB2018 training folder: one image per file, and a label file of the
+same name (any of .tif, .tiff, .png) in the labels folder. All pairs are read into
+memory once (about 4 bytes per pixel for 8-bit images once the targets are made).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..events import TrainStep, WarningEvent, run_to_end
+from ..model.bundle import ModelBundle, load_model
+from .loop import Trainer, new_bundle
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; give the folder that holds the files.")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SUFFIXES and p.is_file()}
+
+
+def _read(path: Path) -> np.ndarray:
+    from ..io import read_image
+
+    return np.asarray(read_image(path))
+
+
+def read_ids(val_ids: str | os.PathLike | Sequence[str]) -> list[str]:
+    """Ids from a list, or from a text file with one id per line (blank lines and ``#`` comments skipped)."""
+    if isinstance(val_ids, (str, os.PathLike)):
+        path = Path(val_ids)
+        if not path.is_file():
+            raise ValueError(f"No file of validation ids at {path}; give a text file with one id per line.")
+        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+        return [line for line in lines if line]
+    return [str(v) for v in val_ids]
+
+
+def read_folder_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike,
+                      ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Read the image/label pairs with matching file names.
+
+    Args:
+        images_dir: folder of images (.tif, .tiff, .png), e.g. uint8 (Y, X).
+        labels_dir: folder of integer label images with the same names, e.g. uint16 (Y, X).
+
+    Returns:
+        (ids, images, labels): sorted ids (file stems), and the arrays in that order.
+
+    Raises:
+        ValueError: no file name appears in both folders.
+    """
+    images, labels = _files(Path(images_dir)), _files(Path(labels_dir))
+    ids = sorted(set(images) & set(labels))
+    if not ids:
+        raise ValueError(
+            f"No file in {images_dir} has a label file of the same name in {labels_dir} "
+            f"({len(images)} images, {len(labels)} label files); name each label file like its image."
+        )
+    missing = len(images) - len(ids)
+    if missing:
+        log.warning("%d image(s) in %s have no label file and are left out.", missing, images_dir)
+    return ids, [_read(images[i]) for i in ids], [_read(labels[i]) for i in ids]
+
+
+def train_folders_iter(
+    images_dir: str | os.PathLike,
+    labels_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    base: ModelBundle | str | os.PathLike | None = None,
+    val_ids: str | os.PathLike | Sequence[str] | None = None,
+    epochs: float | None = None,
+    minutes: float | None = None,
+    new_model: dict[str, Any] | None = None,
+    **options: Any,
+) -> Generator[TrainStep | WarningEvent, None, ModelBundle]:
+    """Train on folder pairs; a generator of training events that returns the saved bundle.
+
+    Args:
+        images_dir: folder of images, ``<id>.tif``.
+        labels_dir: folder of instance labels (or scribbles with ``annotation="scribbles"``),
+            ``<id>.tif``.
+        out: where to save the trained bundle (``.safetensors``, written atomically).
+        base: model to fine-tune; None trains a new one from scratch.
+        val_ids: ids held out for validation (a list, or a text file with one id per line);
+            None: ``val_fraction`` of the images, drawn with ``seed``.
+        epochs: epochs to train; minutes: time budget (see :class:`~.loop.Trainer`).
+        new_model: arguments of :func:`~.loop.new_bundle` for a model from scratch
+            (e.g. ``{"base_channels": 32, "depth": 4}``); ``n_channels`` is taken from the
+            first image when not given.
+        **options: other keyword arguments of :class:`~.loop.Trainer` (``lr``,
+            ``patch_size``, ``batch_size``, ``device``, ``precision``, ``checkpoint_path`` ...).
+
+    Yields:
+        :class:`TrainStep` and :class:`WarningEvent` events.
+
+    Returns:
+        The trained :class:`ModelBundle`, saved to ``out``.
+
+    Raises:
+        ValueError: no matching file names, unknown validation ids, and the input errors of
+            :class:`~.loop.Trainer`.
+    """
+    ids, images, labels = read_folder_pairs(images_dir, labels_dir)
+    val_images = None
+    if val_ids is not None:
+        wanted = read_ids(val_ids)
+        unknown = [v for v in wanted if v not in ids]
+        if unknown:
+            raise ValueError(f"{len(unknown)} validation id(s) have no image/label pair (e.g. "
+                             f"{unknown[0]!r}); list file names without their extension.")
+        index = {v: i for i, v in enumerate(ids)}
+        val_images = [index[v] for v in wanted]
+    if base is None:
+        args = dict(new_model or {})
+        if "n_channels" not in args:
+            first = images[0]
+            args["n_channels"] = 1 if first.ndim == 2 else 3
+        bundle = new_bundle(**args)
+    else:
+        bundle = load_model(base)
+    log.info("Training on %d pairs from %s (%s).", len(ids), images_dir,
+             f"{len(val_images)} held out" if val_images is not None else "automatic hold-out")
+    trainer = Trainer(bundle, images, labels, names=ids, val_images=val_images, epochs=epochs,
+                      minutes=minutes, **options)
+    del images, labels  # the trainer keeps what it needs (compact targets, held-out labels)
+    result = yield from trainer.iter()
+    result.save(out)
+    log.info("Saved the trained model to %s.", out)
+    return result
+
+
+def train_folders(images_dir: str | os.PathLike, labels_dir: str | os.PathLike, *,
+                  on_event: Callable[[Any], None] | None = None, **kwargs: Any) -> ModelBundle:
+    """Synchronous twin of :func:`train_folders_iter`; ``on_event`` receives each event."""
+    return run_to_end(train_folders_iter(images_dir, labels_dir, **kwargs), on_event)

@@ -1,0 +1,124 @@
+"""Painted labels -> training targets, weight map and the mask of pixels that count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_tiled_unet.training.targets import (
+    BOUNDARY,
+    INTERIOR,
+    border_weight,
+    check_annotated,
+    instance_classes,
+    instance_targets,
+    make_targets,
+    region_boxes,
+    scribble_targets,
+)
+
+
+def _two_squares(gap: int, size: int = 64) -> np.ndarray:
+    lab = np.zeros((size, size), dtype=np.uint16)
+    lab[20:30, 10:20] = 1
+    lab[20:30, 20 + gap : 30 + gap] = 2
+    return lab
+
+
+def test_instance_classes_split_touching_objects_by_boundary_pixels():
+    lab = _two_squares(gap=0)
+    cls = instance_classes(lab)
+    assert cls.dtype == np.uint8
+    assert cls[25, 19] == BOUNDARY and cls[25, 20] == BOUNDARY  # where the two touch
+    assert cls[25, 15] == INTERIOR and cls[5, 5] == 0
+
+
+def test_border_weight_is_larger_between_close_objects_than_far_from_them():
+    lab = _two_squares(gap=3)
+    t = instance_targets(lab)
+    between = t.weight[25, 21]  # background pixel in the 3-px gap
+    far = t.weight[55, 55]  # background far from both
+    beside_one = t.weight[25, 5]  # background next to one object only
+    assert between > 5 * far
+    assert between > 2 * beside_one
+    assert t.weight.dtype == np.float32 and t.classes.dtype == np.int64 and t.mask.dtype == bool
+
+
+def test_border_weight_equals_brute_force_distances():
+    rng = np.random.default_rng(1)
+    lab = np.zeros((48, 48), dtype=np.int32)
+    for k in range(1, 7):
+        y, x = rng.integers(0, 42, 2)
+        lab[y : y + 5, x : x + 6] = k
+    from scipy import ndimage as ndi
+
+    ids = [k for k in np.unique(lab) if k]
+    dist = np.stack([ndi.distance_transform_edt(lab != k) for k in ids])
+    dist.sort(axis=0)
+    expected = 10.0 * np.exp(-((dist[0] + dist[1]) ** 2) / (2 * 5.0**2))
+    got = border_weight(lab, w0=10.0, sigma=5.0)
+    # exact where the term is above the documented cutoff (1e-3 * w0), 0 or tiny below it
+    assert np.allclose(got, np.where(expected >= 1e-2, expected, got), atol=1e-4)
+    assert np.all(got[expected < 1e-2] <= 1e-2 + 1e-6)
+
+
+def test_scribble_value_zero_never_counts_and_value_k_is_class_k_minus_1():
+    lab = np.zeros((16, 16), dtype=np.uint8)
+    lab[2, 2:6] = 1
+    lab[10, 4:9] = 3
+    t = scribble_targets(lab, n_classes=3)
+    assert t.mask.sum() == 9
+    assert not t.mask[lab == 0].any()
+    assert (t.weight[lab == 0] == 0).all()
+    assert set(t.classes[t.mask].tolist()) == {0, 2}
+    assert t.present_classes() == [0, 2]
+
+
+def test_labels_outside_the_region_have_no_influence_on_targets():
+    rng = np.random.default_rng(0)
+    lab = _two_squares(gap=2)
+    region = [(15, 5, 40, 35)]
+    other = lab.copy()
+    outside = np.ones(lab.shape, dtype=bool)
+    outside[15:40, 5:35] = False
+    other[outside] = rng.integers(0, 9, outside.sum())
+    a, b = instance_targets(lab, region), instance_targets(other, region)
+    assert not a.mask[outside].any()
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.classes[a.mask], b.classes[b.mask])
+    np.testing.assert_array_equal(a.weight, b.weight)
+
+
+def test_region_accepts_napari_rectangle_corners_and_clips_to_the_image():
+    corners = np.array([[2.5, 3.0], [2.5, 10.2], [8.0, 10.2], [8.0, 3.0]])
+    assert region_boxes((20, 20), [corners, (15, 15, 40, 40), (30, 30, 40, 40)]) == [
+        (2, 3, 8, 11),
+        (15, 15, 20, 20),
+    ]
+
+
+def test_labels_of_another_shape_are_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match=r"labels have shape \(10, 12\) but the image is \(10, 10\)"):
+        make_targets((10, 10), np.zeros((10, 12), dtype=np.uint8))
+
+
+def test_scribble_value_without_a_class_is_refused():
+    lab = np.zeros((8, 8), dtype=np.uint8)
+    lab[1, 1], lab[2, 2] = 1, 4
+    with pytest.raises(ValueError, match="paint with values 1 to 3"):
+        make_targets((8, 8), lab, "scribbles", n_classes=3)
+
+
+def test_nothing_annotated_and_single_scribble_class_are_refused():
+    empty = np.zeros((8, 8), dtype=np.uint8)
+    t = make_targets((8, 8), empty, "scribbles")
+    with pytest.raises(ValueError, match="No pixel is annotated"):
+        check_annotated([t], [empty], "scribbles")
+    t = make_targets((8, 8), empty, "instances")
+    with pytest.raises(ValueError, match="No object is painted"):
+        check_annotated([t], [empty], "instances")
+    one = empty.copy()
+    one[3, 3:6] = 2
+    t = make_targets((8, 8), one, "scribbles")
+    with pytest.raises(ValueError, match="at least two classes"):
+        check_annotated([t], [one], "scribbles")
