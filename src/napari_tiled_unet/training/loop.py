@@ -66,7 +66,8 @@ from .targets import ANNOTATIONS, check_annotation, check_labels, make_targets
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..inference import PRECISIONS, _autocast  # one autocast policy for inference and training
+
 CHECKPOINT_FORMAT = "napari-tiled-unet-training-checkpoint"
 CHECKPOINT_VERSION = 1
 #: epochs when neither ``epochs`` nor ``minutes`` is given
@@ -877,20 +878,14 @@ def _match_counts(prob: np.ndarray, labels: np.ndarray, mask: np.ndarray, window
     return m.tp, m.fp, m.fn
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
     try:
         with torch.autocast(device.type, dtype=dtype):
             x = torch.ones(1, 1, 3, 3, device=device)
             torch.nn.functional.conv2d(x, torch.ones(1, 1, 1, 1, device=device))
         return True
-    except Exception:
+    except Exception as exc:  # a probe: the caller falls back to fp32 and warns the user
+        log.info("autocast %s on %s is not supported here: %s", dtype, device, exc)
         return False
 
 
