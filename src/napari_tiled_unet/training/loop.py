@@ -66,7 +66,7 @@ from .targets import ANNOTATIONS, check_annotation, check_labels, make_targets
 
 log = logging.getLogger(__name__)
 
-from ..inference import PRECISIONS, _autocast  # one autocast policy for inference and training
+from ..inference import PRECISIONS, _autocast  # one autocast policy for inference and training  # noqa: E402
 
 CHECKPOINT_FORMAT = "napari-tiled-unet-training-checkpoint"
 CHECKPOINT_VERSION = 1
