@@ -23,3 +23,21 @@ def dsb_dir() -> Path:
     if not (DSB / "images").is_dir():
         pytest.skip("../shared/data/dsb2018-fluo-train is not present")
     return DSB
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A tiny U-Net (8 channels, depth 2) trained for 30 steps on the shipped nuclei sample.
+
+    It finds blobs where nuclei are, which is all the mechanics tests (CLI, cluster, widgets)
+    need; the quality tests use the built-in model.
+    """
+    from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+    from napari_tiled_unet.training.data import Augmentation
+    from napari_tiled_unet.training.loop import finetune, new_bundle
+
+    bundle = new_bundle(base_channels=8, depth=2, seed=0, name="tiny-nuclei")
+    trained = finetune(bundle, [nuclei_image()], [nuclei_labels()], steps_per_epoch=30, epochs=1,
+                       patch_size=96, batch_size=4, val_fraction=0, precision="bf16", seed=0, lr=3e-3,
+                       augmentation=Augmentation(elastic=0))
+    return trained.save(tmp_path_factory.mktemp("models") / "tiny-nuclei.safetensors")

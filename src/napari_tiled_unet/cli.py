@@ -146,6 +146,7 @@ def _cmd_segment(args) -> int:
                 "use --overwrite to replace them or choose another output folder."
             )
     bundle = load_model(args.model) if args.model else zoo.load()
+    out_dir.mkdir(parents=True, exist_ok=True)
     post = {"foreground_threshold": args.foreground_threshold, "seed_threshold": args.seed_threshold,
             "min_size": args.min_size}
     predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
@@ -232,9 +233,152 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
         bar.close()
 
 
+# -- evaluate ----------------------------------------------------------------------------
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted label maps against ground truth",
+        description="Match objects one to one at IoU thresholds; print per-image and total figures.",
+    )
+    p.add_argument("--pred", required=True, help="folder of predicted label maps")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label maps (same file names)")
+    p.add_argument("--thresholds", default="0.5,0.75", help="IoU thresholds, comma separated")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _cmd_evaluate(args) -> int:
+    from .metrics import evaluate_folders, format_evaluation
+
+    try:
+        thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        raise CLIError(f"--thresholds {args.thresholds!r} is not a list of numbers; write e.g. 0.5,0.75.") from None
+    try:
+        report = evaluate_folders(args.pred, args.gt, thresholds)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(json.dumps(report, indent=2) if args.json else format_evaluation(report))
+    return 0
+
+
+# -- train -------------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model on folders of images and labels",
+        description="Train on image/label pairs with matching file names (images/<id>.tif, "
+                    "labels/<id>.tif). With --checkpoint, an interrupted run resumes where it stopped.",
+    )
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--labels", required=True, help="folder of label maps with the same file names")
+    p.add_argument("--out", required=True, help="where to save the trained model (.safetensors)")
+    p.add_argument("--base", default=None,
+                   help="model to fine-tune (file or built-in name); default: a new model from scratch")
+    p.add_argument("--annotation", default="instances", choices=["instances", "scribbles"])
+    budget = p.add_argument_group("budget (whichever ends first)")
+    budget.add_argument("--epochs", type=float, default=None, help="epochs to train")
+    budget.add_argument("--minutes", type=float, default=None, help="training time budget")
+    new = p.add_argument_group("new model (without --base)")
+    new.add_argument("--base-channels", type=int, default=16, help="channels of the first level (default 16)")
+    new.add_argument("--depth", type=int, default=4, help="number of down-sampling steps (default 4)")
+    new.add_argument("--name", default=None, help="name stored in the model's metadata")
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--val-ids", default=None,
+                     help="text file of image ids (file names without extension) held out for validation")
+    opt.add_argument("--val-fraction", type=float, default=0.15,
+                     help="fraction held out when --val-ids is not given (default 0.15)")
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument("--patch-size", type=int, default=256)
+    opt.add_argument("--batch-size", type=int, default=4)
+    opt.add_argument("--steps-per-epoch", type=int, default=None)
+    opt.add_argument("--val-every", type=int, default=None, help="steps between validations (default: an epoch)")
+    opt.add_argument("--patience", type=int, default=5,
+                     help="validations without improvement before stopping early (0: never)")
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    opt.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    opt.add_argument("--checkpoint", default=None,
+                     help="checkpoint file; an existing matching checkpoint is resumed")
+    opt.add_argument("--checkpoint-minutes", type=float, default=5.0,
+                     help="save a checkpoint at least this often (default 5)")
+
+
+def _cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .events import TrainStep, WarningEvent
+    from .training.folders import train_folders_iter
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"--out {out} should end in .safetensors (the model bundle format).")
+    if not out.parent.exists():
+        raise CLIError(f"The folder {out.parent} does not exist; create it or choose another --out.")
+    new_model = None
+    if args.base is None:
+        new_model = {"base_channels": args.base_channels, "depth": args.depth}
+        if args.name:
+            new_model["name"] = args.name
+    options = dict(
+        annotation=args.annotation, lr=args.lr, patch_size=args.patch_size, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, val_every=args.val_every, seed=args.seed, device=args.device,
+        precision=args.precision, early_stopping_patience=args.patience or None,
+        checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+    )
+    if args.val_ids is None:
+        options["val_fraction"] = args.val_fraction
+    try:
+        gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
+                                 epochs=args.epochs, minutes=args.minutes, new_model=new_model, **options)
+        bar = tqdm(unit="step", dynamic_ncols=True)
+        last_val: TrainStep | None = None
+        try:
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as done:
+                    bundle = done.value
+                    break
+                if isinstance(ev, WarningEvent):
+                    tqdm.write(f"{'note' if ev.kind == 'info' else 'warning'}: {ev.message}", file=sys.stderr)
+                elif isinstance(ev, TrainStep):
+                    bar.total = ev.total
+                    bar.n = ev.step
+                    if ev.val_loss is not None:
+                        last_val = ev
+                        f1 = ev.metrics.get("f1@0.5")
+                        tqdm.write(f"step {ev.step}: train loss {ev.loss:.4f}, validation loss {ev.val_loss:.4f}"
+                                   + (f", F1@0.5 {f1:.3f}" if f1 is not None else "")
+                                   + f" ({ev.elapsed / 60:.1f} min)")
+                    bar.set_postfix(loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.1e}", refresh=False)
+                    bar.refresh()
+        except KeyboardInterrupt:
+            gen.close()  # the trainer saves its checkpoint; nothing half-written is left at --out
+            bar.close()
+            print("interrupted; run the same command again to resume from the checkpoint"
+                  if args.checkpoint else "interrupted; nothing saved (use --checkpoint to resume later)",
+                  file=sys.stderr)
+            return 130
+        bar.close()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    record = bundle.metadata.get("training", {})
+    print(f"Saved {out} after {record.get('steps', '?')} steps in {record.get('time_s', 0) / 60:.1f} min "
+          f"({record.get('stopped')}); best weights from step {record.get('best_step')}.")
+    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v is not None}
+    if metrics:
+        print("Validation (best weights): "
+              + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------
 
-COMMANDS = ["info", "segment"]
+COMMANDS = ["info", "segment", "train", "evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

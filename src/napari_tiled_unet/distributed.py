@@ -177,8 +177,9 @@ def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: d
     returned in memory for a tif destination."""
     from .segmentation import Segmentation, labels_from, postprocess_params
 
-    store = getattr(image, "store", None)
-    path = getattr(store, "path", None) or getattr(store, "root", None)
+    from .io import store_path
+
+    path = store_path(image)
     if path is None:
         raise ValueError("The cluster path needs a zarr image on disk that the workers can open.")
     predict_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("window", "mode")}

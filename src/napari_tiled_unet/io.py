@@ -31,6 +31,17 @@ def is_zarr(path: str | os.PathLike) -> bool:
                                                                                   "zarr.json")))
 
 
+def store_path(array: Any) -> Path | None:
+    """The folder of a zarr array on local disk (zarr 2 or 3), or None for anything else."""
+    store = getattr(array, "store", None)
+    root = getattr(store, "root", None) or getattr(store, "path", None)
+    if not root:
+        return None
+    path = Path(str(root))
+    inner = getattr(array, "path", "") or ""  # an array inside a group
+    return (path / inner if inner else path).resolve()
+
+
 def read_image(path: str | os.PathLike) -> Any:
     """Open an image: numpy for png and small tifs, a zarr array for zarr and big tifs.
 
@@ -110,8 +121,8 @@ def write_labels(labels: Any, path: str | os.PathLike) -> Path:
         import dask.array as da
         import zarr
 
-        if hasattr(labels, "store") and Path(str(getattr(labels.store, "path", ""))) == path:
-            return path
+        if store_path(labels) == path.resolve():
+            return path  # already written in place by the blockwise post-processing
         arr = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=1024)
         z = zarr.open_array(str(path), mode="w", shape=arr.shape, chunks=(1024,) * arr.ndim,
                             dtype=arr.dtype)

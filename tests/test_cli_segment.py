@@ -3,22 +3,14 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_tiled_unet._sample_data import nuclei_image
 from napari_tiled_unet.cli import main
-from napari_tiled_unet.model import UNet, make_metadata, save_bundle
 
 
 @pytest.fixture
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    net = UNet(1, 3, base_channels=4, depth=2)
-    net.train()
-    with torch.no_grad():
-        net(torch.randn(2, 1, 64, 64))
-    net.eval()
-    return save_bundle(net, tmp_path / "m.safetensors", make_metadata(net, name="tiny"))
+def model_file(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture
