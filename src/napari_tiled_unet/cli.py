@@ -254,7 +254,8 @@ def _cmd_evaluate(args) -> int:
     try:
         thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
     except ValueError:
-        raise CLIError(f"--thresholds {args.thresholds!r} is not a list of numbers; write e.g. 0.5,0.75.") from None
+        raise CLIError(f"--thresholds {args.thresholds!r} is not a list of numbers; "
+                       "write e.g. 0.5,0.75.") from None
     try:
         report = evaluate_folders(args.pred, args.gt, thresholds)
     except ValueError as exc:
@@ -295,7 +296,8 @@ def _add_train(sub) -> None:
     opt.add_argument("--patch-size", type=int, default=256)
     opt.add_argument("--batch-size", type=int, default=4)
     opt.add_argument("--steps-per-epoch", type=int, default=None)
-    opt.add_argument("--val-every", type=int, default=None, help="steps between validations (default: an epoch)")
+    opt.add_argument("--val-every", type=int, default=None,
+                     help="steps between validations (default: an epoch)")
     opt.add_argument("--patience", type=int, default=5,
                      help="validations without improvement before stopping early (0: never)")
     opt.add_argument("--seed", type=int, default=0)
@@ -323,19 +325,19 @@ def _cmd_train(args) -> int:
         new_model = {"base_channels": args.base_channels, "depth": args.depth}
         if args.name:
             new_model["name"] = args.name
-    options = dict(
-        annotation=args.annotation, lr=args.lr, patch_size=args.patch_size, batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch, val_every=args.val_every, seed=args.seed, device=args.device,
-        precision=args.precision, early_stopping_patience=args.patience or None,
-        checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
-    )
+    options = {
+        "annotation": args.annotation, "lr": args.lr, "patch_size": args.patch_size,
+        "batch_size": args.batch_size, "steps_per_epoch": args.steps_per_epoch, "val_every": args.val_every,
+        "seed": args.seed, "device": args.device, "precision": args.precision,
+        "early_stopping_patience": args.patience or None, "checkpoint_path": args.checkpoint,
+        "checkpoint_minutes": args.checkpoint_minutes,
+    }
     if args.val_ids is None:
         options["val_fraction"] = args.val_fraction
     try:
         gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
                                  epochs=args.epochs, minutes=args.minutes, new_model=new_model, **options)
         bar = tqdm(unit="step", dynamic_ncols=True)
-        last_val: TrainStep | None = None
         try:
             while True:
                 try:
@@ -344,14 +346,15 @@ def _cmd_train(args) -> int:
                     bundle = done.value
                     break
                 if isinstance(ev, WarningEvent):
-                    tqdm.write(f"{'note' if ev.kind == 'info' else 'warning'}: {ev.message}", file=sys.stderr)
+                    kind = "note" if ev.kind == "info" else "warning"
+                    tqdm.write(f"{kind}: {ev.message}", file=sys.stderr)
                 elif isinstance(ev, TrainStep):
                     bar.total = ev.total
                     bar.n = ev.step
                     if ev.val_loss is not None:
-                        last_val = ev
                         f1 = ev.metrics.get("f1@0.5")
-                        tqdm.write(f"step {ev.step}: train loss {ev.loss:.4f}, validation loss {ev.val_loss:.4f}"
+                        tqdm.write(f"step {ev.step}: train loss {ev.loss:.4f}, "
+                                   f"validation loss {ev.val_loss:.4f}"
                                    + (f", F1@0.5 {f1:.3f}" if f1 is not None else "")
                                    + f" ({ev.elapsed / 60:.1f} min)")
                     bar.set_postfix(loss=f"{ev.loss:.4f}", lr=f"{ev.lr:.1e}", refresh=False)

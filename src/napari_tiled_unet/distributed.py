@@ -175,9 +175,8 @@ def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: d
                         chunk: int = 1024, **predict_kwargs: Any):
     """Segment a zarr image on the cluster; labels are written blockwise to ``dst`` (zarr) or
     returned in memory for a tif destination."""
-    from .segmentation import Segmentation, labels_from, postprocess_params
-
     from .io import store_path
+    from .segmentation import Segmentation, labels_from, postprocess_params
 
     path = store_path(image)
     if path is None:
