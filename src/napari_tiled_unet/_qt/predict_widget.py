@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 LOAD_FILE = "Load file…"
 
+_last_used: list[Any] = [None]  # the bundle the Segment widget ran last (in any viewer)
+
+
+def last_used_bundle():
+    """The model the Segment widget used last in this session, or None (for the fine-tune widget)."""
+    return _last_used[0]
+
 
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
@@ -246,6 +253,7 @@ class SegmentWidget(QWidget):
             return
         try:
             self.bundle = self.load_selected_model()
+            _last_used[0] = self.bundle
         except Exception as exc:  # BundleError and friends: one sentence to the user
             self._notify_error(str(exc))
             return
@@ -370,4 +378,4 @@ def make_segment_widget(napari_viewer: napari.Viewer) -> SegmentWidget:
     return SegmentWidget(napari_viewer)
 
 
-__all__ = ["SegmentWidget", "make_segment_widget"]
+__all__ = ["SegmentWidget", "last_used_bundle", "make_segment_widget"]
