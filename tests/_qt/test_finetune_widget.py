@@ -1,0 +1,327 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_tiled_unet._qt import predict_widget
+from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+from napari_tiled_unet.model.bundle import load_model
+from napari_tiled_unet.training.loop import finetune, new_bundle
+
+CROP = (slice(0, 128), slice(0, 128))
+INSTANCES, SCRIBBLES = "instances (one label per object)", "scribbles (label k = class k)"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # on a small, busy machine torch's intra-op threads fight each other (a tiny step takes
+    # seconds instead of milliseconds); one thread keeps these mechanics tests fast
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("finetune") / "tiny.safetensors"
+    return new_bundle(base_channels=4, depth=2, seed=0, name="tiny").save(path)
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """The napari notifications shown during a test, by kind."""
+    import napari.utils.notifications as n
+
+    shown = {"error": [], "warning": [], "info": []}
+    for kind in shown:
+        monkeypatch.setattr(n, f"show_{kind}", shown[kind].append)
+    return shown
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_file, notes):
+    viewer = make_napari_viewer()
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(model_file)
+    w.device_combo.setCurrentText("cpu")
+    w.patch_spin.setValue(64)
+    w.batch_spin.setValue(2)
+    w.budget_spin.setValue(1)
+    w.steps_spin.setValue(3)
+    return viewer, w
+
+
+def _add_nuclei(viewer, labels=None):
+    image = nuclei_image()[CROP].copy()
+    labels = nuclei_labels()[CROP].copy() if labels is None else labels
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="my labels")
+    return image.copy(), labels.copy()
+
+
+def _wait(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: not w.running, timeout=timeout)
+
+
+def _start(w):
+    w.image_combo.setCurrentText("img")
+    w.labels_combo.setCurrentText("my labels")
+    w.train()
+
+
+def test_the_widget_opens_from_napari_plugins_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune (U-Net)")
+    assert isinstance(w, FineTuneWidget)
+
+
+def test_training_keeps_napari_responsive_plots_the_loss_and_stop_keeps_a_finite_model(widget, qtbot,
+                                                                                      tmp_path, model_file):
+    from qtpy.QtCore import QTimer
+
+    viewer, w = widget
+    # torch and scikit-image import parts of themselves on first use (about 0.3 s holding the
+    # interpreter, once per session): warm them so that the widget's own work is measured
+    finetune(model_file, [nuclei_image()[:64, :64]], [nuclei_labels()[:64, :64]], epochs=1,
+             steps_per_epoch=1, patch_size=32, batch_size=1, val_fraction=0.3)
+    image, labels = _add_nuclei(viewer)
+    w.steps_spin.setValue(100_000)  # runs until Stop
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    _start(w)
+    assert w.running and w.stop_button.isEnabled() and not w.train_button.isEnabled()
+    timer.start()
+    qtbot.waitUntil(lambda: len(w.train_points) >= 8, timeout=60_000)
+    qtbot.wait(600)  # at least one throttled redraw while training
+    drawn_while_training = len(w.plot.train_line)
+    w.stop_button.click()
+    _wait(qtbot, w)
+    timer.stop()
+
+    gaps = np.diff(ticks)
+    assert len(ticks) > 10
+    # about 25 ms here; the bound leaves room for a shared 2-core machine
+    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
+    assert drawn_while_training > 0
+    assert w.val_points[0][0] == 0  # the starting model was validated first
+    assert len(w.plot.train_line) == len(w.train_points) and len(w.plot.val_line) == len(w.val_points)
+    assert w.job.generator_closed and w.job.cancelled
+    assert "Stopped" in w.status.text()
+    assert w.train_button.isEnabled() and not w.stop_button.isEnabled() and w.save_button.isEnabled()
+
+    saved = load_model(w.save_model(tmp_path / "stopped.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.model.state_dict().values() if v.is_floating_point())
+    assert saved.metadata["training"]["stopped"] == "interrupted"
+    assert [layer.name for layer in viewer.layers] == ["img", "my labels"]
+    assert np.array_equal(viewer.layers["img"].data, image)
+    assert np.array_equal(viewer.layers["my labels"].data, labels)
+
+
+def test_a_finished_run_saves_a_loadable_bundle_and_shows_f1_before_and_after(widget, qtbot, tmp_path):
+    viewer, w = widget
+    _add_nuclei(viewer)
+    _start(w)
+    _wait(qtbot, w)
+    assert w.bundle is not None and "Done after 3 steps" in w.status.text()
+    assert not w.table.isHidden()
+    rows = [w.table.verticalHeaderItem(r).text() for r in range(w.table.rowCount())]
+    assert rows == ["F1@0.5 (objects)", "validation loss"]
+    for r in range(w.table.rowCount()):
+        for c in range(2):
+            assert np.isfinite(float(w.table.item(r, c).text()))
+
+    written = w.save_model(tmp_path / "fine-tuned")  # the extension is added
+    assert written == tmp_path / "fine-tuned.safetensors"
+    bundle = load_model(written)
+    record = bundle.metadata["training"]
+    assert record["steps"] == 3 and record["annotation"] == "instances" and record["data"]["n_images"] == 1
+    assert bundle.name == "tiny-finetuned"
+    assert [p.name for p in tmp_path.iterdir()] == ["fine-tuned.safetensors"]  # no temporary file left
+
+
+def test_preview_adds_one_layer_of_its_own_and_leaves_the_users_layers_unchanged(widget, qtbot):
+    viewer, w = widget
+    image, labels = _add_nuclei(viewer)
+    _start(w)
+    _wait(qtbot, w)
+    for _ in range(2):  # a second preview replaces the first
+        w.preview_button.click()
+        _wait(qtbot, w)
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["img", "my labels", "img preview (fine-tuned)"]
+    preview = viewer.layers["img preview (fine-tuned)"]
+    assert preview.data.ndim == 2 and min(preview.data.shape) >= 8 and preview.data.shape <= image.shape
+    assert np.array_equal(viewer.layers["img"].data, image)
+    assert np.array_equal(viewer.layers["my labels"].data, labels)
+    assert w.labels_combo.findText("img preview (fine-tuned)") == -1  # never offered as training labels
+
+
+def test_preview_covers_only_the_visible_part_of_the_image(widget, qtbot):
+    viewer, w = widget
+    _add_nuclei(viewer)
+    _start(w)
+    _wait(qtbot, w)
+    camera = viewer.camera if not hasattr(viewer, "scene") else viewer.scene.camera
+    camera.center = (32, 32)
+    camera.zoom = max(viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size) / 40
+    w.preview()
+    _wait(qtbot, w)
+    preview = viewer.layers["img preview (fine-tuned)"]
+    assert max(preview.data.shape) < 64
+    y0, x0 = preview.translate
+    assert 0 < y0 < 32 and 0 < x0 < 32  # placed over the part it was computed for
+
+
+def test_scribbles_train_a_semantic_model_and_show_iou_per_class(widget, qtbot, tmp_path):
+    viewer, w = widget
+    base = new_bundle("semantic", class_names=["background", "nucleus"], base_channels=4, depth=2, seed=0)
+    w.add_model_file(base.save(tmp_path / "semantic.safetensors"))
+    truth = nuclei_labels()[CROP]
+    scribbles = np.zeros(truth.shape, np.uint8)
+    scribbles[::4] = np.where(truth[::4] > 0, 2, 1)  # every 4th row painted: 1 background, 2 nucleus
+    _add_nuclei(viewer, scribbles)
+    w.annotation_combo.setCurrentText(SCRIBBLES)
+    _start(w)
+    _wait(qtbot, w)
+    assert w.bundle is not None and not w.table.isHidden()
+    rows = [w.table.verticalHeaderItem(r).text() for r in range(w.table.rowCount())]
+    assert rows == ["validation loss", "IoU background", "IoU nucleus", "mean IoU"]
+    after = w.after
+    assert 0 <= after["IoU background"] <= 1 and 0 <= after["mean IoU"] <= 1
+    assert np.array_equal(viewer.layers["my labels"].data, scribbles)
+
+
+def _rgb(viewer):
+    viewer.add_image(np.stack([nuclei_image()[CROP]] * 3, axis=-1), name="img", rgb=True)
+    viewer.add_labels(nuclei_labels()[CROP].copy(), name="my labels")
+
+
+@pytest.mark.parametrize(
+    "setup,annotation,message",
+    [
+        (lambda v: _add_nuclei(v, nuclei_labels()[:100, :128].copy()), INSTANCES, "shape"),
+        (lambda v: _add_nuclei(v, np.zeros((128, 128), np.uint8)), SCRIBBLES, "No pixel is annotated"),
+        (lambda v: _add_nuclei(v, np.ones((128, 128), np.uint8)), SCRIBBLES, "Only class 1"),
+        (lambda v: _add_nuclei(v, np.zeros((128, 128), np.uint8)), INSTANCES, "No object is painted"),
+        (_rgb, INSTANCES, "channel"),
+    ],
+    ids=["labels-shape", "nothing-painted", "one-class", "no-object", "channels"],
+)
+def test_bad_input_shows_one_error_and_changes_nothing(widget, notes, setup, annotation, message):
+    viewer, w = widget
+    setup(viewer)
+    before = {layer.name: np.array(layer.data, copy=True) for layer in viewer.layers}
+    w.annotation_combo.setCurrentText(annotation)
+    _start(w)
+    assert len(notes["error"]) == 1 and message in notes["error"][0], notes["error"]
+    assert notes["error"][0].count(". ") == 0 and notes["error"][0].endswith(".")  # one sentence
+    assert w.job is None and w.train_button.isEnabled()
+    assert list(before) == [layer.name for layer in viewer.layers]
+    assert all(np.array_equal(before[layer.name], layer.data) for layer in viewer.layers)
+
+
+@pytest.mark.parametrize("image_scale", [1, 2])
+def test_the_region_limits_training_to_the_pixels_inside_its_rectangles(widget, image_scale):
+    viewer, w = widget
+    _add_nuclei(viewer)
+    viewer.layers["img"].scale = viewer.layers["my labels"].scale = (image_scale, image_scale)
+    corners = np.array([[10, 20], [10, 90], [70, 90], [70, 20]]) * image_scale  # drawn in world units
+    viewer.add_shapes([corners], shape_type="rectangle", name="region")
+    w.image_combo.setCurrentText("img")
+    w.labels_combo.setCurrentText("my labels")
+    w.region_combo.setCurrentText("region")
+    trainer = w.make_trainer()
+    items = [*trainer.train_items, *(it for it, _ in trainer.val_items)]
+    boxes = [it.counted_bbox() for it in items]
+    assert min(b[0] for b in boxes) >= 10 and min(b[1] for b in boxes) >= 20
+    assert max(b[2] for b in boxes) <= 70 and max(b[3] for b in boxes) <= 90
+    assert sum(it.n_counted for it in items) == 60 * 70
+
+
+class _Background(torch.nn.Module):
+    """A two-class 'model' that calls every pixel class 0."""
+
+    n_classes = 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        out[:, 0] = 1
+        return out
+
+
+def test_the_iou_table_counts_only_the_held_out_scribbles(widget, tmp_path):
+    from types import SimpleNamespace
+
+    from napari_tiled_unet._qt.finetune_widget import validation_iou_iter
+    from napari_tiled_unet.events import run_to_end
+    from napari_tiled_unet.training.data import IGNORE
+
+    viewer, w = widget
+    scribbles = np.zeros((128, 128), np.uint8)
+    scribbles[::4] = np.where(nuclei_labels()[CROP][::4] > 0, 2, 1)
+    _add_nuclei(viewer, scribbles)
+    base = new_bundle("semantic", class_names=["bg", "fg"], base_channels=4, depth=2)
+    w.add_model_file(base.save(tmp_path / "semantic.safetensors"))
+    w.annotation_combo.setCurrentText(SCRIBBLES)
+    w.image_combo.setCurrentText("img")
+    w.labels_combo.setCurrentText("my labels")
+    trainer = w.make_trainer()
+    stub = SimpleNamespace(model=_Background(), class_names=["bg", "fg"])
+    (figures,) = run_to_end(validation_iou_iter([stub], trainer))
+    counted = np.concatenate([it.window(*win)[1].ravel() for k, win in trainer.val_windows
+                              for it, _ in [trainer.val_items[k]]])
+    counted = counted[counted != IGNORE]
+    n_bg, n_fg = (counted == 0).sum(), (counted == 1).sum()
+    assert n_bg and n_fg
+    assert figures["IoU bg"] == pytest.approx(n_bg / (n_bg + n_fg)) and figures["IoU fg"] == 0
+
+
+def test_a_stack_trains_on_the_plane_on_display(widget):
+    viewer, w = widget
+    stack = np.stack([nuclei_image()[CROP]] * 3)
+    painted = np.zeros(stack.shape, np.int32)
+    painted[1] = nuclei_labels()[CROP]
+    viewer.add_image(stack, name="img")
+    viewer.add_labels(painted, name="my labels")
+    w.image_combo.setCurrentText("img")
+    w.labels_combo.setCurrentText("my labels")
+    viewer.dims.set_current_step(0, 1)
+    assert w.make_trainer().data_record[0]["name"] == "img"
+    viewer.dims.set_current_step(0, 0)
+    with pytest.raises(ValueError, match="No object is painted"):
+        w.make_trainer()
+
+
+def test_a_time_budget_trains_until_the_time_is_up_and_counts_the_time_down(widget, qtbot):
+    viewer, w = widget
+    _add_nuclei(viewer)
+    w.budget_unit.setCurrentText("minutes")
+    w.budget_spin.setValue(0.1)  # 6 s
+    w.steps_spin.setValue(100_000)
+    _start(w)
+    assert w.trainer.minutes == pytest.approx(0.1) and w.trainer.epochs is None
+    qtbot.waitUntil(lambda: len(w.train_points) >= 3, timeout=30_000)
+    assert " s left" in w.status.text()
+    _wait(qtbot, w)
+    assert w.trainer.stop_reason == "time budget" and w.bundle is not None
+
+
+def test_the_model_last_used_for_segmenting_can_be_the_base(widget, monkeypatch):
+    _, w = widget
+    assert w.model_combo.findText("Model last used for segmenting") == -1
+    used = load_model(w._loaded["tiny.safetensors"])
+    monkeypatch.setattr(predict_widget, "_last_used", [used])
+    w.model_combo.showPopup()  # the list is refreshed when it opens
+    w.model_combo.hidePopup()
+    w.model_combo.setCurrentText("Model last used for segmenting")
+    assert w._base_model() is used
