@@ -142,7 +142,12 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     ):
         touching = (a > 0) & (b > 0)
         pairs.append(np.stack([a[touching], b[touching]]))
-    hole, owner = np.unique(np.concatenate(pairs, axis=1), axis=1)
+    # unique pairs through one int64 key: np.unique(axis=1) sorts a structured view and
+    # holds the GIL for long enough to freeze a GUI thread on large images
+    both = np.concatenate(pairs, axis=1).astype(np.int64)
+    span = int(both[1].max()) + 1 if both.size else 1
+    keys = np.unique(both[0] * span + both[1])
+    hole, owner = keys // span, keys % span
     single = np.bincount(hole, minlength=n_holes + 1) == 1
     fill = np.zeros(n_holes + 1, labels.dtype)
     keep = single[hole]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +67,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.job: EngineJob | None = None
         self.bundle = None  # the model last used (the fine-tune widget can pick it up)
+        self._bundle_source: Any = None
         self.result = None  # last Segmentation, for Re-segment
         self._result_image = None
         self._loaded: dict[str, str] = {}  # display name -> file path
@@ -228,10 +231,10 @@ class SegmentWidget(QWidget):
         if not name or name == LOAD_FILE:
             raise ValueError("Choose a model first: a built-in one, or load a model file.")
         source = self._loaded.get(name, name)
-        if self.bundle is not None and self.bundle.metadata.get("_source") == source:
+        if self.bundle is not None and self._bundle_source == source:
             return self.bundle
         bundle = load_model(source)
-        bundle.metadata["_source"] = source
+        self._bundle_source = source
         return bundle
 
     def postprocess_overrides(self) -> dict[str, Any]:
@@ -271,8 +274,15 @@ class SegmentWidget(QWidget):
         self._result_image = layer.name
         self.status.setText(f"Segmenting {layer.name} …")
         self.progress.setRange(0, 0)
+        def work():
+            # napari imports pandas on the first Labels layer; doing it here, in the worker,
+            # spares the user a one-second freeze when the result is shown
+            with contextlib.suppress(ImportError):
+                importlib.import_module("pandas")
+            return (yield from segment_iter(bundle, image, **kwargs))
+
         self.job = EngineJob(
-            lambda: segment_iter(bundle, image, **kwargs),
+            work,
             on_event=self._on_event,
             on_result=self._on_result,
             on_error=lambda exc: self._notify_error(str(exc)),
@@ -373,9 +383,9 @@ class SegmentWidget(QWidget):
         self.job.start()
 
 
-def make_segment_widget(napari_viewer: napari.Viewer) -> SegmentWidget:
-    """npe2 widget factory."""
-    return SegmentWidget(napari_viewer)
+# npe2 widget factory: napari gives the viewer to a QWidget class whose __init__ takes
+# ``napari_viewer``, but calls a plain factory function with no argument; so the class it is.
+make_segment_widget = SegmentWidget
 
 
 __all__ = ["SegmentWidget", "last_used_bundle", "make_segment_widget"]

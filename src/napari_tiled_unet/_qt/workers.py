@@ -41,7 +41,8 @@ class EngineJob:
             result = yield from self._gen
             return result
 
-        self.worker = thread_worker(run, start_thread=False)()
+        # errors go to on_error (a notification), not re-raised in the Qt event loop
+        self.worker = thread_worker(run, start_thread=False, ignore_errors=True)()
         self.worker.yielded.connect(on_event)
         self.worker.returned.connect(on_result)
         self.worker.errored.connect(on_error)
