@@ -322,7 +322,8 @@ def _cmd_train(args) -> int:
         raise CLIError(f"The folder {out.parent} does not exist; create it or choose another --out.")
     new_model = None
     if args.base is None:
-        new_model = {"base_channels": args.base_channels, "depth": args.depth}
+        # seeded, so that re-running the same command finds its checkpoint's starting point
+        new_model = {"base_channels": args.base_channels, "depth": args.depth, "seed": args.seed}
         if args.name:
             new_model["name"] = args.name
     options = {

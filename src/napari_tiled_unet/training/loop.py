@@ -597,6 +597,8 @@ class Trainer:
             message = self._load_checkpoint(opt, scaler)
             if message:
                 yield WarningEvent(message)
+            else:
+                yield WarningEvent(f"Resumed from {self.checkpoint_path.name} at step {self.step}.", kind="info")
         t_start = time.monotonic() - self.elapsed
         last_save = time.monotonic()
         prefetch = Prefetcher(self.sampler, self.batch_size)

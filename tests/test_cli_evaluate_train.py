@@ -1,0 +1,80 @@
+"""The `evaluate` and `train` commands on small folders."""
+
+import json
+
+import numpy as np
+import tifffile
+
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+from napari_tiled_unet.cli import main
+from napari_tiled_unet.model.bundle import load_model
+
+
+def _write(folder, name, array):
+    folder.mkdir(exist_ok=True)
+    tifffile.imwrite(folder / f"{name}.tif", array)
+
+
+def test_evaluate_prints_per_image_and_total_figures(tmp_path, capsys):
+    gt = nuclei_labels()
+    missing_one = gt.copy()
+    missing_one[gt == gt.max()] = 0  # one object missed
+    _write(tmp_path / "gt", "a", gt)
+    _write(tmp_path / "gt", "b", gt)
+    _write(tmp_path / "pred", "a_labels", gt)
+    _write(tmp_path / "pred", "b_labels", missing_one)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    images = {r["name"]: r for r in report["images"]}
+    n = int(gt.max())
+    assert images["a"]["matching"]["0.5"]["f1"] == 1.0
+    assert images["b"]["matching"]["0.5"]["fn"] == 1 and images["b"]["matching"]["0.5"]["fp"] == 0
+    total = report["total"]["matching"]["0.5"]
+    assert (total["tp"], total["fn"]) == (2 * n - 1, 1)
+    assert abs(total["ap"] - (2 * n - 1) / (2 * n)) < 1e-9
+    # the readable form names both images and the totals
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 0
+    text = capsys.readouterr().out
+    assert "a" in text and "b" in text and "total" in text.lower()
+
+
+def test_evaluate_on_missing_folder_is_one_sentence(tmp_path, capsys):
+    assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--gt", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_train_from_scratch_saves_a_model_with_its_record_and_resumes(tmp_path, capsys):
+    img, lab = nuclei_image(), nuclei_labels()
+    for k, (y, x) in enumerate([(0, 0), (0, 300), (250, 0), (250, 300)]):
+        _write(tmp_path / "images", f"n{k}", img[y : y + 256, x : x + 256])
+        _write(tmp_path / "labels", f"n{k}", lab[y : y + 256, x : x + 256])
+    (tmp_path / "val.txt").write_text("# held out\nn3\n")
+    out = tmp_path / "m.safetensors"
+    args = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+            "--out", str(out), "--base-channels", "4", "--depth", "2", "--epochs", "1",
+            "--steps-per-epoch", "4", "--patch-size", "64", "--batch-size", "2",
+            "--val-ids", str(tmp_path / "val.txt"), "--checkpoint", str(tmp_path / "ck.pt")]
+    assert main(args) == 0
+    text = capsys.readouterr()
+    assert "Saved" in text.out and "best_val_loss" in text.out
+    bundle = load_model(out)
+    record = bundle.metadata["training"]
+    assert record["steps"] == 4 and record["from_scratch"]
+    assert record["validation"]  # the held-out image is recorded
+    assert "n3" in json.dumps(record["validation"])
+    assert all(np.isfinite(p.detach().numpy()).all() for p in bundle.model.parameters())
+    # the same command again finds the finished run in its checkpoint and does not start over
+    assert main(args) == 0
+    assert load_model(out).metadata["training"]["steps"] == 4
+    assert "resumed from ck.pt at step 4" in capsys.readouterr().err.lower()
+
+
+def test_train_refuses_unpaired_folders(tmp_path, capsys):
+    _write(tmp_path / "images", "a", nuclei_image()[:64, :64])
+    _write(tmp_path / "labels", "b", nuclei_labels()[:64, :64])
+    rc = main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+               "--out", str(tmp_path / "m.safetensors"), "--epochs", "1"])
+    assert rc == 1
+    assert "same name" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
