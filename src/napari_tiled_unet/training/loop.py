@@ -598,7 +598,8 @@ class Trainer:
             if message:
                 yield WarningEvent(message)
             else:
-                yield WarningEvent(f"Resumed from {self.checkpoint_path.name} at step {self.step}.", kind="info")
+                yield WarningEvent(f"Resumed from {self.checkpoint_path.name} at step {self.step}.",
+                                   kind="info")
         t_start = time.monotonic() - self.elapsed
         last_save = time.monotonic()
         prefetch = Prefetcher(self.sampler, self.batch_size)
