@@ -511,10 +511,11 @@ def predict(model: ModelBundle | torch.nn.Module | str, image: Any, on_event=Non
 
 
 def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.ndarray,
-                              axes: str | None = None) -> np.ndarray:
+                              axes: str | None = None, channels_last: bool = False) -> np.ndarray:
     """Reference: one forward pass over the whole (2D) image, normalized the same way.
 
-    For tests and benchmarks; holds everything in memory.
+    For tests and benchmarks; holds everything in memory. ``channels_last`` runs the pass in
+    that memory layout (the tiled engine's default on CPU), for a like-for-like timing.
     """
     bundle = _as_bundle(bundle)
     shape = tuple(image.shape)
@@ -528,6 +529,9 @@ def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.n
     x = normalization.apply(src.read(0, shape[axes.index("Y")], 0, shape[axes.index("X")]), stats)
     net = bundle.model.eval().cpu()
     with torch.inference_mode():
-        logits = net(torch.from_numpy(x)[None])
+        xt = torch.from_numpy(x)[None]
+        if channels_last:
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        logits = net(xt)
         probs = _activate(logits, bundle.metadata.get("output_activation") == "sigmoid")
     return probs[0].numpy()
