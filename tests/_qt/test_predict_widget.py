@@ -135,6 +135,38 @@ def test_a_stack_runs_plane_by_plane(widget, qtbot):
     assert viewer.layers["stack labels"].data.shape == stack.shape
 
 
+def test_large_results_stay_on_disk_and_display_lazily(widget, qtbot, monkeypatch):
+    """Above LARGE_PIXELS the probabilities and labels go to zarr and napari gets a lazy
+    multiscale pyramid; the objects are the same as in memory (up to their numbering)."""
+    import napari_tiled_unet._qt.predict_widget as pw
+    from napari_tiled_unet.metrics import match_instances
+
+    viewer, w = widget
+    img = nuclei_image()
+    viewer.add_image(img, name="img")
+    w.image_combo.setCurrentText("img")
+    w.run()
+    _wait(qtbot, w)
+    in_memory = np.asarray(viewer.layers["img labels"].data).copy()
+    monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
+    monkeypatch.setattr(pw, "PYRAMID_TOP", 256)
+    w.run()
+    _wait(qtbot, w)
+    layer = viewer.layers["img labels"]
+    assert layer.multiscale and len(layer.data) == 3
+    assert isinstance(layer.data[0], da.Array) and layer.data[0].shape == img.shape
+    on_disk = layer.data[0].compute()
+    m = match_instances(in_memory, on_disk, 0.99)
+    assert m.tp == m.n_true == m.n_pred  # the same objects
+    assert [lyr.name for lyr in viewer.layers] == ["img", "img labels"]
+    # re-segmenting a large result also stays on disk
+    w.min_size_spin.setValue(200)
+    w.resegment()
+    _wait(qtbot, w)
+    layer = viewer.layers["img labels"]
+    assert layer.multiscale and layer.data[0].compute().max() < on_disk.max()
+
+
 class _RecordingArray:
     """An array that records the size of every read made outside the main thread."""
 

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOAD_FILE = "Load file…"
+
+#: 2D images above this many pixels keep their probabilities and labels in zarr stores on
+#: disk and are shown as lazy multiscale layers (napari then reads only what is on screen).
+LARGE_PIXELS = 8192 * 8192
+#: the coarsest level of such a lazy pyramid has no side longer than this
+PYRAMID_TOP = 2048
 
 _last_used: list[Any] = [None]  # the bundle the Segment widget ran last (in any viewer)
 
@@ -72,6 +79,8 @@ class SegmentWidget(QWidget):
         self._result_image = None
         self._loaded: dict[str, str] = {}  # display name -> file path
         self._outputs: dict[str, Any] = {}  # the plugin's own layers, by role
+        self._tmp = None  # folder of zarr outputs of large images (see _disk_outputs)
+        self._runs = 0
 
         self.image_combo = QComboBox()
         self.model_combo = QComboBox()
@@ -235,7 +244,16 @@ class SegmentWidget(QWidget):
             return self.bundle
         bundle = load_model(source)
         self._bundle_source = source
+        self._show_model_defaults(bundle)
         return bundle
+
+    def _show_model_defaults(self, bundle) -> None:
+        """Set the post-processing controls to the defaults stored in the model file."""
+        post = bundle.postprocess if bundle.task == "instances" else {}
+        for spin, key in ((self.fg_spin, "foreground_threshold"), (self.seed_spin, "seed_threshold"),
+                          (self.min_size_spin, "min_size")):
+            if post.get(key) is not None:
+                spin.setValue(post[key])
 
     def postprocess_overrides(self) -> dict[str, Any]:
         if self.bundle is None or self.bundle.task != "instances":
@@ -271,6 +289,10 @@ class SegmentWidget(QWidget):
             "postprocess": self.postprocess_overrides(),
         }
         bundle = self.bundle
+        store = self._disk_outputs(image, axes)
+        if store is not None:
+            kwargs["probabilities_out"] = str(store / "probabilities.zarr")
+            kwargs["labels_out"] = str(store / "labels.zarr")
         self._result_image = layer.name
         self.status.setText(f"Segmenting {layer.name} …")
         self.progress.setRange(0, 0)
@@ -290,6 +312,23 @@ class SegmentWidget(QWidget):
         )
         self._set_running(True)
         self.job.start()
+
+    def _disk_outputs(self, image, axes) -> Path | None:
+        """A fresh folder for zarr outputs when the image is too large to keep its results in
+        RAM (a 2D plane above :data:`LARGE_PIXELS`); None otherwise. The folder lives as long
+        as the widget (napari reads the layers from it lazily)."""
+        import tempfile
+
+        shape = tuple(image.shape)
+        spatial = shape[:-1] if axes and axes.endswith("C") else shape
+        if len(spatial) != 2 or spatial[0] * spatial[1] <= LARGE_PIXELS:
+            return None
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tiled-unet-widget-")
+        self._runs += 1
+        folder = Path(self._tmp.name) / f"run{self._runs}"
+        folder.mkdir()
+        return folder
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -342,10 +381,10 @@ class SegmentWidget(QWidget):
         labels_kwargs: dict[str, Any] = {"name": name, **meta}
         if result.task == "semantic":
             labels_kwargs["features"] = {"class": result.class_names}
-        self._outputs["labels"] = self._replace_or_add("labels", result.labels, labels_kwargs)
+        self._outputs["labels"] = self._replace_or_add("labels", _lazy_pyramid(result.labels), labels_kwargs)
         if self.show_probs.isChecked():
             self._outputs["probabilities"] = self._replace_or_add(
-                "probabilities", result.probabilities,
+                "probabilities", _lazy_pyramid(result.probabilities),
                 {"name": f"{self._result_image} probabilities", "colormap": "magma", **meta},
             )
         self._refresh_images()
@@ -353,9 +392,19 @@ class SegmentWidget(QWidget):
     def _replace_or_add(self, role: str, data: Any, kwargs: dict[str, Any]):
         old = self._outputs.get(role)
         if old is not None and old in self.viewer.layers:
-            old.data = data
-            old.name = kwargs["name"]
-            return old
+            if bool(old.multiscale) == isinstance(data, list):
+                old.data = data
+                old.name = kwargs["name"]
+                return old
+            # single-scale <-> multiscale cannot be swapped in place: a new layer, same spot
+            index = self.viewer.layers.index(old)
+            self.viewer.layers.remove(old)
+            layer = self._add(role, data, kwargs)
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+            return layer
+        return self._add(role, data, kwargs)
+
+    def _add(self, role: str, data: Any, kwargs: dict[str, Any]):
         if role == "labels":
             return self.viewer.add_labels(data, **kwargs)
         return self.viewer.add_image(data, **kwargs)
@@ -370,10 +419,16 @@ class SegmentWidget(QWidget):
         probs = self.result.probabilities
         task = self.result.task
         old = self.result
+        out = None
+        if not isinstance(probs, np.ndarray):  # a large result: the new labels go to disk too
+            self._runs += 1
+            out = Path(self._tmp.name) / f"run{self._runs}" / "labels.zarr"
+            out.parent.mkdir()
+            out = str(out)
 
         def work():
             yield from ()
-            labels = labels_from(probs, task, params)
+            labels = labels_from(probs, task, params, out=out)
             return Segmentation(labels, probs, task, old.class_names, params, old.seconds)
 
         self.status.setText("Re-segmenting with the new thresholds …")
@@ -381,6 +436,20 @@ class SegmentWidget(QWidget):
                              lambda exc: self._notify_error(str(exc)), self._on_done)
         self._set_running(True)
         self.job.start()
+
+
+def _lazy_pyramid(data: Any) -> Any:
+    """numpy stays as it is; a zarr result becomes a list of lazy dask levels (every level
+    half the size of the one before, nearest-neighbour) that napari shows as multiscale."""
+    if isinstance(data, np.ndarray):
+        return data
+    import dask.array as da
+
+    arr = da.from_zarr(data) if not isinstance(data, da.Array) else data
+    levels = [arr]
+    while max(levels[-1].shape[-2:]) > PYRAMID_TOP:
+        levels.append(levels[-1][..., ::2, ::2])
+    return levels if len(levels) > 1 else arr
 
 
 # npe2 widget factory: napari gives the viewer to a QWidget class whose __init__ takes

@@ -1,0 +1,61 @@
+"""The built-in nuclei model: loads by name, says how it was made, and finds nuclei."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+from napari_tiled_unet.metrics import Matching, match_instances
+from napari_tiled_unet.model import zoo
+from napari_tiled_unet.segmentation import segment
+
+REPO = Path(__file__).resolve().parents[2]
+VAL_IDS = REPO / "benchmarks" / "data" / "dsb2018_val_ids.txt"
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    assert zoo.DEFAULT is not None, "no built-in model is registered"
+    return zoo.load()
+
+
+def test_loads_by_name_with_complete_metadata(builtin):
+    assert zoo.DEFAULT in zoo.available()
+    assert zoo.path(zoo.DEFAULT).stat().st_size <= 10 * 2**20  # ships inside the package
+    meta = builtin.metadata
+    assert builtin.task == "instances" and builtin.n_channels == 1
+    assert meta["class_names"] == ["background", "interior", "boundary"]
+    record = meta["training"]
+    for key in ("data", "annotation", "epochs", "steps", "seed", "time_s", "metrics", "package_version",
+                "validation", "device", "precision"):
+        assert record.get(key) not in (None, ""), key
+    assert record["from_scratch"] and record["data"]["n_images"] > 400
+    assert record["metrics"]["f1@0.5"] > 0.8
+
+
+def test_segments_the_shipped_sample_within_10_percent_of_the_true_count(builtin):
+    # the sample (DSB2018 image 150b0ffa318c) is in the held-out validation split
+    assert "150b0ffa318c" in VAL_IDS.read_text()
+    n_true = len(np.unique(nuclei_labels())) - 1
+    result = segment(builtin, nuclei_image(), device="cpu")
+    assert abs(result.n_objects - n_true) <= 0.1 * n_true, (result.n_objects, n_true)
+    assert match_instances(nuclei_labels(), result.labels, 0.5).f1 > 0.8
+
+
+def test_beats_the_classical_baseline_on_validation_images(builtin, dsb_dir):
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from baseline_otsu import otsu_watershed, read_ids
+
+    ids = read_ids(VAL_IDS)[:8]
+    ours, theirs = [], []
+    for i in ids:
+        img = tifffile.imread(dsb_dir / "images" / f"{i}.tif")
+        gt = tifffile.imread(dsb_dir / "labels" / f"{i}.tif")
+        ours.append(match_instances(gt, segment(builtin, img, device="cpu").labels, 0.5))
+        theirs.append(match_instances(gt, otsu_watershed(img), 0.5))
+    ap_ours, ap_theirs = Matching.pooled(ours).ap, Matching.pooled(theirs).ap
+    assert ap_ours > ap_theirs, (ap_ours, ap_theirs)
