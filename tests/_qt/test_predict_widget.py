@@ -237,6 +237,31 @@ def test_channel_mismatch_notifies(widget, qtbot, tmp_path, _capture_error_notif
     assert [layer.name for layer in viewer.layers] == ["gray"]
 
 
+def test_gpu_out_of_memory_after_back_off_notifies(widget, qtbot, monkeypatch, _capture_error_notifications):
+    """A device that never has memory: the engine halves batch and window, warns each time,
+    then gives up with one sentence; no layer is added."""
+    import torch
+
+    from napari_tiled_unet.model.unet import UNet
+
+    def no_memory(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:128, :128], name="img")
+    w.image_combo.setCurrentText("img")
+    w.batch_spin.setValue(2)
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    monkeypatch.setattr(UNet, "forward", no_memory)
+    errors = _capture_error_notifications()
+    w.run()
+    _wait(qtbot, w)
+    assert any("continuing with 1 window(s) per batch" in m for m in warnings)
+    assert errors and "Out of GPU memory even with the smallest window" in errors[0]
+    assert [layer.name for layer in viewer.layers] == ["img"]
+
+
 def test_unreadable_model_file_notifies(widget, qtbot, tmp_path, _capture_error_notifications):
     viewer, w = widget
     bad = tmp_path / "broken.safetensors"
