@@ -80,3 +80,21 @@ def test_workers_2_on_a_zarr_image_equals_the_single_process_run(tmp_path, model
     cluster = zarr.open_array(str(tmp_path / "cluster" / "big_labels.zarr"), mode="r")[:]
     assert single.shape == img.shape and single.max() > 0
     assert np.array_equal(single, cluster)
+
+
+def test_ome_zarr_is_segmented_at_full_resolution(tmp_path, model_file, capsys):
+    import zarr
+
+    img = nuclei_image()[:256, :320]
+    root = zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="w")
+    root.create_array("0", shape=img.shape, chunks=(128, 128), dtype=img.dtype)[:] = img
+    root.create_array("1", shape=(128, 160), chunks=(128, 128), dtype=img.dtype)[:] = img[::2, ::2]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}],
+                                  "datasets": [{"path": "0"}, {"path": "1"}]}]
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "slide.ome.zarr"), "-o", str(out), "-m", str(model_file),
+                 "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["segmented"][0]
+    labels = zarr.open_array(row["output"], mode="r")
+    assert row["output"].endswith("slide_labels.zarr")
+    assert labels.shape == img.shape and labels[:].max() == row["objects"] > 0
