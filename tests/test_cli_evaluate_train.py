@@ -78,3 +78,40 @@ def test_train_refuses_unpaired_folders(tmp_path, capsys):
     assert rc == 1
     assert "same name" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_sigterm_saves_the_checkpoint_and_the_same_command_resumes(tmp_path):
+    """What a batch scheduler does to a job at its time limit: SIGTERM, then the job is re-run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    img, lab = nuclei_image(), nuclei_labels()
+    for k, (y, x) in enumerate([(0, 0), (250, 300)]):
+        _write(tmp_path / "images", f"n{k}", img[y : y + 256, x : x + 256])
+        _write(tmp_path / "labels", f"n{k}", lab[y : y + 256, x : x + 256])
+    ckpt = tmp_path / "ck.pt"
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "train", "--images", str(tmp_path / "images"),
+           "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "m.safetensors"),
+           "--base-channels", "4", "--depth", "2", "--epochs", "10000", "--steps-per-epoch", "10",
+           "--patch-size", "64", "--batch-size", "2", "--checkpoint", str(ckpt)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # "step 0: ..." once the first validation ran
+    assert line.startswith("step 0"), line
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err
+    assert ckpt.exists() and not (tmp_path / "m.safetensors").exists()
+    again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "Resumed" not in seen:
+        line = again.stderr.readline()
+        if not line:
+            break
+        seen += line
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=120)
+    assert "Resumed from ck.pt at step" in seen

@@ -309,6 +309,21 @@ def _add_train(sub) -> None:
                      help="save a checkpoint at least this often (default 5)")
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C, and SIGTERM (what batch schedulers send before killing a job), stop training
+    cleanly: the checkpoint is saved and the same command resumes. Also when started in the
+    background, where the shell sets SIGINT to be ignored."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def _cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -335,6 +350,7 @@ def _cmd_train(args) -> int:
     }
     if args.val_ids is None:
         options["val_fraction"] = args.val_fraction
+    _stop_on_signals()
     try:
         gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
                                  epochs=args.epochs, minutes=args.minutes, new_model=new_model, **options)

@@ -6,9 +6,11 @@ from importlib import resources
 from pathlib import Path
 
 #: name -> (file inside ``weights/``, one-line description)
-BUILTIN: dict[str, tuple[str, str]] = {}
+BUILTIN: dict[str, tuple[str, str]] = {
+    "nuclei-dsb2018": ("nuclei-dsb2018.safetensors", "Fluorescence nuclei (DSB2018), U-Net 16x4, instances"),
+}
 
-DEFAULT: str | None = None
+DEFAULT: str | None = "nuclei-dsb2018"
 
 
 def _weights_dir() -> Path:

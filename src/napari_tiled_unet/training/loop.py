@@ -664,7 +664,7 @@ class Trainer:
             self.elapsed = time.monotonic() - t_start
             if self.checkpoint_path is not None:
                 self._save_checkpoint(opt, scaler)
-        except GeneratorExit:
+        except (GeneratorExit, KeyboardInterrupt):  # closed (Stop), or Ctrl-C/SIGTERM mid-step
             self.stop_reason = "interrupted"
             self.elapsed = time.monotonic() - t_start
             if self.checkpoint_path is not None:
