@@ -113,6 +113,23 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
+def temp_beside(path: Path) -> str:
+    """A new empty temporary file in ``path``'s folder, for an atomic write-then-rename
+    (finish with :func:`publish`)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, path: Path) -> None:
+    """Give the written temporary file the permissions a plainly created file would have
+    (0666 minus the umask; ``mkstemp`` makes it owner-only), then rename it to ``path``."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+
+
 def write_labels(labels: Any, path: str | os.PathLike) -> Path:
     """Write a label map to ``.tif`` (zlib-compressed, atomically) or copy it into ``.zarr``."""
     path = Path(path)
@@ -131,11 +148,10 @@ def write_labels(labels: Any, path: str | os.PathLike) -> Path:
     import tifffile
 
     data = np.asarray(labels)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         tifffile.imwrite(tmp, data, compression="zlib")
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

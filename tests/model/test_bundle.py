@@ -178,3 +178,16 @@ def test_a_damaged_pth_is_a_clear_error(tmp_path):
     p.write_bytes(struct.pack("<Q", 12) + b"garbage")
     with pytest.raises(BundleError, match="not a readable PyTorch checkpoint"):
         load_model(p)
+
+
+def test_saved_model_is_readable_like_any_new_file(tmp_path):
+    """Atomic saving goes through a private temporary file; the model must not stay private."""
+    import os
+
+    from napari_tiled_unet.model import UNet, make_metadata, save_bundle
+
+    net = UNet(1, 3, base_channels=4, depth=2)
+    path = save_bundle(net, tmp_path / "m.safetensors", make_metadata(net))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,11 +180,12 @@ def save_bundle(model: UNet, path: str | os.PathLike, metadata: dict[str, Any]) 
     meta["architecture"] = {"name": type(model).__name__, "args": model.config}
     header = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    from ..io import publish, temp_beside
+
+    tmp = temp_beside(path)
     try:
         save_file(state, tmp, metadata=header)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
