@@ -38,14 +38,20 @@ def _wait(qtbot, w, timeout=60_000):
 
 
 def test_segment_adds_a_labels_layer_of_the_image_shape(widget, qtbot):
+    """The sample with the built-in model (the default choice): about its 198 nuclei."""
     viewer, w = widget
     viewer.add_image(nuclei_image(), name="nuclei")
     w.image_combo.setCurrentText("nuclei")
+    w.model_combo.setCurrentIndex(0)
+    assert w.model_combo.currentText() == "nuclei-dsb2018"
     w.run()
     _wait(qtbot, w)
     labels = viewer.layers["nuclei labels"]
     assert labels.data.shape == nuclei_image().shape
-    assert "objects found" in w.status.text()
+    n_true = len(np.unique(nuclei_labels())) - 1
+    n_found = len(np.unique(labels.data)) - 1
+    assert abs(n_found - n_true) <= 0.1 * n_true, (n_found, n_true)
+    assert f"{n_found} objects found" in w.status.text()
     # the user's layer is untouched
     assert np.array_equal(viewer.layers["nuclei"].data, nuclei_image())
 
