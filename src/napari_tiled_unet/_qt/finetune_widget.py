@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from .predict_widget import LOAD_FILE, _fmt_seconds, last_used_bundle, layer_image_and_axes
+from .predict_widget import LOAD_FILE, DockControls, _fmt_seconds, last_used_bundle, layer_image_and_axes
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -239,7 +239,7 @@ class _PickerComboBox(QComboBox):
         super().showPopup()
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(DockControls, QWidget):
     """Fine-tune a U-Net on labels painted in napari, with a live loss plot and a Stop button.
 
     Attributes:
@@ -390,17 +390,6 @@ class FineTuneWidget(QWidget):
 
     # -- view helpers ---------------------------------------------------------------------------
 
-    def _fill_devices(self) -> None:
-        from ..inference import available_devices
-
-        self.device_combo.addItem("auto")
-        for name, ok in available_devices().items():
-            self.device_combo.addItem(name)
-            item = self.device_combo.model().item(self.device_combo.count() - 1)
-            if not ok:
-                item.setEnabled(False)
-                item.setToolTip(f"{name} is not available on this computer")
-
     def _fill_models(self) -> None:
         from ..model import zoo
 
@@ -415,24 +404,6 @@ class FineTuneWidget(QWidget):
         if current in names:
             self.model_combo.setCurrentText(current)
         self.model_combo.blockSignals(False)
-
-    def add_model_file(self, path: str | Path) -> None:
-        """Add a model file to the base-model picker and select it (also used by tests and scripts)."""
-        path = Path(path)
-        self._loaded[path.name] = str(path)
-        self._fill_models()
-        self.model_combo.setCurrentText(path.name)
-
-    def _on_model_chosen(self, index: int) -> None:
-        if self.model_combo.itemText(index) != LOAD_FILE:
-            return
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load a U-Net model", "", "Models (*.safetensors *.pth *.pt);;All files (*)"
-        )
-        if path:
-            self.add_model_file(path)
-        else:
-            self.model_combo.setCurrentIndex(0)
 
     def _refresh_layers(self, *_: Any) -> None:
         import napari
@@ -451,12 +422,6 @@ class FineTuneWidget(QWidget):
         fill(self.image_combo, napari.layers.Image)
         fill(self.labels_combo, napari.layers.Labels)
         fill(self.region_combo, napari.layers.Shapes, WHOLE_IMAGE)
-
-    def _notify_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(message)
-        show_error(message)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)

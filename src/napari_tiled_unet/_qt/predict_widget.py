@@ -66,7 +66,48 @@ def layer_image_and_axes(layer) -> tuple[Any, str | None]:
     return data, None
 
 
-class SegmentWidget(QWidget):
+class DockControls:
+    """What both dock widgets share: the device picker, the model picker's files, and errors
+    shown as napari notifications. Expects ``device_combo``, ``model_combo``, ``status``, a
+    ``_loaded`` dict (display name -> file) and a ``_fill_models`` method."""
+
+    def _fill_devices(self) -> None:
+        from ..inference import available_devices
+
+        self.device_combo.addItem("auto")
+        for name, ok in available_devices().items():
+            self.device_combo.addItem(name)
+            item = self.device_combo.model().item(self.device_combo.count() - 1)
+            if not ok:
+                item.setEnabled(False)
+                item.setToolTip(f"{name} is not available on this computer")
+
+    def add_model_file(self, path: str | Path) -> None:
+        """Add a model file to the model picker and select it (also used by tests and scripts)."""
+        path = Path(path)
+        self._loaded[path.name] = str(path)
+        self._fill_models()
+        self.model_combo.setCurrentText(path.name)
+
+    def _on_model_chosen(self, index: int) -> None:
+        if self.model_combo.itemText(index) != LOAD_FILE:
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load a U-Net model", "", "Models (*.safetensors *.pth *.pt);;All files (*)"
+        )
+        if path:
+            self.add_model_file(path)
+        else:
+            self.model_combo.setCurrentIndex(0)
+
+    def _notify_error(self, message: str) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(message)
+        show_error(message)
+
+
+class SegmentWidget(DockControls, QWidget):
     """Segment the chosen image layer with a U-Net into a Labels layer."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -166,17 +207,6 @@ class SegmentWidget(QWidget):
         s.setValue(value)
         return s
 
-    def _fill_devices(self) -> None:
-        from ..inference import available_devices
-
-        self.device_combo.addItem("auto")
-        for name, ok in available_devices().items():
-            self.device_combo.addItem(name)
-            item = self.device_combo.model().item(self.device_combo.count() - 1)
-            if not ok:
-                item.setEnabled(False)
-                item.setToolTip(f"{name} is not available on this computer")
-
     def _fill_models(self) -> None:
         from ..model import zoo
 
@@ -186,24 +216,6 @@ class SegmentWidget(QWidget):
         for name in self._loaded:
             self.model_combo.addItem(name)
         self.model_combo.addItem(LOAD_FILE)
-
-    def add_model_file(self, path: str | Path) -> None:
-        """Add a model file to the picker and select it (also used by tests and scripts)."""
-        path = Path(path)
-        self._loaded[path.name] = str(path)
-        self._fill_models()
-        self.model_combo.setCurrentText(path.name)
-
-    def _on_model_chosen(self, index: int) -> None:
-        if self.model_combo.itemText(index) != LOAD_FILE:
-            return
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load a U-Net model", "", "Models (*.safetensors *.pth *.pt);;All files (*)"
-        )
-        if path:
-            self.add_model_file(path)
-        else:
-            self.model_combo.setCurrentIndex(0)
 
     def _refresh_images(self, *_: Any) -> None:
         import napari
@@ -215,12 +227,6 @@ class SegmentWidget(QWidget):
                 self.image_combo.addItem(layer.name)
         if current:
             self.image_combo.setCurrentText(current)
-
-    def _notify_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(message)
-        show_error(message)
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -317,12 +323,16 @@ class SegmentWidget(QWidget):
         """A fresh folder for zarr outputs when the image is too large to keep its results in
         RAM (a 2D plane above :data:`LARGE_PIXELS`); None otherwise. The folder lives as long
         as the widget (napari reads the layers from it lazily)."""
-        import tempfile
-
         shape = tuple(image.shape)
         spatial = shape[:-1] if axes and axes.endswith("C") else shape
         if len(spatial) != 2 or spatial[0] * spatial[1] <= LARGE_PIXELS:
             return None
+        return self._new_run_folder()
+
+    def _new_run_folder(self) -> Path:
+        """A new, empty folder inside the widget's temporary directory (made on first use)."""
+        import tempfile
+
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="tiled-unet-widget-")
         self._runs += 1
@@ -421,10 +431,7 @@ class SegmentWidget(QWidget):
         old = self.result
         out = None
         if not isinstance(probs, np.ndarray):  # a large result: the new labels go to disk too
-            self._runs += 1
-            out = Path(self._tmp.name) / f"run{self._runs}" / "labels.zarr"
-            out.parent.mkdir()
-            out = str(out)
+            out = str(self._new_run_folder() / "labels.zarr")
 
         def work():
             yield from ()
