@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--ids", type=Path, default=DEFAULT_IDS)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--tta", action="store_true", help="average over mirror images (test-time augmentation)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "models.json")
     args = ap.parse_args()
     if args.model is None:
@@ -39,13 +40,13 @@ def main() -> None:
         bundle = load_model(args.model)
     ids = read_ids(args.ids)
     t0 = time.perf_counter()
-    unet = evaluate(lambda img: segment(bundle, img, device="cpu", precision=args.precision).labels,
+    unet = evaluate(lambda img: segment(bundle, img, device="cpu", precision=args.precision, tta=args.tta).labels,
                     args.data, ids)
     unet["seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     base = evaluate(otsu_watershed, args.data, ids)
     base["seconds"] = round(time.perf_counter() - t0, 1)
-    res = {"model": bundle.name, "precision": args.precision, "ids": str(args.ids.name),
+    res = {"model": bundle.name, "precision": args.precision, "tta": args.tta, "ids": str(args.ids.name),
            "machine": f"{platform.processor() or platform.machine()}", "unet": unet, "baseline_otsu": base}
     print(f"{'metric':<18}{'U-Net':>10}{'Otsu+watershed':>16}")
     for k in ("f1@0.5", "ap@0.5", "ap@0.75", "mean_matched_iou", "seconds"):

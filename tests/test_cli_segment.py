@@ -98,3 +98,17 @@ def test_ome_zarr_is_segmented_at_full_resolution(tmp_path, model_file, capsys):
     labels = zarr.open_array(row["output"], mode="r")
     assert row["output"].endswith("slide_labels.zarr")
     assert labels.shape == img.shape and labels[:].max() == row["objects"] > 0
+
+
+def test_tta_flag_gives_the_mirror_averaged_labels(tmp_path, folder, model_file):
+    from napari_tiled_unet.model import load_model
+    from napari_tiled_unet.segmentation import segment
+
+    src = folder / "img1.tif"
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "-o", str(out), "-m", str(model_file), "--tta"]) == 0
+    written = tifffile.imread(out / "img1_labels.tif")
+    bundle = load_model(model_file)
+    expected = segment(bundle, tifffile.imread(src), device="cpu", tta=True).labels
+    assert np.array_equal(written > 0, expected > 0)
+    assert written.max() == expected.max()

@@ -45,6 +45,23 @@ def test_exact_mode_equals_the_whole_image_pass(shape, window, depth):
     assert np.abs(tiled - ref).max() <= 1e-5
 
 
+@pytest.mark.parametrize("shape,window", [((517, 771), 256), ((300, 413), 224)])
+def test_test_time_flips_stay_exact_when_tiled(shape, window):
+    net = _net(4)
+    img = _image(shape)
+    ref = whole_image_probabilities(net, img, tta=True)
+    tiled = predict(net, img, window=window, device="cpu", tta=True)
+    assert np.abs(tiled - ref).max() <= 1e-5
+    # the flag changes the result (the random net is far from mirror-symmetric) ...
+    assert np.abs(tiled - whole_image_probabilities(net, img)).max() > 1e-2
+    # ... into one that no longer depends on the orientation: a mirrored image (of whole
+    # 16-px blocks) gives the mirrored probabilities
+    crop = img[: shape[0] // 16 * 16, : shape[1] // 16 * 16]
+    a = predict(net, crop, window=window, device="cpu", tta=True)
+    b = predict(net, np.ascontiguousarray(crop[::-1]), window=window, device="cpu", tta=True)
+    assert np.abs(a - b[:, ::-1]).max() <= 1e-5
+
+
 def test_a_one_pixel_image_works():
     net = _net(4)
     bundle = ModelBundle(net, make_metadata(net, normalization={"kind": "scale", "divide": 255}))

@@ -102,6 +102,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: automatic)")
     p.add_argument("--mode", default="exact", choices=["exact", "blend"], help="tiling mode")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the image's mirror images (4x slower, a little more accurate)")
     p.add_argument("--foreground-threshold", type=float, default=None)
     p.add_argument("--seed-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
@@ -150,7 +152,7 @@ def _cmd_segment(args) -> int:
     post = {"foreground_threshold": args.foreground_threshold, "seed_threshold": args.seed_threshold,
             "min_size": args.min_size}
     predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
-                      "mode": args.mode, "batch_size": args.batch_size}
+                      "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
     client = None
     if args.workers or args.scheduler:
         from .distributed import make_client

@@ -210,6 +210,7 @@ def predict_iter(
     halo: int | None = None,
     plan: tiling.TilePlan | None = None,
     stats: np.ndarray | None = None,
+    tta: bool = False,
 ) -> Generator[Progress | WarningEvent, None, Any]:
     """Predict class probabilities tile by tile, yielding progress events.
 
@@ -238,6 +239,9 @@ def predict_iter(
             arguments; the cluster path uses chunk-aligned plans).
         stats: normalization statistics (C, 2) computed elsewhere (the cluster path computes
             them once for the whole image); None computes them from ``image``.
+        tta: test-time augmentation: average the probabilities of the window and its three
+            mirror images (up-down, left-right, both). Four times the computation; exact
+            tiling stays exact, because windows are whole 2^depth blocks at block offsets.
 
     Yields:
         ``Progress`` after every batch (windows done / total, elapsed, eta) and ``WarningEvent``
@@ -313,7 +317,7 @@ def predict_iter(
         target = store if "Z" not in axes else _PlaneView(store, z)
         while True:  # re-entered only after an out-of-memory back-off shrinks the plan
             gen = _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision,
-                            batch_size, channels_last, blend, prefetch)
+                            batch_size, channels_last, blend, prefetch, tta)
             try:
                 for n in gen:
                     done += n
@@ -389,7 +393,7 @@ def _read_batch(source: _PlaneSource, wins: list[tiling.Window], stats: np.ndarr
 
 
 def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision, batch_size,
-              channels_last, blend, prefetch) -> Generator[int, None, None]:
+              channels_last, blend, prefetch, tta=False) -> Generator[int, None, None]:
     """Run every window of ``plan`` for one plane; yields the number of windows finished."""
     height, width = plan.shape
     pin = dev.type == "cuda"
@@ -408,15 +412,14 @@ def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precisi
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with torch.inference_mode(), _autocast(dev, precision):
-                    logits = net(x)
-                    probs = _activate(logits.float(), sigmoid)
+                    probs = _forward(net, x, sigmoid, tta)
                 probs = probs.cpu().numpy()
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not _is_oom(exc):
                     raise
                 raise _OutOfMemory(done, len(plan)) from exc
             finally:
-                x = logits = None
+                x = None
             for w, p in zip(wins, probs):
                 if blending:
                     acc[:, w.y0 : w.y1, w.x0 : w.x1] += p * weights
@@ -461,6 +464,26 @@ def _load_libc():
 
 
 _LIBC = _load_libc() if sys.platform.startswith("linux") else None
+
+
+#: the mirror images averaged by test-time augmentation (dims of an (N, C, Y, X) batch)
+TTA_FLIPS = ((), (-2,), (-1,), (-2, -1))
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, sigmoid: bool, tta: bool) -> torch.Tensor:
+    """Probabilities of a batch; with ``tta`` the mean over :data:`TTA_FLIPS`.
+
+    Mirroring a window whose size is a multiple of 2^depth maps the pooling blocks onto
+    pooling blocks, so the mirrored pass is as tileable as the plain one.
+    """
+    if not tta:
+        return _activate(net(x).float(), sigmoid)
+    total = None
+    for dims in TTA_FLIPS:
+        probs = _activate(net(torch.flip(x, dims) if dims else x).float(), sigmoid)
+        probs = torch.flip(probs, dims) if dims else probs
+        total = probs if total is None else total.add_(probs)
+    return total.div_(len(TTA_FLIPS))
 
 
 def _activate(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
@@ -540,11 +563,14 @@ def predict(model: ModelBundle | torch.nn.Module | str, image: Any, on_event=Non
 
 
 def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.ndarray,
-                              axes: str | None = None, channels_last: bool = False) -> np.ndarray:
+                              axes: str | None = None, channels_last: bool = False,
+                              tta: bool = False) -> np.ndarray:
     """Reference: one forward pass over the whole (2D) image, normalized the same way.
 
     For tests and benchmarks; holds everything in memory. ``channels_last`` runs the pass in
     that memory layout (the tiled engine's default on CPU), for a like-for-like timing.
+    ``tta`` mirrors the image zero-padded to whole 2^depth blocks (as the tiled engine's
+    windows are), so the two agree.
     """
     bundle = _as_bundle(bundle)
     shape = tuple(image.shape)
@@ -559,8 +585,11 @@ def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.n
     net = bundle.model.eval().cpu()
     with torch.inference_mode():
         xt = torch.from_numpy(x)[None]
+        h, w = xt.shape[-2:]
+        if tta:
+            m = getattr(net, "size_multiple", 1)
+            xt = torch.nn.functional.pad(xt, [0, -w % m, 0, -h % m])
         if channels_last:
             xt = xt.contiguous(memory_format=torch.channels_last)
-        logits = net(xt)
-        probs = _activate(logits, bundle.metadata.get("output_activation") == "sigmoid")
-    return probs[0].numpy()
+        probs = _forward(net, xt, bundle.metadata.get("output_activation") == "sigmoid", tta)
+    return probs[0, :, :h, :w].numpy()

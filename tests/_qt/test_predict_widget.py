@@ -67,6 +67,25 @@ def test_running_again_replaces_only_the_plugins_own_layer(widget, qtbot):
     assert [layer.name for layer in viewer.layers] == ["img", "my annotations", "img labels"]
 
 
+def test_mirror_test_option_reaches_the_engine(widget, qtbot, tiny_model):
+    from napari_tiled_unet.inference import predict
+    from napari_tiled_unet.model import load_model
+
+    viewer, w = widget
+    img = nuclei_image()[:96, :160]
+    viewer.add_image(img, name="img")
+    w.image_combo.setCurrentText("img")
+    w.show_probs.setChecked(True)
+    w.tta_check.setChecked(True)
+    w.run()
+    _wait(qtbot, w)
+    shown = np.asarray(viewer.layers["img probabilities"].data)
+    bundle = load_model(tiny_model)
+    expected = predict(bundle, img, device="cpu", tta=True)
+    assert np.abs(shown - expected).max() <= 1e-5
+    assert np.abs(shown - predict(bundle, img, device="cpu")).max() > 1e-4
+
+
 def test_cancel_mid_run_leaves_no_layer_and_ends_the_worker(widget, qtbot):
     viewer, w = widget
     viewer.add_image(da.from_array(np.tile(nuclei_image(), (4, 4)), chunks=512), name="big")

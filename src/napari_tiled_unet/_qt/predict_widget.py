@@ -143,6 +143,8 @@ class SegmentWidget(DockControls, QWidget):
         self.min_size_spin.setRange(0, 100000)
         self.min_size_spin.setValue(16)
         self.show_probs = QCheckBox("also show probabilities")
+        self.tta_check = QCheckBox("mirror test (4x slower, a little more accurate)")
+        self.tta_check.setToolTip("Average the model's output over the image and its three mirror images.")
 
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
@@ -170,6 +172,7 @@ class SegmentWidget(DockControls, QWidget):
         adv_form.addRow("foreground threshold", self.fg_spin)
         adv_form.addRow("seed threshold", self.seed_spin)
         adv_form.addRow("min object size (px)", self.min_size_spin)
+        adv_form.addRow(self.tta_check)
         adv_form.addRow(self.show_probs)
         advanced.addWidget(adv)
 
@@ -292,6 +295,7 @@ class SegmentWidget(DockControls, QWidget):
             "mode": self.mode_combo.currentText(),
             "window": self.window_spin.value() or None,
             "batch_size": self.batch_spin.value() or None,
+            "tta": self.tta_check.isChecked(),
             "postprocess": self.postprocess_overrides(),
         }
         bundle = self.bundle
