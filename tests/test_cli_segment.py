@@ -112,3 +112,37 @@ def test_tta_flag_gives_the_mirror_averaged_labels(tmp_path, folder, model_file)
     expected = segment(bundle, tifffile.imread(src), device="cpu", tta=True).labels
     assert np.array_equal(written > 0, expected > 0)
     assert written.max() == expected.max()
+
+
+def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path, model_file):
+    """A batch scheduler's SIGTERM (or Ctrl-C) mid-folder: exit 130, say how far it got, and
+    leave no half-written label store behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import zarr
+
+    src = tmp_path / "images"
+    src.mkdir()
+    img = nuclei_image()
+    for k in range(30):
+        tifffile.imwrite(src / f"img{k:02d}.tif", np.roll(img, 17 * k, axis=1)[:512, :512])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(src), "-o", str(out),
+           "-m", str(model_file), "--format", "zarr", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "img01_labels.zarr").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = int(err.split("Interrupted: ")[1].split(" of 30")[0])
+    assert 1 <= done < 30
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [f"img{k:02d}_labels.zarr" for k in range(done)]
+    for name in left:
+        labels = zarr.open_array(str(out / name), mode="r")
+        assert labels.shape == (512, 512) and labels[:].max() > 0

@@ -144,6 +144,28 @@ def test_cancel_stops_within_one_batch_and_stops_the_reader(tmp_path):
     assert zarr.open_array(str(out), mode="r").attrs["complete"] is False
 
 
+class _FailingImage:
+    """An array that fails on its third read, as a zarr store on a dropped network share does."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        if self.reads == 3:
+            raise OSError("the network share went away")
+        return self.data[key]
+
+
+def test_a_read_error_mid_run_reaches_the_caller_and_ends_the_reader():
+    net = _net(2)
+    img = _FailingImage(_image((256, 256)))
+    stats = np.array([[0.0, 1 / 255]])  # (offset, scale) given: every read is a window
+    with pytest.raises(OSError, match="network share"):
+        predict(net, img, window=64, batch_size=1, device="cpu", stats=stats)
+    assert not any(t.name == "tiled-unet-reader" for t in threading.enumerate())
+
+
 def test_dask_and_zarr_inputs_give_the_numpy_result(tmp_path):
     import dask.array as da
     import zarr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,7 @@ def _output_path(src: Path, out_dir: Path, fmt: str, image=None) -> Path:
 def _cmd_segment(args) -> int:
     import time
 
-    from tqdm import tqdm
-
-    from .io import ReadError, expand_inputs, overlay_png, read_image, write_labels
+    from .io import expand_inputs
     from .model import zoo
     from .model.bundle import load_model
 
@@ -161,10 +160,49 @@ def _cmd_segment(args) -> int:
 
     rows, failures = [], []
     start_all = time.perf_counter()
+    _stop_on_signals()
+    try:
+        _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures)
+    except KeyboardInterrupt:
+        print(f"Interrupted: {len(rows)} of {len(paths)} image(s) segmented and written; the "
+              "image in progress was not written. Run the command again without those done "
+              "(or with --overwrite) to go on.", file=sys.stderr)
+        return 130
+    finally:
+        if client is not None:
+            client.close()
+    total = time.perf_counter() - start_all
+    summary = {"segmented": rows, "failed": failures, "seconds": round(total, 2)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['input']}: {r['objects']} objects in {r['seconds']} s "
+                  f"({r['megapixels_per_s']} MP/s) -> {r['output']}")
+        print(f"{len(rows)} image(s) segmented in {total:.1f} s"
+              + (f", {len(failures)} failed:" if failures else "."))
+        for f in failures:
+            print(f"  {f['input']}: {f['error']}")
+    return 1 if failures else 0
+
+
+def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures) -> None:
+    """Segment every path in turn, appending to ``rows`` and ``failures`` as each one ends.
+
+    An interruption (Ctrl-C, SIGTERM) leaves no partial output of the image in progress.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from .io import ReadError, overlay_png, read_image, write_labels
+
     for src in tqdm(paths, desc="images", unit="image", disable=len(paths) < 2):
+        dst, existed = None, True
         try:
             image = read_image(src)
             dst = _output_path(src, out_dir, args.format, image)
+            existed = dst.exists()
             t0 = time.perf_counter()
             if client is not None:
                 from .distributed import segment_distributed
@@ -179,24 +217,13 @@ def _cmd_segment(args) -> int:
             npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
             rows.append({"input": str(src), "output": str(dst), "objects": result.n_objects,
                          "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)})
+        except KeyboardInterrupt:
+            if dst is not None and dst.suffix == ".zarr" and dst.exists() and not existed:
+                shutil.rmtree(dst, ignore_errors=True)  # a label store written part way
+            raise
         except (ReadError, ValueError, RuntimeError, OSError) as exc:
             failures.append({"input": str(src), "error": str(exc)})
             tqdm.write(f"failed: {src}: {exc}", file=sys.stderr)
-    if client is not None:
-        client.close()
-    total = time.perf_counter() - start_all
-    summary = {"segmented": rows, "failed": failures, "seconds": round(total, 2)}
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['input']}: {r['objects']} objects in {r['seconds']} s "
-                  f"({r['megapixels_per_s']} MP/s) -> {r['output']}")
-        print(f"{len(rows)} image(s) segmented in {total:.1f} s"
-              + (f", {len(failures)} failed:" if failures else "."))
-        for f in failures:
-            print(f"  {f['input']}: {f['error']}")
-    return 1 if failures else 0
 
 
 def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str):

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import queue
 import sys
-import threading
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from . import normalization, tiling
+from ._readahead import ReadAhead
 from .events import Progress, WarningEvent, run_to_end
 from .model.bundle import ModelBundle, load_model
 from .normalization import ImageError
@@ -403,7 +402,8 @@ def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precisi
         acc = np.zeros((n_classes, *plan.padded_shape), dtype=np.float32)
         norm = np.zeros(plan.padded_shape, dtype=np.float32)
     batches = list(_batches(plan, batch_size))
-    reader = _Prefetcher(lambda b: _read_batch(source, b, stats, height, width, pin), batches, prefetch)
+    reader = ReadAhead(((b, _read_batch(source, b, stats, height, width, pin)) for b in batches),
+                       enabled=prefetch and len(batches) > 1, name="tiled-unet-reader")
     done = 0
     try:
         for wins, host in reader:
@@ -491,55 +491,6 @@ def _activate(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
         p = torch.sigmoid(logits)
         return torch.cat([1 - p, p], dim=1)
     return torch.softmax(logits, dim=1)
-
-
-class _Prefetcher:
-    """Iterates ``(item, load(item))``; with ``enabled``, a thread loads the next item ahead."""
-
-    def __init__(self, load, items: list, enabled: bool) -> None:
-        self.load, self.items, self.enabled = load, items, enabled and len(items) > 1
-        self.stop = threading.Event()
-        self.q: queue.Queue = queue.Queue(maxsize=2)
-        self.thread = None
-        if self.enabled:
-            self.thread = threading.Thread(target=self._work, daemon=True, name="tiled-unet-reader")
-            self.thread.start()
-
-    def _work(self) -> None:
-        for item in self.items:
-            if self.stop.is_set():
-                return
-            try:
-                result = (item, self.load(item), None)
-            except BaseException as exc:  # handed to the consumer, never swallowed
-                result = (item, None, exc)
-            while not self.stop.is_set():
-                try:
-                    self.q.put(result, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if result[2] is not None:
-                return
-
-    def __iter__(self):
-        if not self.enabled:
-            for item in self.items:
-                yield item, self.load(item)
-            return
-        for _ in self.items:
-            item, data, exc = self.q.get()
-            if exc is not None:
-                raise exc
-            yield item, data
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self.q.get_nowait()
-            self.thread.join(timeout=5)
 
 
 def _as_bundle(model: ModelBundle | torch.nn.Module | str) -> ModelBundle:

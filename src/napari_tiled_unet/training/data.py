@@ -20,12 +20,9 @@ from the whole image); this bounds the memory of a large training set to about
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
-import queue
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import normalization
+from .._readahead import ReadAhead
 from .targets import Targets
 
 log = logging.getLogger(__name__)
@@ -365,39 +363,15 @@ class Prefetcher:
     """
 
     def __init__(self, sampler: PatchSampler, batch_size: int, depth: int = 2) -> None:
-        self.sampler = sampler
-        self.batch_size = batch_size
         self.rng_state = sampler.rng.bit_generator.state
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="patch-sampler", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                item: Any = self.sampler.batch(self.batch_size)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._queue.put(exc)
+        self._reader = ReadAhead(iter(lambda: sampler.batch(batch_size), None), depth, name="patch-sampler")
 
     def next(self) -> Batch:
         """The next batch (raises what the sampling thread raised)."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
+        item = next(self._reader)
         self.rng_state = item.rng_state
         return item
 
     def close(self) -> None:
         """Stop the thread (within one batch) and drop what it drew ahead."""
-        self._stop.set()
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-        self._thread.join()
+        self._reader.close()
