@@ -165,3 +165,15 @@ def test_evaluate_folders_refuses_what_it_cannot_pair(tmp_path):
     tifffile.imwrite(pred_dir / "a_labels.tif", GT[:20])
     with pytest.raises(ValueError, match="shape"):
         evaluate_folders(pred_dir, gt_dir)
+
+
+def test_class_overlap_counts_give_the_iou_per_class():
+    from napari_tiled_unet.metrics import class_overlap_counts
+
+    gt = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    inter, union = class_overlap_counts(gt, pred, 4)
+    # class 0: 2 common of {0,1,2}; class 1: 1 of {2,3,4}; class 2: 1 of {4,5}; class 3 absent
+    assert inter.tolist() == [2, 1, 1, 0] and union.tolist() == [3, 3, 2, 0]
+    with pytest.raises(ValueError):
+        class_overlap_counts(gt, pred[:-1], 4)

@@ -218,6 +218,24 @@ def average_precision(
     return float(np.mean([_match(*pairs, t).ap for t in thresholds]))
 
 
+def class_overlap_counts(gt: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class intersection and union pixel counts of two class maps (int64 arrays of length
+    ``n_classes``); sums of these over images give the pooled IoU per class, ``inter / union``.
+
+    Args:
+        gt, pred: integer class indices in ``[0, n_classes)``, same shape (only the pixels to
+            compare, e.g. the painted ones).
+    """
+    gt = np.asarray(gt, dtype=np.int64).ravel()
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    _check_same_shape(gt, pred)
+    def count(a: np.ndarray) -> np.ndarray:
+        return np.bincount(a, minlength=n_classes)[:n_classes]
+
+    inter = count(gt[pred == gt])
+    return inter, count(gt) + count(pred) - inter
+
+
 def pixel_error(pred: np.ndarray, gt: np.ndarray) -> float:
     """Fraction of pixels whose class differs between ``pred`` and ``gt``.
 

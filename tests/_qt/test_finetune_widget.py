@@ -262,7 +262,6 @@ class _Background(torch.nn.Module):
 def test_the_iou_table_counts_only_the_held_out_scribbles(widget, tmp_path):
     from types import SimpleNamespace
 
-    from napari_tiled_unet._qt.finetune_widget import validation_iou_iter
     from napari_tiled_unet.events import run_to_end
     from napari_tiled_unet.training.data import IGNORE
 
@@ -277,7 +276,7 @@ def test_the_iou_table_counts_only_the_held_out_scribbles(widget, tmp_path):
     w.labels_combo.setCurrentText("my labels")
     trainer = w.make_trainer()
     stub = SimpleNamespace(model=_Background(), class_names=["bg", "fg"])
-    (figures,) = run_to_end(validation_iou_iter([stub], trainer))
+    (figures,) = run_to_end(trainer.class_iou_iter([stub]))
     counted = np.concatenate([it.window(*win)[1].ravel() for k, win in trainer.val_windows
                               for it, _ in [trainer.val_items[k]]])
     counted = counted[counted != IGNORE]

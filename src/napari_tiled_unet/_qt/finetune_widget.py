@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,56 +171,6 @@ class TrainingPlane:
     axes: str
     channel_axis: int | None
     index: tuple[int, ...]
-
-
-def validation_iou_iter(
-    bundles: list[Any], trainer: Any
-) -> Generator[None, None, list[dict[str, float]]]:
-    """IoU per class on the trainer's held-out windows, for each of ``bundles``.
-
-    Only pixels that count (the painted scribbles inside the held-out part) are compared, so
-    the figures say how well each model reproduces what was painted there.
-
-    Args:
-        bundles: models whose classes are the trainer's classes (its base model and the result).
-        trainer: a :class:`~napari_tiled_unet.training.loop.Trainer` whose ``val_windows``
-            and ``val_items`` say what was held out.
-
-    Yields:
-        None after every window and model (a cancel point).
-
-    Returns:
-        One dict per bundle: ``{"IoU <class name>": iou, ..., "mean IoU": mean}`` over the
-        classes present in the held-out scribbles or the prediction.
-    """
-    import torch
-
-    from ..training.data import IGNORE
-
-    out = []
-    for bundle in bundles:
-        n = int(bundle.model.n_classes)
-        inter, union = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        dev = next(bundle.model.parameters()).device
-        bundle.model.eval()
-        for k, (y0, x0, h, w) in trainer.val_windows:
-            item, _ = trainer.val_items[k]
-            img, cls, _ = item.window(y0, x0, h, w)
-            mask = cls != IGNORE
-            with torch.inference_mode():
-                logits = bundle.model(torch.from_numpy(img[None]).to(dev))
-            pred = logits[0].argmax(0).cpu().numpy()[mask]
-            gt = cls[mask].astype(np.int64)
-            inter += np.bincount(gt[pred == gt], minlength=n)[:n]
-            union += np.bincount(gt, minlength=n)[:n] + np.bincount(pred, minlength=n)[:n]
-            yield None
-        union -= inter
-        names = bundle.class_names
-        figures = {f"IoU {names[c]}": float(inter[c] / union[c]) for c in range(n) if union[c]}
-        if figures:
-            figures["mean IoU"] = float(np.mean(list(figures.values())))
-        out.append(figures)
-    return out
 
 
 # -- the widget ---------------------------------------------------------------------------------
@@ -672,7 +621,7 @@ class FineTuneWidget(DockControls, QWidget):
         self.after["validation loss"] = float(trainer.best_val)
         if trainer.annotation == "scribbles" and trainer.val_windows:
             bundles = [trainer.base, self.bundle]
-            self._start("evaluate", lambda: validation_iou_iter(bundles, trainer), self._on_evaluated)
+            self._start("evaluate", lambda: trainer.class_iou_iter(bundles), self._on_evaluated)
         else:
             self._show_table()
 
@@ -809,4 +758,4 @@ class FineTuneWidget(DockControls, QWidget):
 make_finetune_widget = FineTuneWidget
 
 
-__all__ = ["FineTuneWidget", "LossPlot", "make_finetune_widget", "validation_iou_iter"]
+__all__ = ["FineTuneWidget", "LossPlot", "make_finetune_widget"]

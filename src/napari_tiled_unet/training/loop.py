@@ -58,8 +58,10 @@ import torch
 
 from .. import normalization
 from ..events import TrainStep, WarningEvent, run_to_end
+from ..metrics import class_overlap_counts, match_instances
 from ..model.bundle import INSTANCE_CLASSES, ModelBundle, load_model, make_metadata
 from ..model.unet import UNet
+from ..postprocess import labels_from_probabilities
 from . import losses
 from .data import IGNORE, Augmentation, PatchSampler, Prefetcher, TrainingImage, cover_windows
 from .targets import ANNOTATIONS, check_annotation, check_labels, make_targets
@@ -742,10 +744,7 @@ class Trainer:
             if metrics_on:
                 counts = _match_counts(torch.softmax(logits[0], 0).cpu().numpy(), labels, mask,
                                        (y0, x0, h, w), self.base.postprocess)
-                if counts is None:
-                    metrics_on = False
-                else:
-                    f1_counts = [a + b for a, b in zip(f1_counts, counts)]
+                f1_counts = [a + b for a, b in zip(f1_counts, counts)]
         model.train()
         val_loss = float(terms.total(self.dice_weight)) if terms is not None else float("nan")
         metrics: dict[str, Any] = {}
@@ -767,6 +766,44 @@ class Trainer:
         return TrainStep(step=self.step, total=self.planned_steps(), epoch=self.step / self.steps_per_epoch,
                          loss=train_loss, lr=self._lr(), elapsed=self.elapsed, val_loss=val_loss,
                          metrics=metrics)
+
+    def class_iou_iter(self, bundles: list[Any]) -> Generator[None, None, list[dict[str, float]]]:
+        """IoU per class on the held-out windows, for each of ``bundles`` (scribble training).
+
+        Only pixels that count (the painted scribbles inside the held-out part) are compared,
+        so the figures say how well each model reproduces what was painted there.
+
+        Args:
+            bundles: models whose classes are this trainer's (its base model and the result).
+
+        Yields:
+            None after every window and model (a cancel point).
+
+        Returns:
+            One dict per bundle: ``{"IoU <class name>": iou, ..., "mean IoU": mean}`` over the
+            classes present in the held-out scribbles or the prediction.
+        """
+        out = []
+        for bundle in bundles:
+            n = int(bundle.model.n_classes)
+            inter, union = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            dev = next(bundle.model.parameters()).device
+            bundle.model.eval()
+            for k, (y0, x0, h, w) in self.val_windows:
+                item, _ = self.val_items[k]
+                img, cls, _ = item.window(y0, x0, h, w)
+                mask = cls != IGNORE
+                with torch.inference_mode():
+                    logits = bundle.model(torch.from_numpy(img[None]).to(dev))
+                i, u = class_overlap_counts(cls[mask], logits[0].argmax(0).cpu().numpy()[mask], n)
+                inter, union = inter + i, union + u
+                yield None
+            names = bundle.class_names
+            figures = {f"IoU {names[c]}": float(inter[c] / union[c]) for c in range(n) if union[c]}
+            if figures:
+                figures["mean IoU"] = float(np.mean(list(figures.values())))
+            out.append(figures)
+        return out
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -861,14 +898,8 @@ def _holdout_strip(mask: np.ndarray, fraction: float) -> np.ndarray | None:
 
 
 def _match_counts(prob: np.ndarray, labels: np.ndarray, mask: np.ndarray, window: tuple[int, int, int, int],
-                  params: dict[str, Any]) -> tuple[int, int, int] | None:
-    """(tp, fp, fn) of objects at IoU 0.5 in the counted part of a validation window, or None
-    when the metrics or post-processing modules are not available."""
-    try:
-        from ..metrics import match_instances
-        from ..postprocess import labels_from_probabilities
-    except ImportError:  # pragma: no cover - being written alongside
-        return None
+                  params: dict[str, Any]) -> tuple[int, int, int]:
+    """(tp, fp, fn) of objects at IoU 0.5 in the counted part of a validation window."""
     y0, x0, h, w = window
     H, W = labels.shape
     gt = np.zeros((h, w), dtype=labels.dtype)
