@@ -1,6 +1,6 @@
 """Choose a model's post-processing defaults on training images (never on validation ones).
 
-    python benchmarks/tune_postprocess.py MODEL.safetensors [--n 48] [--write]
+    python benchmarks/tune_postprocess.py MODEL.safetensors [--n 96] [--write]
 
 Runs the network once on ``--n`` images drawn (seed 0) from the training part of
 ../shared/data/dsb2018-fluo-train (the ids of benchmarks/data/dsb2018_val_ids.txt are left
@@ -26,8 +26,8 @@ from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.postprocess import instances_from_probabilities
 
 GRID = {
-    "foreground_threshold": [0.4, 0.5, 0.6],
-    "seed_threshold": [0.5, 0.6, 0.7, 0.8, 0.9],
+    "foreground_threshold": [0.4, 0.5, 0.6, 0.7, 0.8],
+    "seed_threshold": [0.6, 0.7, 0.8, 0.9, 0.95],
     "min_size": [8, 16, 32],
 }
 
@@ -35,7 +35,7 @@ GRID = {
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
-    ap.add_argument("--n", type=int, default=48)
+    ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
@@ -55,7 +55,8 @@ def main() -> None:
         ms = [match_instances(gt, instances_from_probabilities(p, fg, seed, size), 0.5) for p, gt in cached]
         m = Matching.pooled(ms)
         rows.append({"foreground_threshold": fg, "seed_threshold": seed, "min_size": size,
-                     "ap@0.5": round(m.ap, 4), "f1@0.5": round(m.f1, 4)})
+                     "ap@0.5": round(m.ap, 4), "f1@0.5": round(m.f1, 4),
+                     "mean_matched_iou": round(m.mean_matched_iou, 4)})
     rows.sort(key=lambda r: -r["ap@0.5"])
     current = bundle.postprocess
     for r in rows[:8]:
