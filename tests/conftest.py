@@ -18,6 +18,16 @@ def _deterministic_torch():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread: on the CI machine's 2 shared cores, intra-op threads spinning on a
+    busy core slow tiny networks down 10x (a tiny step takes seconds instead of milliseconds)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def dsb_dir() -> Path:
     """The DSB2018 fluorescence folder beside the repo; skips the test when it is absent."""
     if not (DSB / "images").is_dir():

@@ -14,14 +14,7 @@ CROP = (slice(0, 128), slice(0, 128))
 INSTANCES, SCRIBBLES = "instances (one label per object)", "scribbles (label k = class k)"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # on a small, busy machine torch's intra-op threads fight each other (a tiny step takes
-    # seconds instead of milliseconds); one thread keeps these mechanics tests fast
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from napari_tiled_unet.training.targets import instance_targets, scribble_target
 TINY = {"base_channels": 4, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CI machine has 2 shared cores: OpenMP spinning on a busy core slows tiny nets 10x
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def discs(seed: int, size: int = 64, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
