@@ -26,9 +26,9 @@ from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.postprocess import instances_from_probabilities
 
 GRID = {
-    "foreground_threshold": [0.4, 0.5, 0.6, 0.7, 0.8],
+    "foreground_threshold": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
     "seed_threshold": [0.6, 0.7, 0.8, 0.9, 0.95],
-    "min_size": [8, 16, 32],
+    "min_size": [16, 32, 48],
 }
 
 
@@ -50,8 +50,6 @@ def main() -> None:
         cached.append((predict(bundle, img, device="cpu", precision="bf16"), gt))
     rows = []
     for fg, seed, size in itertools.product(*GRID.values()):
-        if seed < fg:
-            continue
         ms = [match_instances(gt, instances_from_probabilities(p, fg, seed, size), 0.5) for p, gt in cached]
         m = Matching.pooled(ms)
         rows.append({"foreground_threshold": fg, "seed_threshold": seed, "min_size": size,

@@ -31,8 +31,15 @@ def test_loads_by_name_with_complete_metadata(builtin):
     for key in ("data", "annotation", "epochs", "steps", "seed", "time_s", "metrics", "package_version",
                 "validation", "device", "precision"):
         assert record.get(key) not in (None, ""), key
-    assert record["from_scratch"] and record["data"]["n_images"] > 400
+    assert record["data"]["n_images"] > 400
     assert record["metrics"]["f1@0.5"] > 0.8
+    # trained in phases, each continuing from the last: the record holds every phase, back to
+    # the one that started from random weights, and all of them held out the same images
+    phases = [record]
+    while "base_training" in phases[-1]:
+        phases.append(phases[-1]["base_training"])
+    assert phases[-1]["from_scratch"] and all(not p["from_scratch"] for p in phases[:-1])
+    assert all(p["validation"] == record["validation"] for p in phases)
 
 
 def test_segments_the_shipped_sample_within_10_percent_of_the_true_count(builtin):
