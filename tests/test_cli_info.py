@@ -49,3 +49,21 @@ def test_info_on_a_bad_file_exits_non_zero_with_one_sentence(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: notes.safetensors is not a safetensors model file")
     assert "Traceback" not in result.stderr
+
+
+def test_the_signal_handlers_are_restored_after_a_command(tmp_path):
+    """Commands turn SIGTERM into a clean stop while they run, and leave the caller's handlers
+    (a notebook's, a test runner's) as they were."""
+    import signal
+
+    from napari_tiled_unet.cli import main
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        main(["info", "nuclei-dsb2018"])
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

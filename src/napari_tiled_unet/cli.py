@@ -8,10 +8,12 @@ sentence; a failure exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +162,6 @@ def _cmd_segment(args) -> int:
 
     rows, failures = [], []
     start_all = time.perf_counter()
-    _stop_on_signals()
     try:
         _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures)
     except KeyboardInterrupt:
@@ -338,19 +339,29 @@ def _add_train(sub) -> None:
                      help="save a checkpoint at least this often (default 5)")
 
 
-def _stop_on_signals() -> None:
-    """Ctrl-C, and SIGTERM (what batch schedulers send before killing a job), stop training
-    cleanly: the checkpoint is saved and the same command resumes. Also when started in the
-    background, where the shell sets SIGINT to be ignored."""
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Within: Ctrl-C, and SIGTERM (what batch schedulers send before killing a job), raise
+    KeyboardInterrupt, so long commands stop cleanly (training saves its checkpoint, segment
+    keeps the finished images); also when started in the background, where the shell sets
+    SIGINT to be ignored. The previous handlers come back afterwards."""
     import signal
     import threading
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
 
 
 def _cmd_train(args) -> int:
@@ -379,7 +390,6 @@ def _cmd_train(args) -> int:
     }
     if args.val_ids is None:
         options["val_fraction"] = args.val_fraction
-    _stop_on_signals()
     try:
         gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
                                  epochs=args.epochs, minutes=args.minutes, new_model=new_model, **options)
@@ -451,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return globals()[f"_cmd_{args.command}"](args)
+        with _stop_on_signals():
+            return globals()[f"_cmd_{args.command}"](args)
     except (BundleError, ImageError, ReadError, CLIError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
