@@ -174,3 +174,39 @@ def test_wrong_shape_is_refused():
         instances_from_probabilities(np.zeros((2, 5, 5)))
     with pytest.raises(ValueError, match=r"shape \(3, Y, X\)"):
         instances_blockwise(np.zeros((2, 5, 5)))
+
+
+def test_interrupted_blockwise_leaves_no_scratch_and_no_writer_behind(tmp_path):
+    """Ctrl-C while blocks are being labelled: once the call has raised, nothing is left
+    writing, so the scratch folder stays gone (dask's pool used to go on writing into it)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import zarr
+
+    gt = discs((1024, 1024), [(y, x) for y in range(20, 1024, 40) for x in range(20, 1024, 40)], 15)
+    z = zarr.open_array(str(tmp_path / "p.zarr"), mode="w", shape=(3, 1024, 1024),
+                        chunks=(3, 256, 256), dtype="f4")
+    z[:] = probs_from_labels(gt, blur=1.0)
+    stop = threading.Event()
+
+    def interrupt_once_blocks_are_written():
+        while not stop.is_set():
+            if any(tmp_path.glob(".postprocess-*/seeds.zarr/c/*")):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=interrupt_once_blocks_are_written)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            instances_blockwise(z, out=tmp_path / "labels.zarr", block_size=128, overlap=32)
+    finally:
+        stop.set()
+        watcher.join()
+    for _ in range(20):  # a thread still running would write again within this second
+        assert not list(tmp_path.glob(".postprocess-*"))
+        time.sleep(0.05)

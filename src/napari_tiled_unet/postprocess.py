@@ -43,6 +43,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +344,28 @@ def _scratch(target: Any) -> Iterator[Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _compute(*tasks: Any, threads_only: bool) -> tuple:
+    """``dask.compute(*tasks)`` that leaves no thread writing once it has returned or raised.
+
+    On local threads (``threads_only``, or when no other scheduler is the default), a
+    Ctrl-C or an error waits for the running tasks and cancels the queued ones before it
+    propagates: otherwise dask's shared pool goes on running them, and their writes land in
+    stores the caller has already removed. A distributed client, when it is the default,
+    runs the tasks as usual.
+    """
+    import dask
+    from dask.base import get_scheduler
+    from dask.system import CPU_COUNT
+
+    if not threads_only and get_scheduler() is not None:
+        return dask.compute(*tasks)
+    pool = ThreadPoolExecutor(max_workers=CPU_COUNT, thread_name_prefix="postprocess")
+    try:
+        return dask.compute(*tasks, scheduler="threads", pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _blocks(shape: tuple[int, int], block: tuple[int, int]) -> list[tuple[slice, slice]]:
     """Row-major list of the blocks tiling ``shape``."""
     return [
@@ -515,7 +538,7 @@ def instances_blockwise(
     grid = p.numblocks[1:]
     blocks = _blocks(shape, block)
     # in-memory stores cannot travel to other processes: keep those to threads
-    scheduler = "threads" if _local_dir(target) is None else None
+    threads_only = _local_dir(target) is None
 
     def shared(obj: Any) -> Any:  # one graph key for an object many tasks read
         return dask.delayed(obj, name=f"shared-{uuid.uuid4().hex}")
@@ -524,10 +547,10 @@ def instances_blockwise(
         stores = [make(name, shape, block, dtype) for name, dtype in
                   (("seeds", "int32"), ("foreground", "int32"), ("levels", "int16"))]
         task = dask.delayed(_label_block, pure=False)
-        edges = dask.compute(
+        edges = _compute(
             *[task(piece, stores, core, foreground_threshold, seed_threshold)
               for piece, core in zip(p.to_delayed().ravel(), blocks)],
-            scheduler=scheduler,
+            threads_only=threads_only,
         )
         seeds = _JoinedLabels(stores[0], block, grid, [e[0] for e in edges])
         components = _JoinedLabels(stores[1], block, grid, [e[1] for e in edges])
@@ -538,8 +561,8 @@ def instances_blockwise(
 
         task = dask.delayed(_instances_block, pure=False)
         args = [shared(a) for a in (stores[2], seeds, components, target)]
-        results = dask.compute(*[task(*args, core, overlap, fill_holes, shape) for core in blocks],
-                               scheduler=scheduler)
+        results = _compute(*[task(*args, core, overlap, fill_holes, shape) for core in blocks],
+                           threads_only=threads_only)
 
     sizes = np.zeros(seeds.n + components.n + 1, np.int64)
     for ids, counts, _ in results:
@@ -547,7 +570,7 @@ def instances_blockwise(
     lut = _numbering(sizes, min_size)
     task = dask.delayed(_relabel_block, pure=False)
     args = [shared(target), shared(lut)]
-    dask.compute(*[task(args[0], core, args[1]) for core in blocks], scheduler=scheduler)
+    _compute(*[task(args[0], core, args[1]) for core in blocks], threads_only=threads_only)
 
     inexact = sum(r[2] for r in results)
     if inexact:
@@ -594,6 +617,6 @@ def semantic_blockwise(
     dtype = np.uint8 if p.shape[0] <= 256 else np.uint16
     classes = p.map_blocks(lambda b: semantic_from_probabilities(b, thresholds), drop_axis=0, dtype=dtype)
     target = _open_out(out, classes.shape, block_size, np.dtype(dtype).name)
-    scheduler = "threads" if _local_dir(target) is None else None
-    da.store(classes.rechunk(target.chunks), target, lock=False, scheduler=scheduler)
+    _compute(da.store(classes.rechunk(target.chunks), target, lock=False, compute=False),
+             threads_only=_local_dir(target) is None)
     return target
