@@ -17,7 +17,6 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
-from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +37,8 @@ def otsu_watershed(image: np.ndarray, min_size: int = 16, min_distance: int = 4)
     """
     img = gaussian(np.asarray(image, dtype=np.float32), sigma=1, preserve_range=True)
     fg = img > threshold_otsu(img)
-    fg = remove_small_objects(ndi.binary_fill_holes(fg), min_size)
+    parts, _ = ndi.label(ndi.binary_fill_holes(fg))
+    fg = (np.bincount(parts.ravel()) >= min_size)[parts] & (parts > 0)  # drop objects under min_size
     dist = ndi.distance_transform_edt(fg)
     dist = gaussian(dist, sigma=1, preserve_range=True)
     peaks = peak_local_max(dist, min_distance=min_distance, labels=ndi.label(fg)[0], exclude_border=False)
