@@ -146,3 +146,19 @@ def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path,
     for name in left:
         labels = zarr.open_array(str(out / name), mode="r")
         assert labels.shape == (512, 512) and labels[:].max() > 0
+
+
+def test_cleanup_after_an_interruption_touches_only_this_run_s_files(tmp_path):
+    """Stopped mid-image: the partial label store and this process's scratch go; a label store
+    that was there before, and another process's scratch in the same folder, stay."""
+    import os
+
+    from napari_tiled_unet.cli import _remove_partial
+
+    ours = [tmp_path / f".postprocess-{os.getpid()}-abc", tmp_path / f".probabilities-{os.getpid()}-x"]
+    theirs = tmp_path / f".postprocess-{os.getpid() + 1}-abc"
+    for d in (*ours, theirs, tmp_path / "a_labels.zarr", tmp_path / "b_labels.zarr"):
+        (d / "c").mkdir(parents=True)
+    _remove_partial(tmp_path / "a_labels.zarr", existed=False)
+    _remove_partial(tmp_path / "b_labels.zarr", existed=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, "b_labels.zarr"])

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -219,12 +220,28 @@ def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, row
             rows.append({"input": str(src), "output": str(dst), "objects": result.n_objects,
                          "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)})
         except KeyboardInterrupt:
-            if dst is not None and dst.suffix == ".zarr" and dst.exists() and not existed:
-                shutil.rmtree(dst, ignore_errors=True)  # a label store written part way
+            if dst is not None:
+                _remove_partial(dst, existed)
             raise
         except (ReadError, ValueError, RuntimeError, OSError) as exc:
             failures.append({"input": str(src), "error": str(exc)})
             tqdm.write(f"failed: {src}: {exc}", file=sys.stderr)
+
+
+def _probabilities_prefix() -> str:
+    return f".probabilities-{os.getpid()}-"
+
+
+def _remove_partial(dst: Path, existed: bool) -> None:
+    """After an interruption: remove the label store written part way, and any scratch folder
+    of this process beside it (one whose removal the interruption itself cut short)."""
+    from .postprocess import scratch_prefix
+
+    if dst.suffix == ".zarr" and dst.exists() and not existed:
+        shutil.rmtree(dst, ignore_errors=True)
+    for prefix in (scratch_prefix(), _probabilities_prefix()):
+        for folder in dst.parent.glob(prefix + "*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str):
@@ -253,7 +270,8 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
         predict_kwargs.pop("window", None)
     try:
         if dst.suffix == ".zarr":
-            with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+            with tempfile.TemporaryDirectory(prefix=_probabilities_prefix(),
+                                             dir=dst.parent if dst.parent.exists() else None) as tmp:
                 seg = segment(bundle, image, on_event=on_event, postprocess=post,
                               probabilities_out=str(Path(tmp) / "probabilities.zarr"),
                               labels_out=str(dst), **predict_kwargs)
