@@ -25,7 +25,8 @@ from napari_tiled_unet.segmentation import segment
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="bundle file or built-in name (default: the built-in model)")
+    ap.add_argument("--model", default=None,
+                    help="bundle file or built-in name (default: the built-in model)")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--ids", type=Path, default=DEFAULT_IDS)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -40,8 +41,10 @@ def main() -> None:
         bundle = load_model(args.model)
     ids = read_ids(args.ids)
     t0 = time.perf_counter()
-    unet = evaluate(lambda img: segment(bundle, img, device="cpu", precision=args.precision, tta=args.tta).labels,
-                    args.data, ids)
+    def run(img):
+        return segment(bundle, img, device="cpu", precision=args.precision, tta=args.tta).labels
+
+    unet = evaluate(run, args.data, ids)
     unet["seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     base = evaluate(otsu_watershed, args.data, ids)

@@ -115,8 +115,9 @@ def test_tta_flag_gives_the_mirror_averaged_labels(tmp_path, folder, model_file)
 
 
 def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path, model_file):
-    """A batch scheduler's SIGTERM (or Ctrl-C) mid-folder: exit 130, say how far it got, and
-    leave no half-written label store behind."""
+    """A batch scheduler's SIGTERM (or Ctrl-C) mid-folder: exit 130, say how far it got, leave
+    no half-written label store behind, keep whole the earlier outputs not yet replaced
+    (--overwrite), and leave another process's scratch folder alone."""
     import signal
     import subprocess
     import sys
@@ -130,11 +131,16 @@ def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path,
     for k in range(30):
         tifffile.imwrite(src / f"img{k:02d}.tif", np.roll(img, 17 * k, axis=1)[:512, :512])
     out = tmp_path / "out"
+    for k in range(30):  # outputs of an earlier run, to be replaced (--overwrite)
+        zarr.open_array(str(out / f"img{k:02d}_labels.zarr"), mode="w", shape=(8, 8), dtype="int32")[:] = 7
+    theirs = out / ".postprocess-1-abc"  # another process's scratch folder
+    theirs.mkdir()
     cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(src), "-o", str(out),
-           "-m", str(model_file), "--format", "zarr", "--device", "cpu"]
+           "-m", str(model_file), "--format", "zarr", "--device", "cpu", "--overwrite"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (out / "img01_labels.zarr").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob(".img01_labels.*.partial.zarr")) and proc.poll() is None \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -142,23 +148,11 @@ def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path,
     done = int(err.split("Interrupted: ")[1].split(" of 30")[0])
     assert 1 <= done < 30
     left = sorted(p.name for p in out.iterdir())
-    assert left == [f"img{k:02d}_labels.zarr" for k in range(done)]
-    for name in left:
-        labels = zarr.open_array(str(out / name), mode="r")
-        assert labels.shape == (512, 512) and labels[:].max() > 0
+    assert left == [theirs.name] + [f"img{k:02d}_labels.zarr" for k in range(30)]
+    for k in range(30):
+        labels = zarr.open_array(str(out / f"img{k:02d}_labels.zarr"), mode="r")[:]
+        if k < done:  # replaced by the new labels
+            assert labels.shape == (512, 512) and labels.max() > 0
+        else:  # the earlier output, whole
+            assert labels.shape == (8, 8) and (labels == 7).all()
 
-
-def test_cleanup_after_an_interruption_touches_only_this_run_s_files(tmp_path):
-    """Stopped mid-image: the partial label store and this process's scratch go; a label store
-    that was there before, and another process's scratch in the same folder, stay."""
-    import os
-
-    from napari_tiled_unet.cli import _remove_partial
-
-    ours = [tmp_path / f".postprocess-{os.getpid()}-abc", tmp_path / f".probabilities-{os.getpid()}-x"]
-    theirs = tmp_path / f".postprocess-{os.getpid() + 1}-abc"
-    for d in (*ours, theirs, tmp_path / "a_labels.zarr", tmp_path / "b_labels.zarr"):
-        (d / "c").mkdir(parents=True)
-    _remove_partial(tmp_path / "a_labels.zarr", existed=False)
-    _remove_partial(tmp_path / "b_labels.zarr", existed=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([theirs.name, "b_labels.zarr"])

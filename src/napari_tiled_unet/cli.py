@@ -191,57 +191,71 @@ def _cmd_segment(args) -> int:
 def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures) -> None:
     """Segment every path in turn, appending to ``rows`` and ``failures`` as each one ends.
 
-    An interruption (Ctrl-C, SIGTERM) leaves no partial output of the image in progress.
+    An interruption (Ctrl-C, SIGTERM) or a failure leaves no partial output of the image in
+    progress, and an earlier output it was to replace (--overwrite) stays whole.
     """
-    import time
-
     from tqdm import tqdm
 
-    from .io import ReadError, overlay_png, read_image, write_labels
+    from .io import ReadError
 
     for src in tqdm(paths, desc="images", unit="image", disable=len(paths) < 2):
-        dst, existed = None, True
         try:
-            image = read_image(src)
-            dst = _output_path(src, out_dir, args.format, image)
-            existed = dst.exists()
-            t0 = time.perf_counter()
-            if client is not None:
-                from .distributed import segment_distributed
-
-                result = segment_distributed(client, bundle, image, dst, postprocess=post, **predict_kwargs)
-            else:
-                result = _segment_one(bundle, image, dst, post, predict_kwargs, src.name)
-            seconds = time.perf_counter() - t0
-            write_labels(result.labels, dst)
-            if args.overlay:
-                overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
-            npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
-            rows.append({"input": str(src), "output": str(dst), "objects": result.n_objects,
-                         "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)})
-        except KeyboardInterrupt:
-            if dst is not None:
-                _remove_partial(dst, existed)
-            raise
+            rows.append(_segment_to_file(args, src, out_dir, bundle, post, predict_kwargs, client))
         except (ReadError, ValueError, RuntimeError, OSError) as exc:
             failures.append({"input": str(src), "error": str(exc)})
             tqdm.write(f"failed: {src}: {exc}", file=sys.stderr)
 
 
-def _probabilities_prefix() -> str:
-    return f".probabilities-{os.getpid()}-"
+def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwargs, client) -> dict:
+    """Segment one image and write its labels; the summary row.
+
+    A label store (zarr) is written beside its final name and moved there once complete; on
+    any exception it is removed, with this process's scratch folders beside it (in case the
+    interruption cut their own cleanup short). A tif is written atomically anyway.
+    """
+    import time
+
+    from .io import overlay_png, read_image, scratch_prefix, write_labels
+
+    image = read_image(src)
+    dst = _output_path(src, out_dir, args.format, image)
+    work = dst.with_name(f".{dst.stem}.{os.getpid()}.partial.zarr") if dst.suffix == ".zarr" else dst
+    try:
+        t0 = time.perf_counter()
+        if client is not None:
+            from .distributed import segment_distributed
+
+            result = segment_distributed(client, bundle, image, work, postprocess=post, **predict_kwargs)
+        else:
+            result = _segment_one(bundle, image, work, post, predict_kwargs, src.name)
+        seconds = time.perf_counter() - t0
+        write_labels(result.labels, work)
+        if args.overlay:
+            overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
+        n_objects = result.n_objects  # read before the store moves: result.labels points at work
+        if work != dst:
+            _move_into_place(work, dst)
+    except BaseException:
+        if work != dst:
+            shutil.rmtree(work, ignore_errors=True)
+        for kind in ("postprocess", "probabilities"):
+            for folder in dst.parent.glob(scratch_prefix(kind) + "*"):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
+    return {"input": str(src), "output": str(dst), "objects": n_objects,
+            "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)}
 
 
-def _remove_partial(dst: Path, existed: bool) -> None:
-    """After an interruption: remove the label store written part way, and any scratch folder
-    of this process beside it (one whose removal the interruption itself cut short)."""
-    from .postprocess import scratch_prefix
-
-    if dst.suffix == ".zarr" and dst.exists() and not existed:
-        shutil.rmtree(dst, ignore_errors=True)
-    for prefix in (scratch_prefix(), _probabilities_prefix()):
-        for folder in dst.parent.glob(prefix + "*"):
-            shutil.rmtree(folder, ignore_errors=True)
+def _move_into_place(work: Path, dst: Path) -> None:
+    """Replace ``dst`` (an earlier output, with --overwrite) by the complete store ``work``."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.stem}.{os.getpid()}.old")
+        os.replace(dst, old)
+        os.replace(work, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, dst)
 
 
 def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str):
@@ -250,6 +264,7 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
     from tqdm import tqdm
 
     from .events import Progress, WarningEvent
+    from .io import scratch_prefix
     from .segmentation import segment
 
     bar = tqdm(desc=name, unit="tile", leave=False)
@@ -270,7 +285,7 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
         predict_kwargs.pop("window", None)
     try:
         if dst.suffix == ".zarr":
-            with tempfile.TemporaryDirectory(prefix=_probabilities_prefix(),
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix("probabilities"),
                                              dir=dst.parent if dst.parent.exists() else None) as tmp:
                 seg = segment(bundle, image, on_event=on_event, postprocess=post,
                               probabilities_out=str(Path(tmp) / "probabilities.zarr"),

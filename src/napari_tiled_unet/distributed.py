@@ -175,14 +175,14 @@ def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: d
                         chunk: int = 1024, **predict_kwargs: Any):
     """Segment a zarr image on the cluster; labels are written blockwise to ``dst`` (zarr) or
     returned in memory for a tif destination."""
-    from .io import store_path
+    from .io import scratch_prefix, store_path
     from .segmentation import Segmentation, labels_from, postprocess_params
 
     path = store_path(image)
     if path is None:
         raise ValueError("The cluster path needs a zarr image on disk that the workers can open.")
     predict_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("window", "mode")}
-    tmp = tempfile.mkdtemp(prefix="tiled-unet-", dir=Path(dst).parent)
+    tmp = tempfile.mkdtemp(prefix=scratch_prefix("probabilities"), dir=Path(dst).parent)
     try:
         probs = predict_distributed(client, bundle, str(path), str(Path(tmp) / "probabilities.zarr"),
                                     chunk=chunk, **predict_kwargs)

@@ -113,6 +113,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
+def scratch_prefix(kind: str) -> str:
+    """Name prefix of this process's temporary folders of ``kind`` beside an output. The
+    process id in it lets an interrupted run find and remove its own, and only its own."""
+    return f".{kind}-{os.getpid()}-"
+
+
 def temp_beside(path: Path) -> str:
     """A new empty temporary file in ``path``'s folder, for an atomic write-then-rename
     (finish with :func:`publish`)."""

@@ -326,11 +326,6 @@ def _open_out(out: Any, shape: tuple[int, int], block_size: int, dtype: str):
     return zarr.open_array(str(out), mode="w", shape=shape, chunks=(block_size, block_size), dtype=dtype)
 
 
-def scratch_prefix() -> str:
-    """Name prefix of this process's scratch folders (beside on-disk outputs)."""
-    return f".postprocess-{os.getpid()}-"
-
-
 @contextlib.contextmanager
 def _scratch(target: Any) -> Iterator[Any]:
     """Yield a function making temporary zarr arrays: in memory if ``target`` is, else on disk
@@ -340,7 +335,9 @@ def _scratch(target: Any) -> Iterator[Any]:
     if _local_dir(target) is None:
         yield lambda name, shape, chunks, dtype: zarr.zeros(shape, chunks=chunks, dtype=dtype)
         return
-    folder = tempfile.mkdtemp(prefix=scratch_prefix(), dir=Path(_local_dir(target)).parent)
+    from .io import scratch_prefix
+
+    folder = tempfile.mkdtemp(prefix=scratch_prefix("postprocess"), dir=Path(_local_dir(target)).parent)
     try:
         yield lambda name, shape, chunks, dtype: zarr.open_array(
             os.path.join(folder, name + ".zarr"), mode="w", shape=shape, chunks=chunks, dtype=dtype
