@@ -210,3 +210,39 @@ def test_interrupted_blockwise_leaves_no_scratch_and_no_writer_behind(tmp_path):
     for _ in range(20):  # a thread still running would write again within this second
         assert not list(tmp_path.glob(".postprocess-*"))
         time.sleep(0.05)
+
+
+def test_blockwise_reports_progress_block_by_block_and_stops_when_closed(tmp_path):
+    """Large images: post-processing shows k/n blocks as it goes, and Cancel (closing the
+    generator) stops it, leaving no scratch folder and no thread working behind."""
+    import threading
+
+    import zarr
+
+    from napari_tiled_unet.events import run_to_end
+    from napari_tiled_unet.postprocess import instances_blockwise_iter, semantic_blockwise_iter
+
+    gt = discs((512, 512), [(y, x) for y in range(20, 512, 40) for x in range(20, 512, 40)], 15)
+    z = zarr.open_array(str(tmp_path / "p.zarr"), mode="w", shape=(3, 512, 512), chunks=(3, 128, 128),
+                        dtype="f4")
+    z[:] = probs_from_labels(gt, blur=1.0)
+    events = []
+    out = run_to_end(instances_blockwise_iter(z, tmp_path / "labels.zarr", block_size=128), events.append)
+    assert [e.stage for e in events] == ["postprocess"] * len(events)
+    assert {e.total for e in events} == {3 * 16}  # three passes over 16 blocks
+    done = [e.done for e in events]
+    assert done == sorted(done) and done[-1] == 48 and len(done) > 3
+    assert same_partition(out[:], instances_from_probabilities(z[:]))
+
+    events = []
+    classes = run_to_end(semantic_blockwise_iter(z, tmp_path / "classes.zarr", block_size=128), events.append)
+    assert events[-1].done == events[-1].total == 16
+    assert np.array_equal(classes[:], semantic_from_probabilities(z[:]))
+
+    gen = instances_blockwise_iter(z, tmp_path / "cancelled.zarr", block_size=128)
+    first = next(gen)
+    gen.close()
+    assert first.done < first.total
+    assert "n_objects" not in zarr.open_array(str(tmp_path / "cancelled.zarr"), mode="r").attrs
+    assert not list(tmp_path.glob(".postprocess-*"))
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("postprocess")]

@@ -270,7 +270,11 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
     bar = tqdm(desc=name, unit="tile", leave=False)
 
     def on_event(ev):
-        if isinstance(ev, Progress) and ev.stage == "predict":
+        if isinstance(ev, Progress) and (ev.stage == "predict" or ev.total > 1):
+            unit = "tile" if ev.stage == "predict" else "block"  # then the labels, block by block
+            if bar.unit != unit:
+                bar.unit = unit
+                bar.reset()
             bar.total = ev.total
             bar.n = ev.done
             bar.refresh()

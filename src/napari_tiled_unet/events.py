@@ -79,12 +79,16 @@ def run_to_end(gen, on_event=None):
     """Drive an engine generator to completion and return its result.
 
     The synchronous twin of every ``*_iter`` function: ``on_event`` (if given) receives
-    each yielded event.
+    each yielded event. Whatever stops it early (an error in ``on_event``, Ctrl-C between
+    two events) closes the generator first, so its clean-up runs before the caller goes on.
     """
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(event)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if on_event is not None:
+                on_event(event)
+    finally:
+        gen.close()

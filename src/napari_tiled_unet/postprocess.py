@@ -42,13 +42,18 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from .events import Progress, run_to_end
 
 log = logging.getLogger(__name__)
 
@@ -346,26 +351,105 @@ def _scratch(target: Any) -> Iterator[Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _compute(*tasks: Any, threads_only: bool) -> tuple:
+def _compute(*tasks: Any, threads_only: bool, callbacks: list | None = None) -> tuple:
     """``dask.compute(*tasks)`` that leaves no thread writing once it has returned or raised.
 
     On local threads (``threads_only``, or when no other scheduler is the default), a
     Ctrl-C or an error waits for the running tasks and cancels the queued ones before it
     propagates: otherwise dask's shared pool goes on running them, and their writes land in
     stores the caller has already removed. A distributed client, when it is the default,
-    runs the tasks as usual.
+    runs the tasks as usual. ``callbacks``: dask's local-scheduler callback tuples.
     """
     import dask
-    from dask.base import get_scheduler
     from dask.system import CPU_COUNT
 
-    if not threads_only and get_scheduler() is not None:
+    if not threads_only and _distributed():
         return dask.compute(*tasks)
     pool = ThreadPoolExecutor(max_workers=CPU_COUNT, thread_name_prefix="postprocess")
     try:
-        return dask.compute(*tasks, scheduler="threads", pool=pool)
+        return dask.compute(*tasks, scheduler="threads", pool=pool, callbacks=callbacks or [])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _distributed() -> bool:
+    """Whether a scheduler other than local threads (a dask.distributed client) is the default."""
+    from dask.base import get_scheduler
+
+    return get_scheduler() is not None
+
+
+class _Stopped(Exception):
+    """Raised in dask's scheduling thread to stop a computation whose generator was closed."""
+
+
+def _compute_iter(tasks: list, threads_only: bool, progress: _Counter) -> Generator[Progress, None, tuple]:
+    """:func:`_compute` as an engine generator: yields ``progress`` as the tasks end, and
+    stops the work when closed (Cancel) or interrupted.
+
+    The computation runs in a thread of its own; closing the generator drops the queued
+    tasks, lets the running ones finish and only then goes on, so nothing writes afterwards.
+    On a distributed client the tasks run as one blocking call.
+    """
+    if not threads_only and _distributed():
+        result = _compute(*tasks, threads_only=False)
+        yield progress.add(len(tasks))
+        return result
+    keys = {t.key for t in tasks}
+    ended: list = []  # keys of ``tasks`` that finished (list.append is atomic)
+    stop = threading.Event()
+
+    def pretask(key, dsk, state):  # dask calls this before it submits each task
+        if stop.is_set():
+            raise _Stopped
+
+    def posttask(key, result, dsk, state, worker_id):
+        if key in keys:
+            ended.append(key)
+
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()  # not Thread.join: a Ctrl-C inside join can leave it unusable
+
+    def drive() -> None:
+        try:
+            outcome["result"] = _compute(*tasks, threads_only=True,
+                                         callbacks=[(None, None, pretask, posttask, None)])
+        except BaseException as exc:  # handed to the generator's caller
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=drive, name="postprocess-driver", daemon=True).start()
+    seen = 0
+    try:
+        while not finished.wait(0.1) or len(ended) > seen:
+            if len(ended) > seen:
+                yield progress.add(len(ended) - seen)
+                seen = len(ended)
+    finally:
+        stop.set()
+        finished.wait()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+class _Counter:
+    """Blocks done out of all the passes of one post-processing run, as Progress events."""
+
+    def __init__(self, total: int) -> None:
+        self.done, self.total, self.start = 0, total, time.perf_counter()
+
+    def add(self, n: int) -> Progress:
+        self.done += n
+        return Progress(self.done, self.total, time.perf_counter() - self.start, "postprocess")
+
+
+def _shared(obj: Any) -> Any:
+    """``obj`` as one dask graph key, for an object many tasks read."""
+    import dask
+
+    return dask.delayed(obj, name=f"shared-{uuid.uuid4().hex}")
 
 
 def _blocks(shape: tuple[int, int], block: tuple[int, int]) -> list[tuple[slice, slice]]:
@@ -476,7 +560,12 @@ def _relabel_block(target, core, lut):
     target[core] = lut[target[core]]
 
 
-def instances_blockwise(
+def instances_blockwise(prob: Any, out: Any = None, **params: Any) -> Any:
+    """Synchronous twin of :func:`instances_blockwise_iter` (same parameters)."""
+    return run_to_end(instances_blockwise_iter(prob, out, **params))
+
+
+def instances_blockwise_iter(
     prob: Any,
     out: Any = None,
     block_size: int = 1024,
@@ -486,8 +575,11 @@ def instances_blockwise(
     min_size: int = 16,
     fill_holes: bool = True,
     **ignored: Any,
-) -> Any:
+) -> Generator[Progress, None, Any]:
     """:func:`instances_from_probabilities` for probability maps larger than memory.
+
+    An engine generator: yields ``Progress(stage="postprocess")`` as blocks end (three
+    passes over the blocks), returns the labels; closing it stops the work within a block.
 
     Three passes, each holding a few blocks at a time: (1) per block, the masks, the
     quantised elevation and the connected components of the seeds and of the foreground go
@@ -524,8 +616,6 @@ def instances_blockwise(
         ids may be numbered in another order. ``attrs["exact"]`` is False when the size
         assumption was seen to fail.
     """
-    import uuid
-
     import dask
 
     _known(ignored, ())
@@ -542,17 +632,15 @@ def instances_blockwise(
     # in-memory stores cannot travel to other processes: keep those to threads
     threads_only = _local_dir(target) is None
 
-    def shared(obj: Any) -> Any:  # one graph key for an object many tasks read
-        return dask.delayed(obj, name=f"shared-{uuid.uuid4().hex}")
-
+    progress = _Counter(3 * len(blocks))
     with _scratch(target) as make:
         stores = [make(name, shape, block, dtype) for name, dtype in
                   (("seeds", "int32"), ("foreground", "int32"), ("levels", "int16"))]
         task = dask.delayed(_label_block, pure=False)
-        edges = _compute(
-            *[task(piece, stores, core, foreground_threshold, seed_threshold)
-              for piece, core in zip(p.to_delayed().ravel(), blocks)],
-            threads_only=threads_only,
+        edges = yield from _compute_iter(
+            [task(piece, stores, core, foreground_threshold, seed_threshold)
+             for piece, core in zip(p.to_delayed().ravel(), blocks)],
+            threads_only, progress,
         )
         seeds = _JoinedLabels(stores[0], block, grid, [e[0] for e in edges])
         components = _JoinedLabels(stores[1], block, grid, [e[1] for e in edges])
@@ -562,17 +650,17 @@ def instances_blockwise(
         log.debug("blockwise: %d seeds, %d foreground components", seeds.n, components.n)
 
         task = dask.delayed(_instances_block, pure=False)
-        args = [shared(a) for a in (stores[2], seeds, components, target)]
-        results = _compute(*[task(*args, core, overlap, fill_holes, shape) for core in blocks],
-                           threads_only=threads_only)
+        args = [_shared(a) for a in (stores[2], seeds, components, target)]
+        results = yield from _compute_iter(
+            [task(*args, core, overlap, fill_holes, shape) for core in blocks], threads_only, progress)
 
     sizes = np.zeros(seeds.n + components.n + 1, np.int64)
     for ids, counts, _ in results:
         sizes[ids] += counts
     lut = _numbering(sizes, min_size)
     task = dask.delayed(_relabel_block, pure=False)
-    args = [shared(target), shared(lut)]
-    _compute(*[task(args[0], core, args[1]) for core in blocks], threads_only=threads_only)
+    args = [_shared(target), _shared(lut)]
+    yield from _compute_iter([task(args[0], core, args[1]) for core in blocks], threads_only, progress)
 
     inexact = sum(r[2] for r in results)
     if inexact:
@@ -584,14 +672,25 @@ def instances_blockwise(
     return target
 
 
-def semantic_blockwise(
+def _semantic_block(prob, target, core, thresholds, dtype) -> None:
+    target[core] = semantic_from_probabilities(prob, thresholds).astype(dtype)
+
+
+def semantic_blockwise(prob: Any, out: Any = None, **params: Any) -> Any:
+    """Synchronous twin of :func:`semantic_blockwise_iter` (same parameters)."""
+    return run_to_end(semantic_blockwise_iter(prob, out, **params))
+
+
+def semantic_blockwise_iter(
     prob: Any,
     out: Any = None,
     block_size: int = 1024,
     thresholds: dict[int, float] | list[float] | None = None,
     **ignored: Any,
-) -> Any:
+) -> Generator[Progress, None, Any]:
     """:func:`semantic_from_probabilities` block by block (each pixel needs only itself).
+
+    An engine generator like :func:`instances_blockwise_iter`.
 
     Parameters
     ----------
@@ -612,13 +711,18 @@ def semantic_blockwise(
     zarr.Array
         (Y, X) class indices, 0 = first class.
     """
-    import dask.array as da
+    import dask
 
     _known(ignored, ())
     p = _as_dask(prob, block_size)
     dtype = np.uint8 if p.shape[0] <= 256 else np.uint16
-    classes = p.map_blocks(lambda b: semantic_from_probabilities(b, thresholds), drop_axis=0, dtype=dtype)
-    target = _open_out(out, classes.shape, block_size, np.dtype(dtype).name)
-    _compute(da.store(classes.rechunk(target.chunks), target, lock=False, compute=False),
-             threads_only=_local_dir(target) is None)
+    shape = tuple(int(s) for s in p.shape[1:])
+    target = _open_out(out, shape, block_size, np.dtype(dtype).name)
+    block = tuple(max(block_size // c, 1) * c for c in target.chunks)
+    pieces = p.rechunk((p.shape[0], *block)).to_delayed().ravel()
+    task = dask.delayed(_semantic_block, pure=False)
+    shared = _shared(target)
+    tasks = [task(piece, shared, core, thresholds, dtype)
+             for piece, core in zip(pieces, _blocks(shape, block))]
+    yield from _compute_iter(tasks, _local_dir(target) is None, _Counter(len(tasks)))
     return target

@@ -64,17 +64,28 @@ def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | None = N
 
 
 def labels_from(probabilities: Any, task: str, params: dict[str, Any], out: Any = None) -> Any:
+    """Synchronous twin of :func:`labels_from_iter`."""
+    return run_to_end(labels_from_iter(probabilities, task, params, out))
+
+
+def labels_from_iter(probabilities: Any, task: str, params: dict[str, Any],
+                     out: Any = None) -> Generator[Progress, None, Any]:
     """Post-process probabilities of one image or a stack, in memory or blockwise.
 
-    ``probabilities`` is (C, Y, X) or (Z, C, Y, X); numpy in memory, zarr/dask blockwise
-    (written to ``out`` when given).
+    ``probabilities`` is (C, Y, X) or (Z, C, Y, X); numpy in memory (one step per plane),
+    zarr/dask blockwise (written to ``out`` when given), yielding ``Progress`` per block and
+    stopping within a block when closed.
     """
     from . import postprocess
 
+    start = time.perf_counter()
     if isinstance(probabilities, np.ndarray):
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, **params)
-        planes = [postprocess.labels_from_probabilities(p, task, **params) for p in probabilities]
+        planes = []
+        for p in probabilities:
+            planes.append(postprocess.labels_from_probabilities(p, task, **params))
+            yield Progress(len(planes), len(probabilities), time.perf_counter() - start, "postprocess")
         return _stack_unique(planes, task)
     import dask.array as da
 
@@ -82,8 +93,8 @@ def labels_from(probabilities: Any, task: str, params: dict[str, Any], out: Any 
     if arr.ndim != 3:
         raise NotImplementedError("Blockwise post-processing of stacks: segment plane by plane.")
     if task == "instances":
-        return postprocess.instances_blockwise(arr, out=out, **params)
-    return postprocess.semantic_blockwise(arr, out=out, **params)
+        return (yield from postprocess.instances_blockwise_iter(arr, out=out, **params))
+    return (yield from postprocess.semantic_blockwise_iter(arr, out=out, **params))
 
 
 def _stack_unique(planes: list[np.ndarray], task: str) -> np.ndarray:
@@ -122,10 +133,9 @@ def segment_iter(
     start = time.perf_counter()
     probs = yield from predict_iter(bundle, image, out=probabilities_out, **predict_kwargs)
     params = postprocess_params(bundle, postprocess)
-    yield Progress(0, 1, time.perf_counter() - start, "postprocess")
-    labels = labels_from(probs, bundle.task, params, out=labels_out)
+    yield Progress(0, 1, 0.0, "postprocess")
+    labels = yield from labels_from_iter(probs, bundle.task, params, out=labels_out)
     elapsed = time.perf_counter() - start
-    yield Progress(1, 1, elapsed, "postprocess")
     return Segmentation(labels, probs, bundle.task, bundle.class_names, params, elapsed)
 
 

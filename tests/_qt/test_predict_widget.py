@@ -302,3 +302,28 @@ def test_unreadable_model_file_notifies(widget, qtbot, tmp_path, _capture_error_
 def test_sample_labels_match_the_sample_image():
     assert nuclei_labels().shape == nuclei_image().shape
     assert len(np.unique(nuclei_labels())) - 1 == 198
+
+
+def test_resegmenting_a_large_result_shows_blocks_and_cancels(widget, qtbot, monkeypatch):
+    """Re-segmenting a result kept on disk counts the post-processing's blocks in the status
+    line, and Cancel stops it: the labels shown stay the previous ones, no thread works on."""
+    import napari_tiled_unet._qt.predict_widget as pw
+
+    monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
+    viewer, w = widget
+    viewer.add_image(np.tile(nuclei_image(), (6, 5)), name="img")  # 3120 x 3480: 16 blocks
+    w.image_combo.setCurrentText("img")
+    w.run()
+    _wait(qtbot, w, timeout=180_000)
+    before = viewer.layers["img labels"].data[0]
+    before_values = before[::64, ::64].compute()
+    w.min_size_spin.setValue(200)
+    w.resegment()
+    qtbot.waitUntil(lambda: "blocks" in w.status.text(), timeout=60_000)
+    assert w.status.text().startswith("Labels: ")
+    w.cancel()
+    _wait(qtbot, w)
+    assert w.status.text() == "Cancelled: the previous result is kept."
+    assert viewer.layers["img labels"].data[0] is before
+    assert np.array_equal(before[::64, ::64].compute(), before_values)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("postprocess")]

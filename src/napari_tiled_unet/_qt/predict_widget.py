@@ -355,13 +355,14 @@ class SegmentWidget(DockControls, QWidget):
         if isinstance(event, Progress):
             self.progress.setRange(0, max(event.total, 1))
             self.progress.setValue(event.done)
-            if event.stage == "predict":
-                self.status.setText(
-                    f"{event.done}/{event.total} tiles, {_fmt_seconds(event.elapsed)} elapsed, "
-                    f"{_fmt_seconds(event.eta)} left"
-                )
-            else:
+            unit = {"predict": "tiles", "postprocess": "blocks"}.get(event.stage, "steps")
+            if event.stage == "postprocess" and event.total <= 1:
                 self.status.setText("Turning probabilities into labels …")
+            else:
+                self.status.setText(
+                    f"{'Labels: ' if event.stage == 'postprocess' else ''}{event.done}/{event.total} "
+                    f"{unit}, {_fmt_seconds(event.elapsed)} elapsed, {_fmt_seconds(event.eta)} left"
+                )
         elif isinstance(event, WarningEvent):
             from napari.utils.notifications import show_warning
 
@@ -425,7 +426,7 @@ class SegmentWidget(DockControls, QWidget):
 
     def resegment(self) -> None:
         """Apply the current thresholds to the cached probabilities (no network run)."""
-        from ..segmentation import Segmentation, labels_from, postprocess_params
+        from ..segmentation import Segmentation, labels_from_iter, postprocess_params
 
         if self.result is None or self.bundle is None:
             return
@@ -438,8 +439,7 @@ class SegmentWidget(DockControls, QWidget):
             out = str(self._new_run_folder() / "labels.zarr")
 
         def work():
-            yield from ()
-            labels = labels_from(probs, task, params, out=out)
+            labels = yield from labels_from_iter(probs, task, params, out=out)
             return Segmentation(labels, probs, task, old.class_names, params, old.seconds)
 
         self.status.setText("Re-segmenting with the new thresholds …")
