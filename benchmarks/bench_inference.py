@@ -12,6 +12,8 @@ Parts (see docs/benchmarks.md):
   c  fp32 vs bf16 on this CPU: throughput ratio and agreement of the label maps
   d  peak RSS for 2048^2, 8192^2, 16384^2 zarr inputs (zarr output), small model
   e  achieved FLOP/s of the pipeline / FLOP/s of one large 3x3 convolution
+  f  a large image on disk (zarr in, zarr out), built-in model: time in the network vs in
+     the blockwise post-processing, fp32 and bf16
 """
 
 from __future__ import annotations
@@ -181,6 +183,40 @@ print(before * 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 
 """
 
 
+def part_f(size: int = 4096):
+    """Where the time goes for a large image kept on disk: network vs post-processing."""
+    import tempfile
+
+    import zarr
+
+    from napari_tiled_unet.model import zoo
+    from napari_tiled_unet.segmentation import segment_iter
+
+    bundle = zoo.load()
+    img, _ = sample_mosaic(size)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        src = zarr.open_array(f"{d}/in.zarr", mode="w", shape=img.shape, chunks=(1024, 1024), dtype=img.dtype)
+        src[:] = img
+        for precision in ("fp32", "bf16"):
+            gen = segment_iter(bundle, src, device="cpu", precision=precision,
+                               probabilities_out=f"{d}/p-{precision}.zarr",
+                               labels_out=f"{d}/l-{precision}.zarr")
+            t0, t_post = time.perf_counter(), None
+            try:
+                while True:
+                    ev = next(gen)
+                    if t_post is None and ev.stage == "postprocess":
+                        t_post = time.perf_counter()
+            except StopIteration as stop:
+                result = stop.value
+            end = time.perf_counter()
+            rows.append({"precision": precision, "image": f"{size}x{size} zarr, chunks 1024",
+                         "network_s": t_post - t0, "postprocess_s": end - t_post,
+                         "postprocess_share": (end - t_post) / (end - t0), "objects": result.n_objects})
+    return rows
+
+
 def part_d(sizes=(2048, 8192, 16384)):
     import tempfile
 
@@ -243,7 +279,7 @@ def part_e(bundle, img, default_time):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="a,b,c,d,e")
+    ap.add_argument("--parts", default="a,b,c,d,e,f")
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--base", type=int, default=64)
     args = ap.parse_args()
@@ -279,6 +315,9 @@ def main() -> None:
             default, _ = timed(lambda: predict(bundle, img, device="cpu"))
         report["e"] = part_e(bundle, img, default)
         print(json.dumps(report["e"], indent=1))
+    if "f" in parts:
+        report["f"] = part_f()
+        print(json.dumps(report["f"], indent=1))
     if "d" in parts:
         report["d"] = part_d()
         print(json.dumps(report["d"], indent=1))
