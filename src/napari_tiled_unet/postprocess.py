@@ -351,23 +351,21 @@ def _scratch(target: Any) -> Iterator[Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _compute(*tasks: Any, threads_only: bool, callbacks: list | None = None) -> tuple:
-    """``dask.compute(*tasks)`` that leaves no thread writing once it has returned or raised.
+def _compute_on_threads(tasks: list, callbacks: list) -> tuple:
+    """``dask.compute(*tasks)`` on local threads that leaves no thread writing once it has
+    returned or raised.
 
-    On local threads (``threads_only``, or when no other scheduler is the default), a
-    Ctrl-C or an error waits for the running tasks and cancels the queued ones before it
-    propagates: otherwise dask's shared pool goes on running them, and their writes land in
-    stores the caller has already removed. A distributed client, when it is the default,
-    runs the tasks as usual. ``callbacks``: dask's local-scheduler callback tuples.
+    A Ctrl-C, an error or a stop from ``callbacks`` (dask's local-scheduler callback tuples)
+    waits for the running tasks and cancels the queued ones before it propagates: otherwise
+    dask's shared pool goes on running them, and their writes land in stores the caller has
+    already removed.
     """
     import dask
     from dask.system import CPU_COUNT
 
-    if not threads_only and _distributed():
-        return dask.compute(*tasks)
     pool = ThreadPoolExecutor(max_workers=CPU_COUNT, thread_name_prefix="postprocess")
     try:
-        return dask.compute(*tasks, scheduler="threads", pool=pool, callbacks=callbacks or [])
+        return dask.compute(*tasks, scheduler="threads", pool=pool, callbacks=callbacks)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -384,15 +382,18 @@ class _Stopped(Exception):
 
 
 def _compute_iter(tasks: list, threads_only: bool, progress: _Counter) -> Generator[Progress, None, tuple]:
-    """:func:`_compute` as an engine generator: yields ``progress`` as the tasks end, and
+    """``dask.compute(*tasks)`` as an engine generator: yields ``progress`` as the tasks end, and
     stops the work when closed (Cancel) or interrupted.
 
-    The computation runs in a thread of its own; closing the generator drops the queued
+    On local threads (``threads_only``, or when no dask.distributed client is the default)
+    the computation runs in a thread of its own; closing the generator drops the queued
     tasks, lets the running ones finish and only then goes on, so nothing writes afterwards.
     On a distributed client the tasks run as one blocking call.
     """
     if not threads_only and _distributed():
-        result = _compute(*tasks, threads_only=False)
+        import dask
+
+        result = dask.compute(*tasks)
         yield progress.add(len(tasks))
         return result
     keys = {t.key for t in tasks}
@@ -412,8 +413,7 @@ def _compute_iter(tasks: list, threads_only: bool, progress: _Counter) -> Genera
 
     def drive() -> None:
         try:
-            outcome["result"] = _compute(*tasks, threads_only=True,
-                                         callbacks=[(None, None, pretask, posttask, None)])
+            outcome["result"] = _compute_on_threads(tasks, [(None, None, pretask, posttask, None)])
         except BaseException as exc:  # handed to the generator's caller
             outcome["error"] = exc
         finally:
