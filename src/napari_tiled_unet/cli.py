@@ -271,7 +271,7 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
 
     def on_event(ev):
         if isinstance(ev, Progress) and (ev.stage == "predict" or ev.total > 1):
-            unit = "tile" if ev.stage == "predict" else "block"  # then the labels, block by block
+            unit = "tile" if ev.stage == "predict" else "step"  # then the labels, block by block
             if bar.unit != unit:
                 bar.unit = unit
                 bar.reset()

@@ -306,7 +306,8 @@ def test_sample_labels_match_the_sample_image():
 
 def test_resegmenting_a_large_result_shows_blocks_and_cancels(widget, qtbot, monkeypatch):
     """Re-segmenting a result kept on disk counts the post-processing's blocks in the status
-    line, and Cancel stops it: the labels shown stay the previous ones, no thread works on."""
+    line ("Labels: k/n"), and Cancel stops it: the labels shown stay the previous ones, no
+    thread works on."""
     import napari_tiled_unet._qt.predict_widget as pw
 
     monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
@@ -319,8 +320,8 @@ def test_resegmenting_a_large_result_shows_blocks_and_cancels(widget, qtbot, mon
     before_values = before[::64, ::64].compute()
     w.min_size_spin.setValue(200)
     w.resegment()
-    qtbot.waitUntil(lambda: "blocks" in w.status.text(), timeout=60_000)
-    assert w.status.text().startswith("Labels: ")
+    qtbot.waitUntil(lambda: w.status.text().startswith("Labels: "), timeout=60_000)
+    assert "/48, " in w.status.text()  # 16 blocks, three passes
     w.cancel()
     _wait(qtbot, w)
     assert w.status.text() == "Cancelled: the previous result is kept."

@@ -355,14 +355,13 @@ class SegmentWidget(DockControls, QWidget):
         if isinstance(event, Progress):
             self.progress.setRange(0, max(event.total, 1))
             self.progress.setValue(event.done)
-            unit = {"predict": "tiles", "postprocess": "blocks"}.get(event.stage, "steps")
-            if event.stage == "postprocess" and event.total <= 1:
-                self.status.setText("Turning probabilities into labels …")
+            times = f"{_fmt_seconds(event.elapsed)} elapsed, {_fmt_seconds(event.eta)} left"
+            if event.stage == "predict":
+                self.status.setText(f"{event.done}/{event.total} tiles, {times}")
+            elif event.total > 1:  # blocks of a large image, or planes of a stack
+                self.status.setText(f"Labels: {event.done}/{event.total}, {times}")
             else:
-                self.status.setText(
-                    f"{'Labels: ' if event.stage == 'postprocess' else ''}{event.done}/{event.total} "
-                    f"{unit}, {_fmt_seconds(event.elapsed)} elapsed, {_fmt_seconds(event.eta)} left"
-                )
+                self.status.setText("Turning probabilities into labels …")
         elif isinstance(event, WarningEvent):
             from napari.utils.notifications import show_warning
 
