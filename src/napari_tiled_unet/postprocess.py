@@ -381,7 +381,8 @@ class _Stopped(Exception):
     """Raised in dask's scheduling thread to stop a computation whose generator was closed."""
 
 
-def _compute_iter(tasks: list, threads_only: bool, progress: _Counter) -> Generator[Progress, None, tuple]:
+def _compute_iter(tasks: list, threads_only: bool,
+                  progress: ProgressCounter) -> Generator[Progress, None, tuple]:
     """``dask.compute(*tasks)`` as an engine generator: yields ``progress`` as the tasks end, and
     stops the work when closed (Cancel) or interrupted.
 
@@ -434,8 +435,9 @@ def _compute_iter(tasks: list, threads_only: bool, progress: _Counter) -> Genera
     return outcome["result"]
 
 
-class _Counter:
-    """Blocks done out of all the passes of one post-processing run, as Progress events."""
+class ProgressCounter:
+    """Steps done (blocks over all passes, or planes) of one post-processing run, as
+    ``Progress(stage="postprocess")`` events timed from the counter's creation."""
 
     def __init__(self, total: int) -> None:
         self.done, self.total, self.start = 0, total, time.perf_counter()
@@ -632,7 +634,7 @@ def instances_blockwise_iter(
     # in-memory stores cannot travel to other processes: keep those to threads
     threads_only = _local_dir(target) is None
 
-    progress = _Counter(3 * len(blocks))
+    progress = ProgressCounter(3 * len(blocks))
     with _scratch(target) as make:
         stores = [make(name, shape, block, dtype) for name, dtype in
                   (("seeds", "int32"), ("foreground", "int32"), ("levels", "int16"))]
@@ -724,5 +726,5 @@ def semantic_blockwise_iter(
     shared = _shared(target)
     tasks = [task(piece, shared, core, thresholds, dtype)
              for piece, core in zip(pieces, _blocks(shape, block))]
-    yield from _compute_iter(tasks, _local_dir(target) is None, _Counter(len(tasks)))
+    yield from _compute_iter(tasks, _local_dir(target) is None, ProgressCounter(len(tasks)))
     return target

@@ -78,14 +78,14 @@ def labels_from_iter(probabilities: Any, task: str, params: dict[str, Any],
     """
     from . import postprocess
 
-    start = time.perf_counter()
     if isinstance(probabilities, np.ndarray):
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, **params)
+        progress = postprocess.ProgressCounter(len(probabilities))
         planes = []
         for p in probabilities:
             planes.append(postprocess.labels_from_probabilities(p, task, **params))
-            yield Progress(len(planes), len(probabilities), time.perf_counter() - start, "postprocess")
+            yield progress.add(1)
         return _stack_unique(planes, task)
     import dask.array as da
 
