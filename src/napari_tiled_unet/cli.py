@@ -114,6 +114,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
                    help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
+    p.add_argument("--measure", action="store_true",
+                   help="also write <name>_objects.csv beside each label file: one row per object "
+                        "(area, centroid, intensity, shape; instance models)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--workers", type=int, default=None,
                    help="run on a local dask cluster of this many worker processes")
@@ -216,6 +219,7 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     import time
 
     from .io import overlay_png, read_image, scratch_prefix, write_labels
+    from .measure import write_objects_csv
 
     image = read_image(src)
     dst = _output_path(src, out_dir, args.format, image)
@@ -230,6 +234,8 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             result = _segment_one(bundle, image, work, post, predict_kwargs, src.name)
         seconds = time.perf_counter() - t0
         write_labels(result.labels, work)
+        if args.measure and result.task == "instances":
+            write_objects_csv(result.labels, image, dst, overwrite=args.overwrite)
         if args.overlay:
             overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
         n_objects = result.n_objects  # read before the store moves: result.labels points at work

@@ -181,3 +181,48 @@ def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) 
     rgb[edges] = colours[edges]
     imsave(str(path), (rgb * 255).astype(np.uint8), check_contrast=False)
     return Path(path)
+
+
+def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024) -> Path:
+    """Save a label map the user asked for under ``path``: ``.tif``/``.tiff`` (replaced
+    atomically; a lazy map is written tile by tile, never whole in memory) or a new ``.zarr``
+    (written beside its name and moved there once complete; an existing folder is never
+    replaced)."""
+    path = Path(path)
+    lazy = not isinstance(labels, np.ndarray)
+    if path.suffix.lower() == ".zarr":
+        if path.exists():
+            raise FileExistsError(f"{path.name} already exists; choose a new name (folders are not replaced).")
+        work = path.with_name(f".{path.name}.{os.getpid()}.partial.zarr")
+        try:
+            write_labels(labels, work)
+            os.replace(work, path)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return path
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{path.name}: labels are saved as .tif, .tiff or .zarr.")
+    if not lazy:
+        return write_labels(labels, path)
+    import tifffile
+
+    shape = tuple(labels.shape)
+
+    def tiles():
+        for plane in np.ndindex(*shape[:-2]):
+            for y in range(0, shape[-2], tile):
+                for x in range(0, shape[-1], tile):
+                    part = labels[(*plane, slice(y, y + tile), slice(x, x + tile))]
+                    yield np.asarray(part.compute() if hasattr(part, "compute") else part)
+
+    tmp = temp_beside(path)
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=shape, dtype=labels.dtype, tile=(tile, tile), compression="zlib")
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

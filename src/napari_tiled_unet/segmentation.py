@@ -30,6 +30,8 @@ class Segmentation:
         class_names: names of the classes.
         params: the post-processing parameters used.
         seconds: wall time of prediction and post-processing.
+        objects: per-object measurements (columns, see :mod:`~napari_tiled_unet.measure`) once
+            measured; None before.
     """
 
     labels: Any
@@ -38,6 +40,7 @@ class Segmentation:
     class_names: list[str]
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    objects: dict[str, Any] | None = None
 
     @property
     def n_objects(self) -> int:

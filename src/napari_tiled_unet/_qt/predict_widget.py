@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .table import MeasureControls
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class DockControls:
         show_error(message)
 
 
-class SegmentWidget(DockControls, QWidget):
+class SegmentWidget(DockControls, MeasureControls, QWidget):
     """Segment the chosen image layer with a U-Net into a Labels layer."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -187,6 +188,7 @@ class SegmentWidget(DockControls, QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.resegment_button)
+        self._init_measurements(layout)  # Export CSV…, Save labels…, the Objects table
         layout.addStretch()
 
         self._fill_devices()
@@ -299,6 +301,7 @@ class SegmentWidget(DockControls, QWidget):
             "postprocess": self.postprocess_overrides(),
         }
         bundle = self.bundle
+        measure = self._measurer(layer)
         store = self._disk_outputs(image, axes)
         if store is not None:
             kwargs["probabilities_out"] = str(store / "probabilities.zarr")
@@ -311,7 +314,8 @@ class SegmentWidget(DockControls, QWidget):
             # spares the user a one-second freeze when the result is shown
             with contextlib.suppress(ImportError):
                 importlib.import_module("pandas")
-            return (yield from segment_iter(bundle, image, **kwargs))
+            result = yield from segment_iter(bundle, image, **kwargs)
+            return (yield from measure(result))
 
         self.job = EngineJob(
             work,
@@ -358,6 +362,8 @@ class SegmentWidget(DockControls, QWidget):
             times = f"{_fmt_seconds(event.elapsed)} elapsed, {_fmt_seconds(event.eta)} left"
             if event.stage == "predict":
                 self.status.setText(f"{event.done}/{event.total} tiles, {times}")
+            elif event.stage == "measure":
+                self.status.setText(f"Measuring objects: {event.done}/{event.total}, {times}")
             elif event.total > 1:  # blocks of a large image, or planes of a stack
                 self.status.setText(f"Labels: {event.done}/{event.total}, {times}")
             else:
@@ -401,6 +407,7 @@ class SegmentWidget(DockControls, QWidget):
                 "probabilities", _lazy_pyramid(result.probabilities),
                 {"name": f"{self._result_image} probabilities", "colormap": "magma", **meta},
             )
+        self._show_objects(self._outputs["labels"], result)
         self._refresh_images()
 
     def _replace_or_add(self, role: str, data: Any, kwargs: dict[str, Any]):
@@ -433,13 +440,14 @@ class SegmentWidget(DockControls, QWidget):
         probs = self.result.probabilities
         task = self.result.task
         old = self.result
+        measure = self._measure
         out = None
         if not isinstance(probs, np.ndarray):  # a large result: the new labels go to disk too
             out = str(self._new_run_folder() / "labels.zarr")
 
         def work():
             labels = yield from labels_from_iter(probs, task, params, out=out)
-            return Segmentation(labels, probs, task, old.class_names, params, old.seconds)
+            return (yield from measure(Segmentation(labels, probs, task, old.class_names, params, old.seconds)))
 
         self.status.setText("Re-segmenting with the new thresholds …")
         self.job = EngineJob(work, self._on_event, self._on_result,
