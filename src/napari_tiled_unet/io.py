@@ -192,7 +192,8 @@ def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024) -> Path:
     lazy = not isinstance(labels, np.ndarray)
     if path.suffix.lower() == ".zarr":
         if path.exists():
-            raise FileExistsError(f"{path.name} already exists; choose a new name (folders are not replaced).")
+            raise FileExistsError(f"{path.name} already exists; choose a new name (folders are not "
+                                  "replaced).")
         work = path.with_name(f".{path.name}.{os.getpid()}.partial.zarr")
         try:
             write_labels(labels, work)

@@ -169,7 +169,8 @@ def _measure_plane(labels: Any, image: Any, layout: str | None, spacing: tuple[f
 
 def _block_table(labels, image, layout, window, spacing) -> Table:
     origin = (window[0].start, window[1].start)
-    return _regionprops(_read(labels, window), _image_window(image, layout, window), spacing, origin, bbox=True)
+    lab = _read(labels, window)
+    return _regionprops(lab, _image_window(image, layout, window), spacing, origin, bbox=True)
 
 
 def _window_table(labels, image, layout, window, ids, spacing) -> Table:

@@ -447,7 +447,8 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
 
         def work():
             labels = yield from labels_from_iter(probs, task, params, out=out)
-            return (yield from measure(Segmentation(labels, probs, task, old.class_names, params, old.seconds)))
+            result = Segmentation(labels, probs, task, old.class_names, params, old.seconds)
+            return (yield from measure(result))
 
         self.status.setText("Re-segmenting with the new thresholds …")
         self.job = EngineJob(work, self._on_event, self._on_result,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -40,9 +40,9 @@ def layer_scale_and_unit(layer) -> dict[str, Any]:
     """``scale`` and ``unit`` of a layer for :func:`~napari_tiled_unet.measure.measure_objects`:
     the pixel size per axis, and the unit's short name (``um``, ``nm`` ...) when the Y and X
     axes share one other than pixels."""
-    units = {f"{u:~}".replace("µ", "u") for u in tuple(getattr(layer, "units", ()))[-2:]}
-    unit = units.pop() if len(units) == 1 else None
-    return {"scale": tuple(float(s) for s in layer.scale), "unit": None if unit in (None, "px") else unit}
+    units = {u for u in tuple(getattr(layer, "units", ()))[-2:] if str(u) != "pixel"}
+    unit = f"{units.pop():~}".replace("µ", "u") if len(units) == 1 else None
+    return {"scale": tuple(float(s) for s in layer.scale), "unit": unit}
 
 
 def features_of(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -72,11 +72,11 @@ class _TableModel(QAbstractTableModel):
         self.columns = [np.asarray(table[k]) for k in self.names]
         self.n = len(self.columns[0]) if self.columns else 0
 
-    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: N802 (Qt's name)
-        return 0 if parent.isValid() else self.n
+    def rowCount(self, parent=None) -> int:
+        return 0 if parent is not None and parent.isValid() else self.n
 
-    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: N802
-        return 0 if parent.isValid() else len(self.names)
+    def columnCount(self, parent=None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self.names)
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         value = self.columns[index.column()][index.row()]
@@ -88,7 +88,7 @@ class _TableModel(QAbstractTableModel):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
             return self.names[section]
         return None
@@ -134,7 +134,7 @@ class ObjectsTable(QWidget):
         if self.layer is None or self.layer not in self.viewer.layers:
             return
         row = self.proxy.mapToSource(index).row()
-        col = {name: c for name, c in zip(self.model.names, self.model.columns)}
+        col = dict(zip(self.model.names, self.model.columns))
         self.layer.selected_label = int(col["label"][row])
         point = [col["centroid_y_px"][row], col["centroid_x_px"][row]]
         if "plane" in col:
@@ -157,6 +157,7 @@ class MeasureControls:
         self._measured: dict[int, dict[str, Any]] = {}  # id(layer) -> image, stale
         self._measure = None  # measure(result) generator of the last run, for Re-segment
         self._measure_image = None
+        self._measure_scale: dict[str, Any] = {}
         self._table: ObjectsTable | None = None
         self._side_job: EngineJob | None = None
         self.export_button = QPushButton("Export CSV…")
@@ -182,7 +183,7 @@ class MeasureControls:
         from .predict_widget import layer_image_and_axes
 
         image, _ = layer_image_and_axes(image_layer)
-        scale = layer_scale_and_unit(image_layer)
+        scale = self._measure_scale = layer_scale_and_unit(image_layer)
 
         def measure(result):
             if result.task == "instances":
@@ -204,7 +205,8 @@ class MeasureControls:
             self._measured.pop(id(layer), None)
             return
         layer.features = features_of(result.objects)
-        self._measured[id(layer)] = {"image": self._measure_image, "stale": False}
+        self._measured[id(layer)] = {"image": self._measure_image, "unit": self._measure_scale["unit"],
+                                     "stale": False}
         self.export_button.setEnabled(True)
         self._show_table(layer)
 
@@ -219,7 +221,8 @@ class MeasureControls:
         if self._table is None:
             self._table = ObjectsTable(self.viewer, self.measure_again)
             self._table.destroyed.connect(lambda *_: setattr(self, "_table", None))
-            self.viewer.window.add_dock_widget(self._table, name="Objects", area="right", tabify=True)
+        if self._table.parent() is None:  # new, or its dock was closed (napari keeps the widget)
+            self.viewer.window.add_dock_widget(self._table, name="Objects", area="right")
         self._table.show_layer(layer, stale=self._measured[id(layer)]["stale"])
 
     def _on_active_layer(self, event) -> None:
@@ -244,6 +247,7 @@ class MeasureControls:
             self._notify_error("Still measuring or saving; wait until it is done.")
             return
         labels, kwargs = _labels_data(layer), layer_scale_and_unit(layer)
+        kwargs["unit"] = kwargs["unit"] or info["unit"]  # the layer may not carry the image's units
         image = info["image"]
         info["stale"] = False  # edits from now on make it stale again
 
@@ -278,7 +282,8 @@ class MeasureControls:
         path, _ = QFileDialog.getSaveFileName(self, caption, suggested, filters)
         return path
 
-    def _chosen_path(self, caption: str, suggested: str, filters: str, suffixes: tuple[str, ...]) -> Path | None:
+    def _chosen_path(self, caption: str, suggested: str, filters: str,
+                     suffixes: tuple[str, ...]) -> Path | None:
         chosen = self.ask_save_path(caption, suggested, filters)
         if not chosen:
             return None
@@ -297,7 +302,8 @@ class MeasureControls:
 
         layer = self._target()
         if layer is None or id(layer) not in self._measured:
-            self._notify_error("Segment an image with an instance model first: there are no objects to export.")
+            self._notify_error("Segment an image with an instance model first: there are no objects "
+                               "to export.")
             return
         path = self._chosen_path("Export the objects as CSV", f"{layer.name} objects.csv", CSV_FILTER,
                                  (".csv",))
@@ -328,7 +334,8 @@ class MeasureControls:
         if self._side_job is not None and not self._side_job.finished:
             self._notify_error("Still measuring or saving; wait until it is done.")
             return
-        path = self._chosen_path("Save the labels", f"{layer.name}.tif", LABELS_FILTER, (".tif", ".tiff", ".zarr"))
+        path = self._chosen_path("Save the labels", f"{layer.name}.tif", LABELS_FILTER,
+                                 (".tif", ".tiff", ".zarr"))
         if path is None:
             return
         labels = _labels_data(layer)
