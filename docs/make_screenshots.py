@@ -1,6 +1,7 @@
 """Screenshots for docs/user-guide.md, made with the real plugin in a real napari window.
 
     xvfb-run -a python docs/make_screenshots.py        # writes docs/images/*.png
+    xvfb-run -a python docs/make_screenshots.py objects        # only the named picture(s)
 
 Uses the built-in model on the shipped DSB2018 sample; the fine-tune picture trains for a
 few dozen steps on a corner of the sample (CPU, about a minute).
@@ -8,11 +9,14 @@ few dozen steps on a corner of the sample (CPU, about a minute).
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import napari
 import numpy as np
+from qtpy.QtCore import Qt
+from napari._qt.dialogs.qt_notification import NapariQtNotification
 from qtpy.QtWidgets import QApplication
 
 from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
@@ -86,6 +90,46 @@ def finetune_picture() -> None:
     viewer.close()
 
 
+def objects_picture() -> None:
+    """The Objects table after segmenting the sample (the pixel size set to 0.5 um), with one
+    row clicked: napari centres on that nucleus, and the status bar shows its measurements."""
+    viewer = napari.Viewer(title="napari-tiled-unet")
+    viewer.window.resize(1500, 900)
+    viewer.add_image(nuclei_image(), name="nuclei", scale=(0.5, 0.5), units=("um", "um"))
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment (U-Net)", area="right")
+    w.device_combo.setCurrentText("cpu")
+    w.run()
+    wait(w)
+    layer = viewer.layers["nuclei labels"]
+    layer.contour = 2
+    layer.units = ("um", "um")  # the image's units (napari warned that the result lacked them)
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    table = w._table
+    table.view.sortByColumn(table.model.names.index("area_px"), Qt.SortOrder.DescendingOrder)
+    # click the largest nucleus away from the image's border
+    f = table.model
+    names = f.names
+    for row in range(f.n):
+        source = table.proxy.mapToSource(table.proxy.index(row, 0)).row()
+        y, x = (f.columns[names.index(c)][source] for c in ("centroid_y_px", "centroid_x_px"))
+        if 150 < y < 370 and 200 < x < 500:
+            break
+    table.view.selectRow(row)
+    table._go_to_row(table.proxy.index(row, 0))
+    viewer.camera.zoom = 3
+    settle()
+    label = int(layer.selected_label)
+    y, x = np.argwhere(layer.data == label).mean(axis=0)
+    viewer.status = layer.get_status((y * 0.5, x * 0.5), world=True)["coordinates"]
+    settle()
+    shot(viewer, "objects-table.png")
+    viewer.close()
+
+
+PICTURES = {"segment": segment_pictures, "finetune": finetune_picture, "objects": objects_picture}
+
 if __name__ == "__main__":
-    segment_pictures()
-    finetune_picture()
+    for name in sys.argv[1:] or PICTURES:
+        PICTURES[name]()

@@ -109,6 +109,7 @@ class ObjectsTable(QWidget):
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.verticalHeader().setVisible(False)
+        self.view.setMinimumHeight(240)  # a dozen rows, beside the Segment widget
         self.proxy = QSortFilterProxyModel()
         self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
         self.view.setModel(self.proxy)
