@@ -15,8 +15,8 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtCore import Qt
 from napari._qt.dialogs.qt_notification import NapariQtNotification
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
