@@ -72,7 +72,8 @@ def measure_objects_iter(
             intensity columns.
         scale: pixel size per axis of ``labels`` (napari's layer ``scale``); None: 1.
         unit: name of the physical unit for the column names (e.g. ``"um"``).
-        block_size: side of the blocks of a lazy label map (rounded to its chunks).
+        block_size: side of the blocks of a lazy label map (rounded to its chunks); numpy
+            planes larger than a block are measured blockwise too (progress, cancel).
     """
     ndim = len(labels.shape)
     if ndim not in (2, 3):
@@ -82,16 +83,15 @@ def measure_objects_iter(
         raise ValueError(f"The pixel size {scale} must give one positive number per axis of the labels.")
     layout = _image_layout(labels.shape, image)
     suffix = (unit or "scaled") if unit is not None or any(s != 1 for s in scale[-2:]) else None
-    lazy = not isinstance(labels, np.ndarray)
-    if lazy:
+    if not isinstance(labels, np.ndarray):
         labels = _as_lazy(labels)
     if image is not None and not isinstance(image, np.ndarray):
         image = _as_lazy(image)  # slicing a plane or a window reads only that
+    progress = _Counter(0)
     if ndim == 2:
-        raw = yield from _measure_plane(labels, image, layout, scale, block_size, _Counter(0 if lazy else 1))
+        raw = yield from _measure_plane(labels, image, layout, scale, block_size, progress)
         return _columns(raw, scale, suffix, None)
     planes = []
-    progress = _Counter(0 if lazy else len(labels))
     for z in range(len(labels)):
         plane_image = None if image is None else image[z]
         raw = yield from _measure_plane(labels[z], plane_image, layout, scale[1:], block_size, progress)
@@ -160,10 +160,15 @@ def _regionprops(labels: np.ndarray, image: np.ndarray | None, spacing: tuple[fl
 
 def _measure_plane(labels: Any, image: Any, layout: str | None, spacing: tuple[float, float],
                    block_size: int, progress: ProgressCounter) -> Generator[Progress, None, Table]:
-    if isinstance(labels, np.ndarray):
-        table = _regionprops(np.asarray(labels), _image_window(image, layout, (slice(None),) * 2), spacing)
+    if isinstance(labels, np.ndarray) and labels.size <= block_size**2:
+        progress.total += 1
+        table = _regionprops(labels, _image_window(image, layout, (slice(None),) * 2), spacing)
         yield progress.add(1)
         return table
+    if isinstance(labels, np.ndarray):
+        import dask.array as da
+
+        labels = da.from_array(labels, chunks=block_size)
     return (yield from _measure_blockwise(labels, image, layout, spacing, block_size, progress))
 
 
