@@ -197,6 +197,9 @@ class MeasureControls:
 
     def _show_objects(self, layer, result) -> None:
         """Called with each new result layer: its features, the table, the buttons."""
+        self._results = [lyr for lyr in self._results if lyr in self.viewer.layers]  # drop removed ones
+        alive = {id(lyr) for lyr in self._results}
+        self._measured = {i: m for i, m in self._measured.items() if i in alive}
         if layer not in self._results:
             self._results.append(layer)
             layer.events.paint.connect(lambda *_: self._mark_stale(layer))
@@ -228,8 +231,9 @@ class MeasureControls:
 
     def _on_active_layer(self, event) -> None:
         layer = event.value
-        if layer is not None and id(layer) in self._measured and layer in self._results:
-            self._show_table(layer)
+        docked = self._table is not None and self._table.parent() is not None
+        if docked and layer is not None and id(layer) in self._measured and layer in self._results:
+            self._show_table(layer)  # the table follows the selected result (a closed dock stays closed)
 
     def _target(self):
         """The result layer the buttons act on: the selected one, else the newest."""
