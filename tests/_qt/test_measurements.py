@@ -156,3 +156,16 @@ def test_a_large_result_is_measured_blockwise_and_saved_tile_by_tile(widget, qtb
     qtbot.mouseClick(w.save_labels_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: w._side_job.finished, timeout=30_000)
     assert np.array_equal(tifffile.imread(tmp_path / "big.tif"), labels)
+    # or as a zarr folder, which is never replaced
+    import zarr
+
+    _choose(monkeypatch, w, tmp_path / "big.zarr")
+    qtbot.mouseClick(w.save_labels_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w._side_job.finished, timeout=30_000)
+    assert np.array_equal(zarr.open_array(str(tmp_path / "big.zarr"), mode="r")[:], labels)
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    qtbot.mouseClick(w.save_labels_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w._side_job.finished, timeout=30_000)
+    assert errors and "already exists" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big.zarr"]
