@@ -132,17 +132,12 @@ def test_csv_round_trip_and_no_silent_overwrite(sample, tmp_path):
 def test_a_large_numpy_map_is_measured_block_by_block_with_progress_and_cancel(sample):
     import threading
 
-    from napari_tiled_unet.events import Progress
+    from napari_tiled_unet.events import Progress, run_to_end
     from napari_tiled_unet.measure import measure_objects_iter
 
     labels, image = sample
-    gen = measure_objects_iter(labels, image, block_size=256)  # 3 x 3 blocks, two passes
     events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        table = stop.value
+    table = run_to_end(measure_objects_iter(labels, image, block_size=256), events.append)  # 3 x 3 blocks
     assert all(isinstance(e, Progress) and e.stage == "measure" for e in events)
     assert events[-1].done == events[-1].total == 18
     _assert_tables_equal(table, measure_objects(labels, image))
