@@ -3,10 +3,11 @@
     python benchmarks/bench_measure.py [--tiles 8 6] [--block 1024]
 
 The in-memory path is one regionprops_table call (numpy labels, block_size above the image
-size); the blockwise one reads zarr in 1024-px blocks. The label map is the shipped sample's ground truth tiled (ids made unique per tile), with its
-image tiled alike: 8 x 6 tiles give 4160 x 4176 pixels and 9,504 nuclei. Prints the seconds
-of each path, their ratio, how many objects crossed block borders, and checks that both tables
-agree (labels, areas and intensities exactly, centroids to 1e-9 px).
+size); the blockwise one reads zarr in 1024-px blocks. The label map is the shipped sample's
+ground truth tiled (ids made unique per tile), with its image tiled alike: 8 x 6 tiles give
+4160 x 4176 pixels and 9,504 nuclei. Prints the seconds of each path, their ratio, how many
+objects crossed block borders, and checks that both tables agree (labels, areas and
+intensities exactly, centroids to 1e-9 px).
 """
 
 from __future__ import annotations
