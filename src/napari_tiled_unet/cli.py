@@ -28,19 +28,54 @@ class CLIError(Exception):
 # -- info --------------------------------------------------------------------------------
 
 
-def _format_value(value: Any, indent: int = 2) -> str:
+#: in the short form of ``info``: items shown of a long list, characters of a long value
+INFO_LIST_ITEMS = 5
+INFO_TEXT_CHARS = 200
+
+
+def _format_value(value: Any, indent: int = 2, full: bool = True) -> str:
     if isinstance(value, dict):
         if not value:
             return "-"
+        if not full and indent > 2:
+            return _short(_inline(value))
         pad = " " * indent
-        return "\n" + "\n".join(f"{pad}{k}: {_format_value(v, indent + 2)}" for k, v in value.items())
+        return "\n" + "\n".join(f"{pad}{k}: {_format_value(v, indent + 2, full)}" for k, v in value.items())
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value) if value else "-"
-    return "-" if value is None or value == "" else str(value)
+        if not value:
+            return "-"
+        if not full and len(value) > INFO_LIST_ITEMS:
+            shown = ", ".join(_short(v) for v in value[:INFO_LIST_ITEMS])
+            return f"{shown}, … ({len(value)} items; --full shows all)"
+        return ", ".join(str(v) if full else _short(v) for v in value)
+    text = "-" if value is None or value == "" else str(value)
+    return text if full else _short(text)
 
 
-def describe_bundle(bundle) -> str:
-    """A readable, multi-line description of a :class:`ModelBundle`'s metadata."""
+def _inline(mapping: dict) -> str:
+    """A nested mapping on one line, its own lists and mappings only counted."""
+    parts = []
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            parts.append(f"{k} ({len(v)} fields)")
+        elif isinstance(v, list):
+            parts.append(f"{k} ({len(v)} items)")
+        elif isinstance(v, float):
+            parts.append(f"{k} {v:.4g}")
+        else:
+            text = str(v)
+            parts.append(f"{k} {text if len(text) <= 24 else text[:12] + '…'}")
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= INFO_TEXT_CHARS else text[:INFO_TEXT_CHARS] + f"… ({len(text)} characters)"
+
+
+def describe_bundle(bundle, full: bool = True) -> str:
+    """A readable, multi-line description of a :class:`ModelBundle`'s metadata; with
+    ``full=False`` long lists and values are shortened (what ``info`` prints by default)."""
     meta = bundle.metadata
     lines = []
     if "imported_from" in meta:
@@ -68,14 +103,15 @@ def describe_bundle(bundle) -> str:
     ]
     if "imported_from" in meta and meta["imported_from"].get("mask_values") is not None:
         fields.append(("mask values", meta["imported_from"]["mask_values"]))
-    lines += [f"{k}: {_format_value(v)}" for k, v in fields]
+    lines += [f"{k}: {_format_value(v, full=full)}" for k, v in fields]
     return "\n".join(lines)
 
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="show what a model file contains")
     p.add_argument("model", help="a .safetensors bundle, a PyTorch-UNet .pth, or a built-in model name")
-    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON (everything)")
+    p.add_argument("--full", action="store_true", help="show long lists (e.g. training image ids) in full")
 
 
 def _cmd_info(args) -> int:
@@ -85,7 +121,55 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(bundle.metadata, indent=2, sort_keys=True))
     else:
-        print(describe_bundle(bundle))
+        print(describe_bundle(bundle, full=args.full))
+    return 0
+
+
+# -- export-bioimageio -------------------------------------------------------------------
+
+
+def _add_export_bioimageio(sub) -> None:
+    p = sub.add_parser(
+        "export-bioimageio",
+        help="write a model as a bioimage.io model package (zip)",
+        description="Write a model as a bioimage.io model package (format 0.5): weights, TorchScript, "
+                    "test tensors, cover, documentation from its training record. Other bioimage.io tools "
+                    "(deepImageJ, ilastik, bioimageio.core) can run it; napari-tiled-unet opens it again.",
+    )
+    p.add_argument("model", help="a .safetensors bundle, a PyTorch-UNet .pth, or a built-in model name")
+    p.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
+    p.add_argument("--author", action="append", default=None, help="an author's name (repeat for several)")
+    p.add_argument("--license", default="BSD-3-Clause", help="SPDX license of the weights (default BSD-3-Clause)")
+    p.add_argument("--test-image", default=None,
+                   help="image for the test tensors and the cover (default: the shipped nuclei sample)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.add_argument("--validate", action="store_true",
+                   help="check the package with bioimageio.spec (pip install 'napari-tiled-unet[bioimageio]')")
+
+
+def _cmd_export_bioimageio(args) -> int:
+    from .bioimageio import export_bioimageio, validate
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} already exists; use --overwrite to replace it or choose another name.")
+    test_image = None
+    if args.test_image:
+        from .io import read_image
+
+        test_image = np.asarray(read_image(args.test_image))
+    written = export_bioimageio(args.model, out, authors=args.author, license=args.license,
+                                test_image=test_image)
+    print(f"Wrote {written} ({written.stat().st_size / 1e6:.1f} MB).")
+    if args.validate:
+        try:
+            summary = validate(written)
+        except ImportError:
+            raise CLIError("--validate needs bioimageio.spec: pip install 'napari-tiled-unet[bioimageio]'.") \
+                from None
+        print(f"bioimageio.spec validation: {summary.status}")
+        if summary.status == "failed":
+            return 1
     return 0
 
 
@@ -480,7 +564,7 @@ def _cmd_train(args) -> int:
 
 # -- entry point -------------------------------------------------------------------------
 
-COMMANDS = ["info", "segment", "train", "evaluate"]
+COMMANDS = ["info", "segment", "train", "evaluate", "export-bioimageio"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        globals()[f"_add_{name}"](sub)
+        globals()[f"_add_{name.replace('-', '_')}"](sub)
     return parser
 
 
@@ -505,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         with _stop_on_signals():
-            return globals()[f"_cmd_{args.command}"](args)
+            return globals()[f"_cmd_{args.command.replace('-', '_')}"](args)
     except (BundleError, ImageError, ReadError, CLIError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -344,7 +344,8 @@ def import_pytorch_unet(path: str | os.PathLike, task: str | None = None) -> Mod
 
 
 def load_model(source: str | os.PathLike | ModelBundle) -> ModelBundle:
-    """Load a model by built-in name, ``.safetensors`` bundle path or PyTorch-UNet ``.pth``."""
+    """Load a model by built-in name, ``.safetensors`` bundle path, PyTorch-UNet ``.pth`` or
+    bioimage.io package (``.zip``, its folder or its ``rdf.yaml``)."""
     if isinstance(source, ModelBundle):
         return source
     from . import zoo
@@ -354,6 +355,10 @@ def load_model(source: str | os.PathLike | ModelBundle) -> ModelBundle:
     path = Path(source)
     if path.suffix.lower() in (".pth", ".pt"):
         return import_pytorch_unet(path)
+    from .. import bioimageio
+
+    if bioimageio.is_package(path):
+        return bioimageio.import_bioimageio(path)
     if not path.exists():
         names = ", ".join(zoo.available()) or "none installed"
         raise BundleError(f"No model file at {path} and no built-in model of that name (built-in: {names}).")

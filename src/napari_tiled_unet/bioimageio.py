@@ -1,0 +1,635 @@
+"""bioimage.io model packages: export a bundle as one, and import one back as a bundle.
+
+Export (:func:`export_bioimageio`) writes a zip in the bioimage.io model format 0.5: an
+``rdf.yaml`` describing the input and output tensors, their axes and the preprocessing that
+matches the bundle's normalization; ``pytorch_state_dict`` weights with the architecture's
+source file; a TorchScript copy; test input and output tensors; a cover image; a README made
+from the training record; license and citations. The network in the package ends in the
+bundle's output activation (softmax, or a sigmoid written as two channels), so its output
+is class probabilities; turning them into objects (seeded watershed) cannot be expressed in
+the format and is described in the README and in ``config.napari_tiled_unet``, which also
+carries the whole bundle metadata so that a re-import is exact.
+
+Import (:func:`import_bioimageio`) reads a package (zip, folder or its ``rdf.yaml``) whose
+``pytorch_state_dict`` weights are a U-Net this plugin can build, without running any code
+from it: the architecture file is never imported, TorchScript is never loaded, and the
+weights are read with ``torch.load(weights_only=True)``, which refuses a pickle that would
+build anything but tensors and plain containers before it runs. Anything else is refused
+with one sentence.
+
+The bioimage.io libraries are not needed for either; :func:`validate` uses
+``bioimageio.spec`` when it is installed (the ``[bioimageio]`` extra).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+
+from .model.bundle import BundleError, ModelBundle, load_model, make_metadata
+
+FORMAT_VERSION = "0.5.4"
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+CONFIG_KEY = "napari_tiled_unet"
+ARCHITECTURE_FILE = "tiled_unet_architecture.py"
+ARCHITECTURE_CALLABLE = "UNetProbabilities"
+
+UNET_CITATION = {
+    "text": "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image "
+            "Segmentation. MICCAI 2015.",
+    "doi": "10.1007/978-3-319-24574-4_28",
+}
+DSB2018_CITATION = {
+    "text": "Caicedo et al.: Nucleus segmentation across imaging experiments: the 2018 Data Science "
+            "Bowl. Nature Methods 16, 2019 (BBBC038v1, CC0).",
+    "doi": "10.1038/s41592-019-0612-7",
+}
+PLUGIN_CITATION = {
+    "text": "napari-tiled-unet: tiled U-Net segmentation and fine-tuning in napari.",
+    "url": "https://github.com/napari-tiled-unet/napari-tiled-unet",
+}
+
+# appended to the U-Net's source in the package: the same weights, probabilities out
+_WRAPPER_SOURCE = '''
+
+class UNetProbabilities(UNet):
+    """The U-Net followed by its output activation, as napari-tiled-unet applies it:
+    softmax over the classes, or for a one-logit model the sigmoid written as two channels
+    (1 - p, p). The state dict is the U-Net's."""
+
+    def __init__(self, *args, sigmoid: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sigmoid = sigmoid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        if self.sigmoid:
+            p = torch.sigmoid(logits)
+            return torch.cat([1 - p, p], dim=1)
+        return torch.softmax(logits, dim=1)
+'''
+
+
+class PackageError(BundleError):
+    """A bioimage.io package that cannot be imported or written; the message says why."""
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+def architecture_source() -> str:
+    """The Python source written into a package: the U-Net module and the probability wrapper."""
+    from .model import unet
+
+    return Path(unet.__file__).read_text(encoding="utf-8") + _WRAPPER_SOURCE
+
+
+def probability_network(bundle: ModelBundle) -> torch.nn.Module:
+    """The bundle's U-Net with its output activation, as the package's architecture builds it."""
+    namespace: dict[str, Any] = {"__name__": "napari_tiled_unet_bioimageio_architecture"}
+    exec(compile(architecture_source(), ARCHITECTURE_FILE, "exec"), namespace)  # our own source
+    sigmoid = bundle.metadata.get("output_activation") == "sigmoid"
+    net = namespace[ARCHITECTURE_CALLABLE](**bundle.model.config, sigmoid=sigmoid)
+    net.load_state_dict(bundle.model.state_dict())
+    return net.eval()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rdf_name(name: str) -> str:
+    """A bioimage.io name: letters, digits, ``_+- ()``; 5 to 64 characters."""
+    clean = re.sub(r"[^A-Za-z0-9_+\- ()]+", " ", name).strip() or "U-Net model"
+    clean = re.sub(r"\s+", " ", clean)[:64]
+    return clean if len(clean) >= 5 else f"{clean} U-Net"
+
+
+def _preprocessing(normalization: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """bioimage.io preprocessing steps for a bundle's normalization recipe, and a sentence on
+    how exactly they match it."""
+    kind = normalization.get("kind", "percentile")
+    to_float = {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    if kind == "percentile":
+        low, high = float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))
+        step = {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": low,
+                                                "max_percentile": high}}
+        note = (f"Each channel of each image is scaled so that its {low:g}th percentile maps to 0 and "
+                f"its {high:g}th to 1 (`scale_range` over y and x). napari-tiled-unet computes these "
+                "percentiles over the whole image (from an evenly spread sample of at most 2 million "
+                "pixels per channel for larger ones) and never per tile; `scale_range` adds 1e-6 to the "
+                "range, a difference far below the network's precision.")
+        return [to_float, step, to_float], note
+    if kind == "scale":
+        divide, offset = float(normalization.get("divide", 1.0)), float(normalization.get("offset", 0.0))
+        step = {"id": "scale_linear", "kwargs": {"gain": 1.0 / divide, "offset": -offset / divide}}
+        return [to_float, step, to_float], f"Intensities are mapped as (x - {offset:g}) / {divide:g}."
+    if kind == "none":
+        return [to_float], "Intensities go to the network unchanged."
+    raise PackageError(f"The model's normalization {kind!r} has no bioimage.io equivalent; it cannot be exported.")
+
+
+def _test_image(bundle: ModelBundle, image: np.ndarray | None, size: int) -> np.ndarray:
+    """A (C, size, size) float32 crop from the middle of ``image`` (default: the shipped sample)."""
+    if image is None:
+        from ._sample_data import nuclei_image
+
+        image = nuclei_image()
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] not in (1, 3, 4):
+        image = np.moveaxis(image, -1, 0)  # YXC -> CYX
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise PackageError(f"The test image has shape {image.shape}; give a 2D image (Y, X) or (C, Y, X).")
+    c = bundle.n_channels
+    if image.shape[0] != c:
+        image = np.repeat(image[:1], c, axis=0) if image.shape[0] == 1 else image[:c]
+    h, w = image.shape[-2:]
+    if h < size or w < size:
+        raise PackageError(f"The test image ({h}x{w}) is smaller than the {size}x{size} the package needs; "
+                           "give a larger one.")
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    return image[:, y0:y0 + size, x0:x0 + size].astype(np.float32)
+
+
+def _cover_png(raw: np.ndarray, probs: np.ndarray, bundle: ModelBundle) -> bytes:
+    """A 2:1 cover: the test image beside it with the objects (or classes) outlined."""
+    from skimage.io import imsave
+
+    from .io import overlay_png
+    from .postprocess import labels_from_probabilities
+    from .segmentation import postprocess_params
+
+    labels = labels_from_probabilities(probs, bundle.task, **postprocess_params(bundle))
+    gray = raw.mean(axis=0)
+    lo, hi = np.percentile(gray, [1, 99.8])
+    left = (np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        overlay = Path(tmp) / "overlay.png"
+        overlay_png(gray, labels, overlay)
+        from skimage.io import imread
+
+        right = imread(overlay)[..., :3]
+        both = np.concatenate([np.stack([left] * 3, axis=-1), right], axis=1)
+        out = Path(tmp) / "cover.png"
+        imsave(str(out), both, check_contrast=False)
+        return out.read_bytes()
+
+
+def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
+    meta = bundle.metadata
+    training = meta.get("training") or {}
+    post = bundle.postprocess
+    lines = [f"# {meta.get('name') or bundle.name}", "", meta.get("description") or
+             "A U-Net for microscopy segmentation, exported by napari-tiled-unet.", ""]
+    lines += ["## What it does", ""]
+    if bundle.task == "instances":
+        lines += ["The network predicts, for every pixel, the probabilities of three classes: background, "
+                  "the interior of an object, and an object's boundary. napari-tiled-unet turns them into one "
+                  "label per object with a seeded watershed (seeds where the interior probability exceeds "
+                  f"{post.get('seed_threshold')}, objects where background is below "
+                  f"1 - {post.get('foreground_threshold')}, objects under {post.get('min_size')} px dropped). "
+                  "That step has no bioimage.io equivalent, so this package's output is the probabilities; "
+                  "open the package in napari-tiled-unet to get objects.", ""]
+    else:
+        lines += [f"The network predicts the probability of each class ({', '.join(bundle.class_names)}) "
+                  "for every pixel; the class of a pixel is the most probable one.", ""]
+    lines += ["## Input", "", norm_note, "", size_note, ""]
+    if meta.get("pixel_size_um"):
+        lines += [f"Pixel size of the training data: {meta['pixel_size_um']} µm.", ""]
+    lines += ["## Training", ""]
+    if training:
+        for key, value in training.items():
+            if key in ("metrics",):
+                continue
+            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+            if len(text) > 300:
+                text = text[:300] + f"… ({len(value) if isinstance(value, (dict, list)) else len(text)} items)"
+            lines.append(f"- **{key}**: {text}")
+    else:
+        lines.append("No training record is stored with this model.")
+    lines += ["", "## Validation", ""]
+    metrics = {k: v for k, v in (training.get("metrics") or {}).items() if v is not None}
+    if metrics:
+        lines.append("On the images held out from training (best weights):")
+        lines.append("")
+        lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items()]
+    else:
+        lines.append("No validation figures are stored with this model; evaluate it on annotated images of "
+                     "your own (`napari-tiled-unet evaluate`).")
+    lines += ["", "## Use", "",
+              "In napari-tiled-unet: `napari-tiled-unet segment IMAGE -o OUT -m this_package.zip`, or load the "
+              "zip in the Segment or Fine-tune widget. Elsewhere: any bioimage.io consumer (bioimageio.core, "
+              "deepImageJ, ilastik) runs the network and its preprocessing.", "",
+              f"Exported by napari-tiled-unet {meta.get('package_version', '')} on "
+              f"{_dt.date.today().isoformat()}.", ""]
+    return "\n".join(lines)
+
+
+def export_bioimageio(
+    model: ModelBundle | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    authors: list[str] | None = None,
+    license: str = "BSD-3-Clause",  # noqa: A002 - the field's name in the format
+    test_image: np.ndarray | None = None,
+    cite_training_data: list[dict[str, str]] | None = None,
+) -> Path:
+    """Write ``model`` as a bioimage.io model package (zip) at ``out``, atomically.
+
+    Args:
+        model: bundle, model file or built-in name.
+        out: the ``.zip`` to write (replaced if present, only once the new one is complete).
+        authors: names for the package's authors (default: the model's training record or
+            "napari-tiled-unet user").
+        license: SPDX identifier of the weights' license.
+        test_image: image to take the test tensors and the cover from (default: the
+            shipped DSB2018 sample).
+        cite_training_data: citations of the training data (default: DSB2018 when the
+            training record names it).
+
+    Returns:
+        The path written.
+    """
+    import yaml
+
+    bundle = load_model(model)
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise PackageError(f"{out.name}: a bioimage.io package is a .zip file; give a name ending in .zip.")
+    if not out.parent.is_dir():
+        raise PackageError(f"The folder {out.parent} does not exist; create it or choose another output.")
+    from .tiling import exact_halo
+
+    multiple = bundle.model.size_multiple
+    halo = exact_halo(bundle.depth, bundle.model.bilinear)
+    min_size = -(-(2 * halo + multiple) // multiple) * multiple
+    size = max(256, min_size)
+    preprocessing, norm_note = _preprocessing(bundle.normalization)
+    size_note = (f"Height and width must be multiples of {multiple}, at least {min_size} px. For tiled "
+                 f"prediction, {halo} px at each inner tile edge are influenced by the edge (the halo); "
+                 "napari-tiled-unet discards them, so its tiles have no seams.")
+
+    raw = _test_image(bundle, test_image, size)
+    from . import normalization
+
+    stats = normalization.compute_stats(raw, bundle.normalization, channel_axis=0)
+    net = probability_network(bundle)
+    import warnings
+
+    x = torch.from_numpy(normalization.apply(raw, stats))[None]
+    with torch.no_grad(), warnings.catch_warnings():
+        probs = net(x).numpy().astype(np.float32)
+        warnings.simplefilter("ignore")  # tracer notes on the shape arithmetic (constant for valid sizes)
+        traced = torch.jit.trace(net, x, check_trace=False)
+    files: dict[str, bytes] = {}
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}, buf)
+    files["weights.pt"] = buf.getvalue()
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    files["weights_torchscript.pt"] = buf.getvalue()
+    files[ARCHITECTURE_FILE] = architecture_source().encode("utf-8")
+    for name, arr in (("test_input.npy", raw[None]), ("test_output.npy", probs)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        files[name] = buf.getvalue()
+    import tifffile
+
+    for name, arr in (("sample_input.tif", raw[None]), ("sample_output.tif", probs)):
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, arr, compression="zlib")
+        files[name] = buf.getvalue()
+    files["cover.png"] = _cover_png(raw, probs[0], bundle)
+    files["README.md"] = _documentation(bundle, norm_note, size_note).encode("utf-8")
+
+    meta = bundle.metadata
+    training = meta.get("training") or {}
+    if cite_training_data is None:
+        trained_on = json.dumps(training).lower()
+        cite_training_data = [DSB2018_CITATION] if ("dsb" in trained_on or "2018" in trained_on) else []
+    names = authors or [a for a in [training.get("author")] if a] or ["napari-tiled-unet user"]
+    in_channels = ["raw"] if bundle.n_channels == 1 else [f"channel{i}" for i in range(bundle.n_channels)]
+    space = [{"type": "space", "id": axis, "size": {"min": min_size, "step": multiple}} for axis in "yx"]
+    if meta.get("pixel_size_um"):
+        for ax in space:
+            ax.update({"unit": "micrometer", "scale": float(meta["pixel_size_um"])})
+    out_space = []
+    for ax in space:
+        o = {"type": "space", "id": ax["id"], "size": {"tensor_id": "input", "axis_id": ax["id"]}, "halo": halo}
+        if "unit" in ax:
+            o.update({"unit": ax["unit"], "scale": ax["scale"]})
+        out_space.append(o)
+    torch_version = torch.__version__.split("+")[0]
+    rdf = {
+        "format_version": FORMAT_VERSION,
+        "type": "model",
+        "name": _rdf_name(meta.get("name") or bundle.name),
+        "description": (meta.get("description") or "U-Net segmentation model exported by napari-tiled-unet.")[:512],
+        "authors": [{"name": n} for n in names],
+        "cite": [UNET_CITATION, *cite_training_data, PLUGIN_CITATION],
+        "license": license,
+        "tags": ["napari-tiled-unet", "unet", "unet2d", "pytorch", "segmentation", "2d",
+                 *(["instance-segmentation", "nuclei"] if bundle.task == "instances" else
+                   ["semantic-segmentation"])],
+        "documentation": {"source": "README.md", "sha256": _sha256(files["README.md"])},
+        "covers": [{"source": "cover.png", "sha256": _sha256(files["cover.png"])}],
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [{
+            "id": "input",
+            "description": "the image, one or more channels",
+            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": in_channels}, *space],
+            "test_tensor": {"source": "test_input.npy", "sha256": _sha256(files["test_input.npy"])},
+            "sample_tensor": {"source": "sample_input.tif", "sha256": _sha256(files["sample_input.tif"])},
+            "data": {"type": "float32"},
+            "preprocessing": preprocessing,
+        }],
+        "outputs": [{
+            "id": "probabilities",
+            "description": "probability of each class per pixel (they sum to 1)",
+            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": bundle.class_names}, *out_space],
+            "test_tensor": {"source": "test_output.npy", "sha256": _sha256(files["test_output.npy"])},
+            "sample_tensor": {"source": "sample_output.tif", "sha256": _sha256(files["sample_output.tif"])},
+            "data": {"type": "float32", "range": [0.0, 1.0]},
+        }],
+        "weights": {
+            "pytorch_state_dict": {
+                "source": "weights.pt",
+                "sha256": _sha256(files["weights.pt"]),
+                "architecture": {
+                    "source": ARCHITECTURE_FILE,
+                    "sha256": _sha256(files[ARCHITECTURE_FILE]),
+                    "callable": ARCHITECTURE_CALLABLE,
+                    "kwargs": {**bundle.model.config,
+                               "sigmoid": meta.get("output_activation") == "sigmoid"},
+                },
+                "pytorch_version": torch_version,
+            },
+            "torchscript": {
+                "source": "weights_torchscript.pt",
+                "sha256": _sha256(files["weights_torchscript.pt"]),
+                "parent": "pytorch_state_dict",
+                "pytorch_version": torch_version,
+                "comment": "Traced from the state-dict weights; valid for the sizes the input axes allow.",
+            },
+        },
+        "config": {CONFIG_KEY: {"metadata": _plain(meta)}},
+    }
+    files["rdf.yaml"] = yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True).encode("utf-8")
+
+    from .io import publish, temp_beside
+
+    tmp = temp_beside(out)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("rdf.yaml", files.pop("rdf.yaml"))
+            for name, data in files.items():
+                zf.writestr(name, data)
+        publish(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (tuples -> lists, numpy scalars -> Python)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def validate(path: str | os.PathLike) -> Any:
+    """Validate a package with ``bioimageio.spec`` (install the ``[bioimageio]`` extra);
+    returns its validation summary (``.status`` is ``"passed"`` or ``"failed"``)."""
+    from bioimageio.spec import load_description
+
+    descr = load_description(str(path), perform_io_checks=True)
+    return descr.validation_summary
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+class _Package:
+    """Read access to the files of a package: a zip, a folder, or an rdf.yaml in one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.zip: zipfile.ZipFile | None = None
+        if path.is_file() and zipfile.is_zipfile(path):
+            self.zip = zipfile.ZipFile(path)
+            names = set(self.zip.namelist())
+            found = [n for n in names if n in RDF_NAMES or n.endswith(".bioimageio.yaml")]
+            if not found:
+                raise PackageError(f"{path.name} is a zip file without an rdf.yaml; it is not a bioimage.io "
+                                   "model package.")
+            self.rdf_name = sorted(found)[0]
+            self.root = None
+        elif path.is_dir():
+            found = [path / n for n in RDF_NAMES if (path / n).is_file()]
+            if not found:
+                raise PackageError(f"The folder {path.name} holds no rdf.yaml; it is not a bioimage.io package.")
+            self.root, self.rdf_name = path, found[0].name
+        elif path.is_file():
+            self.root, self.rdf_name = path.parent, path.name
+        else:
+            raise PackageError(f"No bioimage.io package at {path}.")
+
+    def read(self, name: str) -> bytes:
+        if re.match(r"^[a-z]+://", name):
+            raise PackageError(f"The package's file {name} lies on the internet; download the package with its "
+                               "files (a zip) and open that.")
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise PackageError(f"The package names a file outside itself ({name}); it is refused.")
+        try:
+            if self.zip is not None:
+                return self.zip.read(str(rel))
+            return (self.root / rel).read_bytes()
+        except (KeyError, FileNotFoundError):
+            raise PackageError(f"The package lacks its file {name}; it is incomplete.") from None
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+
+def _source(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict):
+        return entry.get("source") or entry.get("uri")
+    return None
+
+
+def read_rdf(path: str | os.PathLike) -> dict[str, Any]:
+    """The package's description (parsed YAML; no code runs)."""
+    pkg = _Package(Path(path))
+    try:
+        return _parse_rdf(pkg)
+    finally:
+        pkg.close()
+
+
+def _parse_rdf(pkg: _Package) -> dict[str, Any]:
+    import yaml
+
+    try:
+        rdf = yaml.safe_load(pkg.read(pkg.rdf_name))
+    except yaml.YAMLError as exc:
+        raise PackageError(f"The package's {pkg.rdf_name} is not valid YAML ({exc.__class__.__name__}).") from None
+    if not isinstance(rdf, dict) or rdf.get("type") != "model":
+        raise PackageError(f"{pkg.path.name} describes a bioimage.io {rdf.get('type') if isinstance(rdf, dict) else ''} "
+                           "resource, not a model.".replace("  ", " "))
+    return rdf
+
+
+def is_package(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a bioimage.io package (a zip, a folder with an rdf.yaml, or the yaml)."""
+    p = Path(path)
+    name = p.name.lower()
+    return (name.endswith(".zip") or name in RDF_NAMES or name.endswith(".bioimageio.yaml")
+            or (p.is_dir() and any((p / n).is_file() for n in RDF_NAMES)))
+
+
+def import_bioimageio(path: str | os.PathLike) -> ModelBundle:
+    """Convert a bioimage.io model package into a bundle (not saved), running none of its code.
+
+    Accepted: ``pytorch_state_dict`` weights that are a U-Net this plugin builds (a package
+    exported by napari-tiled-unet, or weights with PyTorch-UNet's parameter names).
+
+    Raises:
+        PackageError: anything else, with one sentence saying why.
+    """
+    path = Path(path)
+    pkg = _Package(path)
+    try:
+        rdf = _parse_rdf(pkg)
+        weights = rdf.get("weights") or {}
+        entry = weights.get("pytorch_state_dict")
+        if not isinstance(entry, dict) or not _source(entry):
+            have = ", ".join(weights) or "none"
+            raise PackageError(
+                f"{path.name} has no PyTorch state-dict weights (it has: {have}); napari-tiled-unet imports only "
+                "U-Net state dicts, never TorchScript, ONNX or TensorFlow models, which would run their own code."
+            )
+        data = pkg.read(_source(entry))
+    finally:
+        pkg.close()
+    state = _load_weights(data, path.name)
+    ours = ((rdf.get("config") or {}).get(CONFIG_KEY) or {}).get("metadata")
+    if isinstance(ours, dict):
+        bundle = _bundle_from_our_metadata(ours, state, path)
+    else:
+        bundle = _bundle_from_foreign(rdf, state, path)
+    bundle.metadata["imported_from"] = {"format": "bioimage.io model package", "file": path.name,
+                                        "rdf_name": rdf.get("name")}
+    return bundle
+
+
+def _load_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise PackageError(
+            f"Refused the weights in {name}: they contain Python objects other than tensors, and loading "
+            "them could run code."
+        ) from exc
+    except Exception as exc:
+        raise PackageError(f"The weights in {name} are not a readable PyTorch state dict ({type(exc).__name__}).") \
+            from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise PackageError(f"The weights in {name} are not a state dict; napari-tiled-unet imports U-Net state dicts.")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _bundle_from_our_metadata(meta: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> ModelBundle:
+    from .model.bundle import FORMAT_NAME, TASKS, _load_state, build_model
+
+    if meta.get("format") != FORMAT_NAME or meta.get("task") not in TASKS:
+        raise PackageError(f"{path.name} carries napari-tiled-unet settings this version does not understand; "
+                           "update the plugin.")
+    model = build_model(meta.get("architecture"))
+    _load_state(model, state, path.name)
+    model.eval()
+    return ModelBundle(model, dict(meta), path)
+
+
+def _bundle_from_foreign(rdf: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> ModelBundle:
+    from .model.bundle import _load_state, infer_pytorch_unet_config
+    from .model.unet import UNet
+
+    try:
+        config = infer_pytorch_unet_config(state)
+        model = UNet(**config)
+        _load_state(model, state, path.name)
+    except (BundleError, ValueError, TypeError, RuntimeError):
+        raise PackageError(
+            f"The weights in {path.name} are not a U-Net this plugin can build (they do not have the U-Net "
+            "layout of napari-tiled-unet or PyTorch-UNet); use the package with a bioimage.io tool instead."
+        ) from None
+    model.eval()
+    inputs, outputs = rdf.get("inputs") or [{}], rdf.get("outputs") or [{}]
+    normalization = _normalization_from(inputs[0].get("preprocessing") or [], path.name)
+    post_ids = [step.get("id") or step.get("name") for step in outputs[0].get("postprocessing") or []]
+    n = config["n_classes"]
+    sigmoid = n == 1
+    names = _channel_names(outputs[0])
+    if sigmoid:
+        classes = ["background", names[0] if names else "foreground"]
+    else:
+        classes = names if names and len(names) == n else [f"class {i}" for i in range(n)]
+    meta = make_metadata(
+        model, task="semantic", class_names=classes, normalization=normalization,
+        name=str(rdf.get("name") or path.stem), description=str(rdf.get("description") or ""),
+        output_activation="sigmoid" if sigmoid else "softmax",
+        training={"source": "bioimage.io model package", "file": path.name,
+                  "cite": [c.get("text") for c in rdf.get("cite") or [] if isinstance(c, dict)],
+                  "license": rdf.get("license"), "postprocessing in the package": post_ids},
+    )
+    return ModelBundle(model, meta, path)
+
+
+def _channel_names(tensor: dict[str, Any]) -> list[str]:
+    for ax in tensor.get("axes") or []:
+        if isinstance(ax, dict) and ax.get("type") == "channel" and isinstance(ax.get("channel_names"), list):
+            return [str(c) for c in ax["channel_names"]]
+    return []
+
+
+def _normalization_from(steps: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The bundle recipe equivalent to a package's preprocessing; refuses what has none."""
+    found = None
+    for step in steps:
+        op = step.get("id") or step.get("name")
+        kwargs = step.get("kwargs") or {}
+        if op in ("ensure_dtype", "clip") or (op == "binarize"):
+            continue
+        if found is not None:
+            raise PackageError(f"{name} chains two intensity normalizations, which napari-tiled-unet cannot "
+                               "reproduce.")
+        if op == "scale_range" and not kwargs.get("reference_tensor"):
+            found = {"kind": "percentile", "low": float(kwargs.get("min_percentile", 0.0)),
+                     "high": float(kwargs.get("max_percentile", 100.0))}
+        elif op == "scale_linear" and np.ndim(kwargs.get("gain", 1.0)) == 0 and np.ndim(kwargs.get("offset", 0.0)) == 0:
+            gain, offset = float(kwargs.get("gain", 1.0)), float(kwargs.get("offset", 0.0))
+            found = {"kind": "scale", "divide": 1.0 / gain, "offset": -offset / gain}
+        else:
+            raise PackageError(f"{name} normalizes its input with {op!r}, which napari-tiled-unet does not "
+                               "reproduce, so its results would be wrong; use the package with a bioimage.io tool.")
+    return found or {"kind": "none"}
