@@ -47,12 +47,12 @@ ARCHITECTURE_CALLABLE = "UNetProbabilities"
 
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox: U-Net: Convolutional Networks for Biomedical Image "
-            "Segmentation. MICCAI 2015.",
+    "Segmentation. MICCAI 2015.",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
 DSB2018_CITATION = {
     "text": "Caicedo et al.: Nucleus segmentation across imaging experiments: the 2018 Data Science "
-            "Bowl. Nature Methods 16, 2019 (BBBC038v1, CC0).",
+    "Bowl. Nature Methods 16, 2019 (BBBC038v1, CC0).",
     "doi": "10.1038/s41592-019-0612-7",
 }
 PLUGIN_CITATION = {
@@ -123,13 +123,17 @@ def _preprocessing(normalization: dict[str, Any]) -> tuple[list[dict[str, Any]],
     to_float = {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
     if kind == "percentile":
         low, high = float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))
-        step = {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": low,
-                                                "max_percentile": high}}
-        note = (f"Each channel of each image is scaled so that its {low:g}th percentile maps to 0 and "
-                f"its {high:g}th to 1 (`scale_range` over y and x). napari-tiled-unet computes these "
-                "percentiles over the whole image (from an evenly spread sample of at most 2 million "
-                "pixels per channel for larger ones) and never per tile; `scale_range` adds 1e-6 to the "
-                "range, a difference far below the network's precision.")
+        step = {
+            "id": "scale_range",
+            "kwargs": {"axes": ["y", "x"], "min_percentile": low, "max_percentile": high},
+        }
+        note = (
+            f"Each channel of each image is scaled so that its {low:g}th percentile maps to 0 and "
+            f"its {high:g}th to 1 (`scale_range` over y and x). napari-tiled-unet computes these "
+            "percentiles over the whole image (from an evenly spread sample of at most 2 million "
+            "pixels per channel for larger ones) and never per tile; `scale_range` adds 1e-6 to the "
+            "range, a difference far below the network's precision."
+        )
         return [to_float, step, to_float], note
     if kind == "scale":
         divide, offset = float(normalization.get("divide", 1.0)), float(normalization.get("offset", 0.0))
@@ -137,7 +141,9 @@ def _preprocessing(normalization: dict[str, Any]) -> tuple[list[dict[str, Any]],
         return [to_float, step, to_float], f"Intensities are mapped as (x - {offset:g}) / {divide:g}."
     if kind == "none":
         return [to_float], "Intensities go to the network unchanged."
-    raise PackageError(f"The model's normalization {kind!r} has no bioimage.io equivalent; it cannot be exported.")
+    raise PackageError(
+        f"The model's normalization {kind!r} has no bioimage.io equivalent; it cannot be exported."
+    )
 
 
 def _test_image(bundle: ModelBundle, image: np.ndarray | None, size: int) -> np.ndarray:
@@ -158,10 +164,12 @@ def _test_image(bundle: ModelBundle, image: np.ndarray | None, size: int) -> np.
         image = np.repeat(image[:1], c, axis=0) if image.shape[0] == 1 else image[:c]
     h, w = image.shape[-2:]
     if h < size or w < size:
-        raise PackageError(f"The test image ({h}x{w}) is smaller than the {size}x{size} the package needs; "
-                           "give a larger one.")
+        raise PackageError(
+            f"The test image ({h}x{w}) is smaller than the {size}x{size} the package needs; "
+            "give a larger one."
+        )
     y0, x0 = (h - size) // 2, (w - size) // 2
-    return image[:, y0:y0 + size, x0:x0 + size].astype(np.float32)
+    return image[:, y0 : y0 + size, x0 : x0 + size].astype(np.float32)
 
 
 def _cover_png(raw: np.ndarray, probs: np.ndarray, bundle: ModelBundle) -> bytes:
@@ -194,20 +202,30 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
     meta = bundle.metadata
     training = meta.get("training") or {}
     post = bundle.postprocess
-    lines = [f"# {meta.get('name') or bundle.name}", "", meta.get("description") or
-             "A U-Net for microscopy segmentation, exported by napari-tiled-unet.", ""]
+    lines = [
+        f"# {meta.get('name') or bundle.name}",
+        "",
+        meta.get("description") or "A U-Net for microscopy segmentation, exported by napari-tiled-unet.",
+        "",
+    ]
     lines += ["## What it does", ""]
     if bundle.task == "instances":
-        lines += ["The network predicts, for every pixel, the probabilities of three classes: background, "
-                  "the interior of an object, and an object's boundary. napari-tiled-unet turns them into one "
-                  "label per object with a seeded watershed (seeds where the interior probability exceeds "
-                  f"{post.get('seed_threshold')}, objects where background is below "
-                  f"1 - {post.get('foreground_threshold')}, objects under {post.get('min_size')} px dropped). "
-                  "That step has no bioimage.io equivalent, so this package's output is the probabilities; "
-                  "open the package in napari-tiled-unet to get objects.", ""]
+        lines += [
+            "The network predicts, for every pixel, the probabilities of three classes: background, "
+            "the interior of an object, and an object's boundary. napari-tiled-unet turns them into one "
+            "label per object with a seeded watershed (seeds where the interior probability exceeds "
+            f"{post.get('seed_threshold')}, objects where background is below "
+            f"1 - {post.get('foreground_threshold')}, objects under {post.get('min_size')} px dropped). "
+            "That step has no bioimage.io equivalent, so this package's output is the probabilities; "
+            "open the package in napari-tiled-unet to get objects.",
+            "",
+        ]
     else:
-        lines += [f"The network predicts the probability of each class ({', '.join(bundle.class_names)}) "
-                  "for every pixel; the class of a pixel is the most probable one.", ""]
+        lines += [
+            f"The network predicts the probability of each class ({', '.join(bundle.class_names)}) "
+            "for every pixel; the class of a pixel is the most probable one.",
+            "",
+        ]
     lines += ["## Input", "", norm_note, "", size_note, ""]
     if meta.get("pixel_size_um"):
         lines += [f"Pixel size of the training data: {meta['pixel_size_um']} µm.", ""]
@@ -218,7 +236,9 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
                 continue
             text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
             if len(text) > 300:
-                text = text[:300] + f"… ({len(value) if isinstance(value, (dict, list)) else len(text)} items)"
+                text = (
+                    text[:300] + f"… ({len(value) if isinstance(value, (dict, list)) else len(text)} items)"
+                )
             lines.append(f"- **{key}**: {text}")
     else:
         lines.append("No training record is stored with this model.")
@@ -229,14 +249,21 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
         lines.append("")
         lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items()]
     else:
-        lines.append("No validation figures are stored with this model; evaluate it on annotated images of "
-                     "your own (`napari-tiled-unet evaluate`).")
-    lines += ["", "## Use", "",
-              "In napari-tiled-unet: `napari-tiled-unet segment IMAGE -o OUT -m this_package.zip`, or load the "
-              "zip in the Segment or Fine-tune widget. Elsewhere: any bioimage.io consumer (bioimageio.core, "
-              "deepImageJ, ilastik) runs the network and its preprocessing.", "",
-              f"Exported by napari-tiled-unet {meta.get('package_version', '')} on "
-              f"{_dt.date.today().isoformat()}.", ""]
+        lines.append(
+            "No validation figures are stored with this model; evaluate it on annotated images of "
+            "your own (`napari-tiled-unet evaluate`)."
+        )
+    lines += [
+        "",
+        "## Use",
+        "",
+        "In napari-tiled-unet: `napari-tiled-unet segment IMAGE -o OUT -m this_package.zip`, or load the "
+        "zip in the Segment or Fine-tune widget. Elsewhere: any bioimage.io consumer (bioimageio.core, "
+        "deepImageJ, ilastik) runs the network and its preprocessing.",
+        "",
+        f"Exported by napari-tiled-unet {meta.get('package_version', '')} on {_dt.date.today().isoformat()}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -280,9 +307,11 @@ def export_bioimageio(
     min_size = -(-(2 * halo + multiple) // multiple) * multiple
     size = max(256, min_size)
     preprocessing, norm_note = _preprocessing(bundle.normalization)
-    size_note = (f"Height and width must be multiples of {multiple}, at least {min_size} px. For tiled "
-                 f"prediction, {halo} px at each inner tile edge are influenced by the edge (the halo); "
-                 "napari-tiled-unet discards them, so its tiles have no seams.")
+    size_note = (
+        f"Height and width must be multiples of {multiple}, at least {min_size} px. For tiled "
+        f"prediction, {halo} px at each inner tile edge are influenced by the edge (the halo); "
+        "napari-tiled-unet discards them, so its tiles have no seams."
+    )
 
     raw = _test_image(bundle, test_image, size)
     from . import normalization
@@ -312,7 +341,7 @@ def export_bioimageio(
 
     for name, arr in (("sample_input.tif", raw[None]), ("sample_output.tif", probs)):
         buf = io.BytesIO()
-        tifffile.imwrite(buf, arr, compression="zlib")
+        tifffile.imwrite(buf, arr, compression="zlib", photometric="minisblack")
         files[name] = buf.getvalue()
     files["cover.png"] = _cover_png(raw, probs[0], bundle)
     files["README.md"] = _documentation(bundle, norm_note, size_note).encode("utf-8")
@@ -330,7 +359,12 @@ def export_bioimageio(
             ax.update({"unit": "micrometer", "scale": float(meta["pixel_size_um"])})
     out_space = []
     for ax in space:
-        o = {"type": "space", "id": ax["id"], "size": {"tensor_id": "input", "axis_id": ax["id"]}, "halo": halo}
+        o = {
+            "type": "space",
+            "id": ax["id"],
+            "size": {"tensor_id": "input", "axis_id": ax["id"]},
+            "halo": halo,
+        }
         if "unit" in ax:
             o.update({"unit": ax["unit"], "scale": ax["scale"]})
         out_space.append(o)
@@ -339,33 +373,56 @@ def export_bioimageio(
         "format_version": FORMAT_VERSION,
         "type": "model",
         "name": _rdf_name(meta.get("name") or bundle.name),
-        "description": (meta.get("description") or "U-Net segmentation model exported by napari-tiled-unet.")[:512],
+        "description": (meta.get("description") or "U-Net segmentation model exported by napari-tiled-unet.")[
+            :512
+        ],
         "authors": [{"name": n} for n in names],
         "cite": [UNET_CITATION, *cite_training_data, PLUGIN_CITATION],
         "license": license,
-        "tags": ["napari-tiled-unet", "unet", "unet2d", "pytorch", "segmentation", "2d",
-                 *(["instance-segmentation", "nuclei"] if bundle.task == "instances" else
-                   ["semantic-segmentation"])],
+        "tags": [
+            "napari-tiled-unet",
+            "unet",
+            "unet2d",
+            "pytorch",
+            "segmentation",
+            "2d",
+            *(
+                ["instance-segmentation", "nuclei"]
+                if bundle.task == "instances"
+                else ["semantic-segmentation"]
+            ),
+        ],
         "documentation": {"source": "README.md", "sha256": _sha256(files["README.md"])},
         "covers": [{"source": "cover.png", "sha256": _sha256(files["cover.png"])}],
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [{
-            "id": "input",
-            "description": "the image, one or more channels",
-            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": in_channels}, *space],
-            "test_tensor": {"source": "test_input.npy", "sha256": _sha256(files["test_input.npy"])},
-            "sample_tensor": {"source": "sample_input.tif", "sha256": _sha256(files["sample_input.tif"])},
-            "data": {"type": "float32"},
-            "preprocessing": preprocessing,
-        }],
-        "outputs": [{
-            "id": "probabilities",
-            "description": "probability of each class per pixel (they sum to 1)",
-            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": bundle.class_names}, *out_space],
-            "test_tensor": {"source": "test_output.npy", "sha256": _sha256(files["test_output.npy"])},
-            "sample_tensor": {"source": "sample_output.tif", "sha256": _sha256(files["sample_output.tif"])},
-            "data": {"type": "float32", "range": [0.0, 1.0]},
-        }],
+        "inputs": [
+            {
+                "id": "input",
+                "description": "the image, one or more channels",
+                "axes": [{"type": "batch"}, {"type": "channel", "channel_names": in_channels}, *space],
+                "test_tensor": {"source": "test_input.npy", "sha256": _sha256(files["test_input.npy"])},
+                "sample_tensor": {"source": "sample_input.tif", "sha256": _sha256(files["sample_input.tif"])},
+                "data": {"type": "float32"},
+                "preprocessing": preprocessing,
+            }
+        ],
+        "outputs": [
+            {
+                "id": "probabilities",
+                "description": "probability of each class per pixel (they sum to 1)",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": bundle.class_names},
+                    *out_space,
+                ],
+                "test_tensor": {"source": "test_output.npy", "sha256": _sha256(files["test_output.npy"])},
+                "sample_tensor": {
+                    "source": "sample_output.tif",
+                    "sha256": _sha256(files["sample_output.tif"]),
+                },
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
         "weights": {
             "pytorch_state_dict": {
                 "source": "weights.pt",
@@ -374,8 +431,7 @@ def export_bioimageio(
                     "source": ARCHITECTURE_FILE,
                     "sha256": _sha256(files[ARCHITECTURE_FILE]),
                     "callable": ARCHITECTURE_CALLABLE,
-                    "kwargs": {**bundle.model.config,
-                               "sigmoid": meta.get("output_activation") == "sigmoid"},
+                    "kwargs": {**bundle.model.config, "sigmoid": meta.get("output_activation") == "sigmoid"},
                 },
                 "pytorch_version": torch_version,
             },
@@ -434,14 +490,17 @@ class _Package:
             names = set(self.zip.namelist())
             found = [n for n in names if n in RDF_NAMES or n.endswith(".bioimageio.yaml")]
             if not found:
-                raise PackageError(f"{path.name} is a zip file without an rdf.yaml; it is not a bioimage.io "
-                                   "model package.")
+                raise PackageError(
+                    f"{path.name} is a zip file without an rdf.yaml; it is not a bioimage.io model package."
+                )
             self.rdf_name = sorted(found)[0]
             self.root = None
         elif path.is_dir():
             found = [path / n for n in RDF_NAMES if (path / n).is_file()]
             if not found:
-                raise PackageError(f"The folder {path.name} holds no rdf.yaml; it is not a bioimage.io package.")
+                raise PackageError(
+                    f"The folder {path.name} holds no rdf.yaml; it is not a bioimage.io package."
+                )
             self.root, self.rdf_name = path, found[0].name
         elif path.is_file():
             self.root, self.rdf_name = path.parent, path.name
@@ -450,8 +509,10 @@ class _Package:
 
     def read(self, name: str) -> bytes:
         if re.match(r"^[a-z]+://", name):
-            raise PackageError(f"The package's file {name} lies on the internet; download the package with its "
-                               "files (a zip) and open that.")
+            raise PackageError(
+                f"The package's file {name} lies on the internet; download the package with its "
+                "files (a zip) and open that."
+            )
         rel = PurePosixPath(name)
         if rel.is_absolute() or ".." in rel.parts:
             raise PackageError(f"The package names a file outside itself ({name}); it is refused.")
@@ -490,10 +551,14 @@ def _parse_rdf(pkg: _Package) -> dict[str, Any]:
     try:
         rdf = yaml.safe_load(pkg.read(pkg.rdf_name))
     except yaml.YAMLError as exc:
-        raise PackageError(f"The package's {pkg.rdf_name} is not valid YAML ({exc.__class__.__name__}).") from None
+        raise PackageError(
+            f"The package's {pkg.rdf_name} is not valid YAML ({exc.__class__.__name__})."
+        ) from None
     if not isinstance(rdf, dict) or rdf.get("type") != "model":
-        raise PackageError(f"{pkg.path.name} describes a bioimage.io {rdf.get('type') if isinstance(rdf, dict) else ''} "
-                           "resource, not a model.".replace("  ", " "))
+        raise PackageError(
+            f"{pkg.path.name} describes a bioimage.io {rdf.get('type') if isinstance(rdf, dict) else ''} "
+            "resource, not a model.".replace("  ", " ")
+        )
     return rdf
 
 
@@ -501,8 +566,12 @@ def is_package(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a bioimage.io package (a zip, a folder with an rdf.yaml, or the yaml)."""
     p = Path(path)
     name = p.name.lower()
-    return (name.endswith(".zip") or name in RDF_NAMES or name.endswith(".bioimageio.yaml")
-            or (p.is_dir() and any((p / n).is_file() for n in RDF_NAMES)))
+    return (
+        name.endswith(".zip")
+        or name in RDF_NAMES
+        or name.endswith(".bioimageio.yaml")
+        or (p.is_dir() and any((p / n).is_file() for n in RDF_NAMES))
+    )
 
 
 def import_bioimageio(path: str | os.PathLike) -> ModelBundle:
@@ -523,8 +592,9 @@ def import_bioimageio(path: str | os.PathLike) -> ModelBundle:
         if not isinstance(entry, dict) or not _source(entry):
             have = ", ".join(weights) or "none"
             raise PackageError(
-                f"{path.name} has no PyTorch state-dict weights (it has: {have}); napari-tiled-unet imports only "
-                "U-Net state dicts, never TorchScript, ONNX or TensorFlow models, which would run their own code."
+                f"{path.name} has no PyTorch state-dict weights (it has: {have}); napari-tiled-unet imports "
+                "only U-Net state dicts, never TorchScript, ONNX or TensorFlow models, which would run their "
+                "own code."
             )
         data = pkg.read(_source(entry))
     finally:
@@ -535,8 +605,11 @@ def import_bioimageio(path: str | os.PathLike) -> ModelBundle:
         bundle = _bundle_from_our_metadata(ours, state, path)
     else:
         bundle = _bundle_from_foreign(rdf, state, path)
-    bundle.metadata["imported_from"] = {"format": "bioimage.io model package", "file": path.name,
-                                        "rdf_name": rdf.get("name")}
+    bundle.metadata["imported_from"] = {
+        "format": "bioimage.io model package",
+        "file": path.name,
+        "rdf_name": rdf.get("name"),
+    }
     return bundle
 
 
@@ -549,21 +622,28 @@ def _load_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
             "them could run code."
         ) from exc
     except Exception as exc:
-        raise PackageError(f"The weights in {name} are not a readable PyTorch state dict ({type(exc).__name__}).") \
-            from exc
+        raise PackageError(
+            f"The weights in {name} are not a readable PyTorch state dict ({type(exc).__name__})."
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:
-        raise PackageError(f"The weights in {name} are not a state dict; napari-tiled-unet imports U-Net state dicts.")
+        raise PackageError(
+            f"The weights in {name} are not a state dict; napari-tiled-unet imports U-Net state dicts."
+        )
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def _bundle_from_our_metadata(meta: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> ModelBundle:
+def _bundle_from_our_metadata(
+    meta: dict[str, Any], state: dict[str, torch.Tensor], path: Path
+) -> ModelBundle:
     from .model.bundle import FORMAT_NAME, TASKS, _load_state, build_model
 
     if meta.get("format") != FORMAT_NAME or meta.get("task") not in TASKS:
-        raise PackageError(f"{path.name} carries napari-tiled-unet settings this version does not understand; "
-                           "update the plugin.")
+        raise PackageError(
+            f"{path.name} carries napari-tiled-unet settings this version does not understand; "
+            "update the plugin."
+        )
     model = build_model(meta.get("architecture"))
     _load_state(model, state, path.name)
     model.eval()
@@ -595,12 +675,20 @@ def _bundle_from_foreign(rdf: dict[str, Any], state: dict[str, torch.Tensor], pa
     else:
         classes = names if names and len(names) == n else [f"class {i}" for i in range(n)]
     meta = make_metadata(
-        model, task="semantic", class_names=classes, normalization=normalization,
-        name=str(rdf.get("name") or path.stem), description=str(rdf.get("description") or ""),
+        model,
+        task="semantic",
+        class_names=classes,
+        normalization=normalization,
+        name=str(rdf.get("name") or path.stem),
+        description=str(rdf.get("description") or ""),
         output_activation="sigmoid" if sigmoid else "softmax",
-        training={"source": "bioimage.io model package", "file": path.name,
-                  "cite": [c.get("text") for c in rdf.get("cite") or [] if isinstance(c, dict)],
-                  "license": rdf.get("license"), "postprocessing in the package": post_ids},
+        training={
+            "source": "bioimage.io model package",
+            "file": path.name,
+            "cite": [c.get("text") for c in rdf.get("cite") or [] if isinstance(c, dict)],
+            "license": rdf.get("license"),
+            "postprocessing in the package": post_ids,
+        },
     )
     return ModelBundle(model, meta, path)
 
@@ -621,15 +709,25 @@ def _normalization_from(steps: list[dict[str, Any]], name: str) -> dict[str, Any
         if op in ("ensure_dtype", "clip") or (op == "binarize"):
             continue
         if found is not None:
-            raise PackageError(f"{name} chains two intensity normalizations, which napari-tiled-unet cannot "
-                               "reproduce.")
+            raise PackageError(
+                f"{name} chains two intensity normalizations, which napari-tiled-unet cannot reproduce."
+            )
         if op == "scale_range" and not kwargs.get("reference_tensor"):
-            found = {"kind": "percentile", "low": float(kwargs.get("min_percentile", 0.0)),
-                     "high": float(kwargs.get("max_percentile", 100.0))}
-        elif op == "scale_linear" and np.ndim(kwargs.get("gain", 1.0)) == 0 and np.ndim(kwargs.get("offset", 0.0)) == 0:
+            found = {
+                "kind": "percentile",
+                "low": float(kwargs.get("min_percentile", 0.0)),
+                "high": float(kwargs.get("max_percentile", 100.0)),
+            }
+        elif (
+            op == "scale_linear"
+            and np.ndim(kwargs.get("gain", 1.0)) == 0
+            and np.ndim(kwargs.get("offset", 0.0)) == 0
+        ):
             gain, offset = float(kwargs.get("gain", 1.0)), float(kwargs.get("offset", 0.0))
             found = {"kind": "scale", "divide": 1.0 / gain, "offset": -offset / gain}
         else:
-            raise PackageError(f"{name} normalizes its input with {op!r}, which napari-tiled-unet does not "
-                               "reproduce, so its results would be wrong; use the package with a bioimage.io tool.")
+            raise PackageError(
+                f"{name} normalizes its input with {op!r}, which napari-tiled-unet does not "
+                "reproduce, so its results would be wrong; use the package with a bioimage.io tool."
+            )
     return found or {"kind": "none"}

@@ -80,8 +80,12 @@ def describe_bundle(bundle, full: bool = True) -> str:
     lines = []
     if "imported_from" in meta:
         src = meta["imported_from"]
-        lines.append(f"Foreign checkpoint: {src['file']} ({src['format']}), converted on the fly.")
-        lines.append("Inferred from its weights:")
+        if src["format"] == "bioimage.io model package":
+            lines.append(f"bioimage.io package: {src['file']}, converted on the fly "
+                         "(none of its code was run).")
+        else:
+            lines.append(f"Foreign checkpoint: {src['file']} ({src['format']}), converted on the fly.")
+            lines.append("Inferred from its weights:")
     n_params = sum(p.numel() for p in bundle.model.parameters())
     arch = meta["architecture"]
     fields = [
@@ -139,12 +143,14 @@ def _add_export_bioimageio(sub) -> None:
     p.add_argument("model", help="a .safetensors bundle, a PyTorch-UNet .pth, or a built-in model name")
     p.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
     p.add_argument("--author", action="append", default=None, help="an author's name (repeat for several)")
-    p.add_argument("--license", default="BSD-3-Clause", help="SPDX license of the weights (default BSD-3-Clause)")
+    p.add_argument("--license", default="BSD-3-Clause",
+                   help="SPDX license of the weights (default BSD-3-Clause)")
     p.add_argument("--test-image", default=None,
                    help="image for the test tensors and the cover (default: the shipped nuclei sample)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package")
     p.add_argument("--validate", action="store_true",
-                   help="check the package with bioimageio.spec (pip install 'napari-tiled-unet[bioimageio]')")
+                   help="check the package with bioimageio.spec "
+                        "(pip install 'napari-tiled-unet[bioimageio]')")
 
 
 def _cmd_export_bioimageio(args) -> int:

@@ -280,6 +280,9 @@ class FineTuneWidget(DockControls, QWidget):
         self.table.hide()
         self.save_button = QPushButton("Save model…")
         self.preview_button = QPushButton("Preview on view")
+        self.export_button = QPushButton("Export for bioimage.io…")
+        self.export_button.setToolTip("Write the fine-tuned model as a bioimage.io model package (zip) for "
+                                      "deepImageJ, ilastik, bioimageio.core and other tools.")
         self.preview_button.setToolTip("Segment the visible part of the image with the fine-tuned model "
                                        "into a new layer.")
 
@@ -313,6 +316,7 @@ class FineTuneWidget(DockControls, QWidget):
         result_buttons = QHBoxLayout()
         result_buttons.addWidget(self.save_button)
         result_buttons.addWidget(self.preview_button)
+        result_buttons.addWidget(self.export_button)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -335,6 +339,7 @@ class FineTuneWidget(DockControls, QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
         self.preview_button.clicked.connect(self.preview)
+        self.export_button.clicked.connect(self._ask_export)
         self._set_running(False)
 
     # -- view helpers ---------------------------------------------------------------------------
@@ -377,6 +382,7 @@ class FineTuneWidget(DockControls, QWidget):
         self.stop_button.setEnabled(running and self._kind == "train")
         self.save_button.setEnabled(not running and self.bundle is not None)
         self.preview_button.setEnabled(not running and self.bundle is not None)
+        self.export_button.setEnabled(not running and self.bundle is not None)
 
     @property
     def running(self) -> bool:
@@ -662,6 +668,38 @@ class FineTuneWidget(DockControls, QWidget):
         )
         if path:
             self.save_model(path)
+
+    def export_bioimageio(self, path: str | Path) -> Path | None:
+        """Write the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is added when
+        missing); atomic. Returns the file, or None when it could not be written (the user is told)."""
+        from ..bioimageio import export_bioimageio
+        from ..model.bundle import BundleError
+
+        if self.bundle is None:
+            self._notify_error("Train a model first; there is nothing to export yet.")
+            return None
+        path = Path(path)
+        if path.suffix.lower() != ".zip":
+            path = path.with_name(path.name + ".zip")
+        try:
+            written = export_bioimageio(self.bundle, path)
+        except (OSError, BundleError) as exc:
+            self._notify_error(f"Could not export to {path} ({getattr(exc, 'strerror', None) or exc}).")
+            return None
+        from napari.utils.notifications import show_info
+
+        self.status.setText(f"Exported for bioimage.io to {written}.")
+        show_info(f"bioimage.io package written to {written}.")
+        return written
+
+    def _ask_export(self) -> None:
+        if self.bundle is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export for bioimage.io", f"{self.bundle.name}.zip", "bioimage.io packages (*.zip)"
+        )
+        if path:
+            self.export_bioimageio(path)
 
     def visible_box(self, image_layer, plane: TrainingPlane) -> tuple[int, int, int, int]:
         """``(y0, x0, y1, x1)`` of the image plane's pixels on display (the whole plane when the

@@ -94,7 +94,8 @@ class DockControls:
         if self.model_combo.itemText(index) != LOAD_FILE:
             return
         path, _ = QFileDialog.getOpenFileName(
-            self, "Load a U-Net model", "", "Models (*.safetensors *.pth *.pt);;All files (*)"
+            self, "Load a U-Net model", "",
+            "Models (*.safetensors *.pth *.pt *.zip rdf.yaml *.bioimageio.yaml);;All files (*)",
         )
         if path:
             self.add_model_file(path)
