@@ -207,6 +207,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--measure", action="store_true",
                    help="also write <name>_objects.csv beside each label file: one row per object "
                         "(area, centroid, intensity, shape; instance models)")
+    p.add_argument("--ome-labels", nargs="?", const="", default=None, metavar="NAME",
+                   help="for OME-Zarr inputs: also write the labels into the image as an OME-NGFF label "
+                        "image labels/NAME with a multiscale pyramid (default NAME: the model's name)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--workers", type=int, default=None,
                    help="run on a local dask cluster of this many worker processes")
@@ -243,6 +246,12 @@ def _cmd_segment(args) -> int:
                 "use --overwrite to replace them or choose another output folder."
             )
     bundle = load_model(args.model) if args.model else zoo.load()
+    if args.ome_labels is not None:
+        from .ome_zarr import check_target
+
+        args.ome_labels = args.ome_labels or bundle.name
+        for src in paths:  # before any work: every input must take the labels
+            check_target(src, args.ome_labels, args.overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     post = {"foreground_threshold": args.foreground_threshold, "seed_threshold": args.seed_threshold,
             "min_size": args.min_size}
@@ -328,6 +337,11 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             write_objects_csv(result.labels, image, dst, overwrite=args.overwrite)
         if args.overlay:
             overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
+        if args.ome_labels:
+            from .ome_zarr import write_ome_labels
+
+            group = write_ome_labels(src, result.labels, args.ome_labels, overwrite=args.overwrite)
+            print(f"{src}: labels also written into the image as {group}", file=sys.stderr)
         n_objects = result.n_objects  # read before the store moves: result.labels points at work
         if work != dst:
             _move_into_place(work, dst)
