@@ -28,7 +28,8 @@ def test_the_wheel_installs_in_a_fresh_venv_and_segments_the_sample(tmp_path):
     sdist, = dist.glob("*.tar.gz")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert all(n in names for n in SHIPPED), SHIPPED
-    sdist_names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    with tarfile.open(sdist) as tar:
+        sdist_names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"sample_data/dsb2018_150b0ffa318c.tif", "src/" + SHIPPED[0], "LICENSE"} <= sdist_names
     if subprocess.run([sys.executable, "-m", "twine", "--version"], capture_output=True).returncode == 0:
         check = subprocess.run([sys.executable, "-m", "twine", "check", *map(str, (wheel, sdist))],
