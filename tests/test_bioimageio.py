@@ -204,3 +204,40 @@ def test_cli_exports_and_segments_with_the_package(tiny_model_file, tmp_path, ca
     assert a.max() > 0 and np.array_equal(a, b)
     assert main(["info", str(out)]) == 0
     assert "bioimage.io package: tiny.zip" in capsys.readouterr().out
+
+
+def test_an_rgb_one_logit_model_with_a_pixel_size_exports_and_round_trips(tmp_path):
+    from napari_tiled_unet.inference import whole_image_probabilities
+    from napari_tiled_unet.model import ModelBundle, make_metadata
+
+    net = UNet(3, 1, base_channels=4, depth=2).eval()
+    meta = make_metadata(
+        net,
+        task="semantic",
+        class_names=["background", "cell"],
+        output_activation="sigmoid",
+        normalization={"kind": "scale", "divide": 255.0},
+        pixel_size_um=0.65,
+        name="rgb",
+    )
+    rgb = np.stack([nuclei_image()[:256, :256]] * 3, axis=-1)
+    path = export_bioimageio(ModelBundle(net, meta), tmp_path / "rgb.zip", test_image=rgb)
+    rdf = yaml.safe_load(zipfile.ZipFile(path).read("rdf.yaml"))
+    assert rdf["inputs"][0]["axes"][2] == {"type": "space", "id": "y", "size": {"min": 48, "step": 4}}
+    assert "0.65 µm" in zipfile.ZipFile(path).read("README.md").decode()
+    assert [s["id"] for s in rdf["inputs"][0]["preprocessing"]] == [
+        "ensure_dtype",
+        "scale_linear",
+        "ensure_dtype",
+    ]
+    back = import_bioimageio(path)
+    assert back.metadata["output_activation"] == "sigmoid" and back.class_names == ["background", "cell"]
+    assert np.array_equal(
+        whole_image_probabilities(back, rgb), whole_image_probabilities(ModelBundle(net, meta), rgb)
+    )
+    try:
+        from bioimageio.core import test_model
+    except ImportError:
+        return
+    summary = test_model(str(path), weight_format="pytorch_state_dict")
+    assert summary.status == "passed", summary.format()

@@ -353,21 +353,14 @@ def export_bioimageio(
         cite_training_data = [DSB2018_CITATION] if ("dsb" in trained_on or "2018" in trained_on) else []
     names = authors or [a for a in [training.get("author")] if a] or ["napari-tiled-unet user"]
     in_channels = ["raw"] if bundle.n_channels == 1 else [f"channel{i}" for i in range(bundle.n_channels)]
+    # The training data's pixel size is stated in the README, not as axis scales: bioimage.io tools
+    # compute an output size as size * input scale / output scale, which rounds 56 * 0.65 / 0.65
+    # down to 55 (bioimageio.core 0.11), and this network keeps the size anyway.
     space = [{"type": "space", "id": axis, "size": {"min": min_size, "step": multiple}} for axis in "yx"]
-    if meta.get("pixel_size_um"):
-        for ax in space:
-            ax.update({"unit": "micrometer", "scale": float(meta["pixel_size_um"])})
-    out_space = []
-    for ax in space:
-        o = {
-            "type": "space",
-            "id": ax["id"],
-            "size": {"tensor_id": "input", "axis_id": ax["id"]},
-            "halo": halo,
-        }
-        if "unit" in ax:
-            o.update({"unit": ax["unit"], "scale": ax["scale"]})
-        out_space.append(o)
+    out_space = [
+        {"type": "space", "id": axis, "size": {"tensor_id": "input", "axis_id": axis}, "halo": halo}
+        for axis in "yx"
+    ]
     torch_version = torch.__version__.split("+")[0]
     rdf = {
         "format_version": FORMAT_VERSION,
