@@ -67,3 +67,19 @@ def test_the_signal_handlers_are_restored_after_a_command(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_info_is_a_short_summary_with_full_and_json_for_everything(capsys):
+    """The built-in model's training record names 541 images: the summary counts them."""
+    assert main(["info", "nuclei-dsb2018"]) == 0
+    short = capsys.readouterr().out
+    assert len(short) < 2500 and max(len(line) for line in short.splitlines()) < 260
+    assert "names (541 items)" in short and "--full shows everything" in short
+    assert "task: instances" in short and "f1@0.5 0.86" in short
+    assert main(["info", "--full", "nuclei-dsb2018"]) == 0
+    full = capsys.readouterr().out
+    assert len(full) > 10_000 and "--full" not in full
+    assert main(["info", "--json", "nuclei-dsb2018"]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert len(meta["training"]["data"]["names"]) == 541
+    assert all(name in full for name in meta["training"]["data"]["names"])

@@ -125,7 +125,10 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(bundle.metadata, indent=2, sort_keys=True))
     else:
-        print(describe_bundle(bundle, full=args.full))
+        text = describe_bundle(bundle, full=args.full)
+        print(text)
+        if not args.full and text != describe_bundle(bundle, full=True):
+            print("(long entries shortened: --full shows everything, --json all of it as JSON)")
     return 0
 
 
