@@ -168,6 +168,31 @@ def test_packages_without_state_dict_weights_are_refused_with_one_sentence(tmp_p
     assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("../weights.pt", "outside itself"),
+        ("/etc/weights.pt", "outside itself"),
+        ("https://example.org/weights.pt", "lies on the internet"),
+        ("missing.pt", "lacks its file"),
+    ],
+)
+def test_weights_outside_the_package_are_not_read(tmp_path, source, message):
+    change = {"weights": {"pytorch_state_dict": {"source": source, "architecture": {"source": "arch.py"}}}}
+    path = _package(tmp_path, _saved(UNet(1, 2, base_channels=4, depth=2).state_dict()), change)
+    with pytest.raises(PackageError, match=message):
+        import_bioimageio(path)
+
+
+def test_an_unpacked_package_opens_from_its_folder_and_its_rdf_yaml(builtin_package, tmp_path):
+    with zipfile.ZipFile(builtin_package) as zf:
+        zf.extractall(tmp_path / "unpacked")
+    original = load_model("nuclei-dsb2018").model.state_dict()
+    for source in (tmp_path / "unpacked", tmp_path / "unpacked" / "rdf.yaml"):
+        state = load_model(source).model.state_dict()
+        assert all(torch.equal(state[k], original[k]) for k in original)
+
+
 def test_weights_that_are_not_a_unet_are_refused(tmp_path):
     path = _package(tmp_path, _saved(torch.nn.Linear(3, 2).state_dict()))
     with pytest.raises(PackageError, match="not a U-Net this plugin can build"):
