@@ -643,21 +643,29 @@ class FineTuneWidget(DockControls, QWidget):
             The file written, or None when there was nothing to save or the write failed
             (the user is told why).
         """
+        return self._write_model(path, ".safetensors", lambda p: self.bundle.save(p), "save", "Saved to")
+
+    def _write_model(self, path: str | Path, suffix: str, write, verb: str, done: str) -> Path | None:
+        """Write the fine-tuned model with ``write(path)``, ``suffix`` added when missing; the user is
+        told what happened. Returns the file, or None."""
+        from ..model.bundle import BundleError
+
         if self.bundle is None:
-            self._notify_error("Train a model first; there is nothing to save yet.")
+            self._notify_error(f"Train a model first; there is nothing to {verb} yet.")
             return None
         path = Path(path)
-        if path.suffix.lower() != ".safetensors":
-            path = path.with_name(path.name + ".safetensors")
+        if path.suffix.lower() != suffix:
+            path = path.with_name(path.name + suffix)
         try:
-            written = self.bundle.save(path)
-        except OSError as exc:
-            self._notify_error(f"Could not write {path} ({exc.strerror or exc}); choose another folder.")
+            written = write(path)
+        except (OSError, BundleError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            self._notify_error(f"Could not write {path} ({why}); choose another folder.")
             return None
         from napari.utils.notifications import show_info
 
-        self.status.setText(f"Saved to {written}.")
-        show_info(f"Model saved to {written}.")
+        self.status.setText(f"{done} {written}.")
+        show_info(f"{done} {written}.")
         return written
 
     def _ask_save(self) -> None:
@@ -673,24 +681,9 @@ class FineTuneWidget(DockControls, QWidget):
         """Write the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is added when
         missing); atomic. Returns the file, or None when it could not be written (the user is told)."""
         from ..bioimageio import export_bioimageio
-        from ..model.bundle import BundleError
 
-        if self.bundle is None:
-            self._notify_error("Train a model first; there is nothing to export yet.")
-            return None
-        path = Path(path)
-        if path.suffix.lower() != ".zip":
-            path = path.with_name(path.name + ".zip")
-        try:
-            written = export_bioimageio(self.bundle, path)
-        except (OSError, BundleError) as exc:
-            self._notify_error(f"Could not export to {path} ({getattr(exc, 'strerror', None) or exc}).")
-            return None
-        from napari.utils.notifications import show_info
-
-        self.status.setText(f"Exported for bioimage.io to {written}.")
-        show_info(f"bioimage.io package written to {written}.")
-        return written
+        return self._write_model(path, ".zip", lambda p: export_bioimageio(self.bundle, p), "export",
+                                 "Exported for bioimage.io to")
 
     def _ask_export(self) -> None:
         if self.bundle is None:
