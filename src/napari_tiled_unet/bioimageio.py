@@ -214,8 +214,8 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
             "The network predicts, for every pixel, the probabilities of three classes: background, "
             "the interior of an object, and an object's boundary. napari-tiled-unet turns them into one "
             "label per object with a seeded watershed (seeds where the interior probability exceeds "
-            f"{post.get('seed_threshold')}, objects where background is below "
-            f"1 - {post.get('foreground_threshold')}, objects under {post.get('min_size')} px dropped). "
+            f"{post.get('seed_threshold')}, grown over the pixels where 1 - p(background) exceeds "
+            f"{post.get('foreground_threshold')}; objects under {post.get('min_size')} px dropped). "
             "That step has no bioimage.io equivalent, so this package's output is the probabilities; "
             "open the package in napari-tiled-unet to get objects.",
             "",
@@ -231,15 +231,7 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
         lines += [f"Pixel size of the training data: {meta['pixel_size_um']} µm.", ""]
     lines += ["## Training", ""]
     if training:
-        for key, value in training.items():
-            if key in ("metrics",):
-                continue
-            text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-            if len(text) > 300:
-                text = (
-                    text[:300] + f"… ({len(value) if isinstance(value, (dict, list)) else len(text)} items)"
-                )
-            lines.append(f"- **{key}**: {text}")
+        lines += _markdown_record({k: v for k, v in training.items() if k != "metrics"})
     else:
         lines.append("No training record is stored with this model.")
     lines += ["", "## Validation", ""]
@@ -265,6 +257,25 @@ def _documentation(bundle: ModelBundle, norm_note: str, size_note: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _markdown_record(record: dict[str, Any], indent: str = "") -> list[str]:
+    """A training record as nested Markdown bullets; long lists show their first items (the whole
+    record is in ``rdf.yaml`` under ``config.napari_tiled_unet``)."""
+    lines = []
+    for key, value in record.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}- **{key}**:" + ("" if value else " -"))
+            lines += _markdown_record(value, indent + "  ")
+            continue
+        if isinstance(value, list) and len(value) > 8:
+            text = ", ".join(map(str, value[:5])) + f", … ({len(value)} in all; see rdf.yaml)"
+        elif isinstance(value, list):
+            text = ", ".join(map(str, value)) or "-"
+        else:
+            text = "-" if value is None or value == "" else str(value)
+        lines.append(f"{indent}- **{key}**: {text}")
+    return lines
 
 
 def export_bioimageio(
@@ -547,10 +558,11 @@ def _parse_rdf(pkg: _Package) -> dict[str, Any]:
         raise PackageError(
             f"The package's {pkg.rdf_name} is not valid YAML ({exc.__class__.__name__})."
         ) from None
-    if not isinstance(rdf, dict) or rdf.get("type") != "model":
+    if not isinstance(rdf, dict):
+        raise PackageError(f"{pkg.path.name}: its {pkg.rdf_name} is not a bioimage.io description.")
+    if rdf.get("type") != "model":
         raise PackageError(
-            f"{pkg.path.name} describes a bioimage.io {rdf.get('type') if isinstance(rdf, dict) else ''} "
-            "resource, not a model.".replace("  ", " ")
+            f"{pkg.path.name} describes a bioimage.io {rdf.get('type')} resource, not a model."
         )
     return rdf
 
