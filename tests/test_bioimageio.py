@@ -231,6 +231,7 @@ def test_cli_exports_and_segments_with_the_package(tiny_model_file, tmp_path, ca
     assert "bioimage.io package: tiny.zip" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_rgb_one_logit_model_with_a_pixel_size_exports_and_round_trips(tmp_path):
     from napari_tiled_unet.inference import whole_image_probabilities
     from napari_tiled_unet.model import ModelBundle, make_metadata

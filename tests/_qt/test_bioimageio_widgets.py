@@ -66,8 +66,15 @@ def test_the_finetune_widget_starts_from_a_package_and_exports_one_after_trainin
     qtbot.waitUntil(lambda: not w.running, timeout=60_000)
     assert w.export_button.isEnabled()
     written = w.export_bioimageio(tmp_path / "tuned")  # the extension is added
-    assert written == tmp_path / "tuned.zip" and "Exported for bioimage.io" in w.status.text()
+    assert written == tmp_path / "tuned.zip" and w.running and not w.export_button.isEnabled()
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)  # on a worker thread: napari stays responsive
+    assert w.status.text() == f"Exported for bioimage.io to {written}." and w.export_button.isEnabled()
     rdf = yaml.safe_load(zipfile.ZipFile(written).read("rdf.yaml"))
     assert rdf["config"]["napari_tiled_unet"]["metadata"]["training"]["steps"] == 2
     assert load_model(written).model.config == w.bundle.model.config
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.zip"]  # no temporary file left
+
+    w.export_bioimageio(tmp_path / "no such folder" / "x.zip")
+    qtbot.waitUntil(lambda: not w.running, timeout=60_000)
+    assert w.status.text().startswith("The folder") and w.status.text().endswith("another output.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuned.zip"]

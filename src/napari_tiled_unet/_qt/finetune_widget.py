@@ -215,7 +215,7 @@ class FineTuneWidget(DockControls, QWidget):
         self._preview_place: tuple[Any, ...] = ()  # image name, crop offset, scale, translate
         self._failed = False  # the last job ended with an error
         self._last_draw = 0.0
-        self._kind = ""  # what the running job does: "train", "evaluate", "preview"
+        self._kind = ""  # what the running job does: "train", "evaluate", "preview", "export"
 
         self.image_combo = QComboBox()
         self.labels_combo = QComboBox()
@@ -643,30 +643,27 @@ class FineTuneWidget(DockControls, QWidget):
             The file written, or None when there was nothing to save or the write failed
             (the user is told why).
         """
-        return self._write_model(path, ".safetensors", lambda p: self.bundle.save(p), "save", "Saved to")
+        path = self._result_path(path, ".safetensors", "save")
+        if path is None:
+            return None
+        try:
+            written = self.bundle.save(path)
+        except OSError as exc:
+            self._notify_error(f"Could not write {path} ({exc.strerror or exc}); choose another folder.")
+            return None
+        from napari.utils.notifications import show_info
 
-    def _write_model(self, path: str | Path, suffix: str, write, verb: str, done: str) -> Path | None:
-        """Write the fine-tuned model with ``write(path)``, ``suffix`` added when missing; the user is
-        told what happened. Returns the file, or None."""
-        from ..model.bundle import BundleError
+        self.status.setText(f"Saved to {written}.")
+        show_info(f"Model saved to {written}.")
+        return written
 
+    def _result_path(self, path: str | Path, suffix: str, verb: str) -> Path | None:
+        """``path`` with ``suffix`` added when missing; None (the user told) before any training."""
         if self.bundle is None:
             self._notify_error(f"Train a model first; there is nothing to {verb} yet.")
             return None
         path = Path(path)
-        if path.suffix.lower() != suffix:
-            path = path.with_name(path.name + suffix)
-        try:
-            written = write(path)
-        except (OSError, BundleError) as exc:
-            why = getattr(exc, "strerror", None) or exc
-            self._notify_error(f"Could not write {path} ({why}); choose another folder.")
-            return None
-        from napari.utils.notifications import show_info
-
-        self.status.setText(f"{done} {written}.")
-        show_info(f"{done} {written}.")
-        return written
+        return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
     def _ask_save(self) -> None:
         if self.bundle is None:
@@ -678,12 +675,35 @@ class FineTuneWidget(DockControls, QWidget):
             self.save_model(path)
 
     def export_bioimageio(self, path: str | Path) -> Path | None:
-        """Write the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is added when
-        missing); atomic. Returns the file, or None when it could not be written (the user is told)."""
-        from ..bioimageio import export_bioimageio
+        """Start writing the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is
+        added when missing; atomic) on a worker thread: it runs the network on the test image and
+        traces it, seconds that napari stays responsive for. Returns the path being written, or
+        None when there is nothing to export; the status line says when it is done."""
+        path = self._result_path(path, ".zip", "export")
+        if path is None or self.running:
+            return None
+        bundle = self.bundle
 
-        return self._write_model(path, ".zip", lambda p: export_bioimageio(self.bundle, p), "export",
-                                 "Exported for bioimage.io to")
+        def export():
+            from ..bioimageio import export_bioimageio
+            from ..events import Progress
+
+            yield Progress(0, 1, 0.0, "export")
+            try:
+                return export_bioimageio(bundle, path)
+            except OSError as exc:
+                raise ValueError(f"Could not write {path} ({exc.strerror or exc}); choose another folder.") \
+                    from exc
+
+        self.status.setText(f"Exporting for bioimage.io to {path} …")
+        self._start("export", export, self._on_exported)
+        return path
+
+    def _on_exported(self, written: Path) -> None:
+        from napari.utils.notifications import show_info
+
+        self.status.setText(f"Exported for bioimage.io to {written}.")
+        show_info(f"bioimage.io package written to {written}.")
 
     def _ask_export(self) -> None:
         if self.bundle is None:
