@@ -92,3 +92,30 @@ def test_napari_opens_the_labels_as_a_labels_layer(make_napari_viewer, tmp_path)
     layer = found[0]
     data = layer.data[0] if layer.multiscale else layer.data
     assert np.array_equal(np.asarray(data), labels)
+
+
+def test_save_labels_in_the_segment_widget_adds_them_to_a_chosen_ome_zarr(
+        make_napari_viewer, qtbot, monkeypatch, tiny_model_file, tmp_path):
+    from qtpy.QtCore import Qt
+
+    from napari_tiled_unet._qt import predict_widget
+
+    monkeypatch.setattr(predict_widget, "_last_used", [None])  # this session's "last used" stays as it was
+    src = _ome_image(tmp_path / "c.ome.zarr", nuclei_image()[:128, :160], "0.5")
+    before = _tree(src)
+    viewer = make_napari_viewer()
+    w = predict_widget.SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.device_combo.setCurrentText("cpu")
+    viewer.add_image(nuclei_image()[:128, :160].copy(), name="img")
+    w.image_combo.setCurrentText("img")
+    qtbot.mouseClick(w.run_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=60_000)
+    layer = viewer.layers["img labels"]
+    layer.paint((60, 60), 77)  # the user's correction is saved too
+    monkeypatch.setattr(w, "ask_save_path", lambda *args: str(src))
+    qtbot.mouseClick(w.save_labels_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: w._side_job.finished, timeout=30_000)
+    assert np.array_equal(_read_back(src)["img labels"][0], layer.data)
+    assert _tree(src) == before

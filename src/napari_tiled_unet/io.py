@@ -183,14 +183,19 @@ def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) 
     return Path(path)
 
 
-def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024) -> Path:
+def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024, name: str = "labels") -> Path:
     """Save a label map the user asked for under ``path``: ``.tif``/``.tiff`` (replaced
     atomically; a lazy map is written tile by tile, never whole in memory) or a new ``.zarr``
     (written beside its name and moved there once complete; an existing folder is never
-    replaced)."""
+    replaced). An existing OME-Zarr image gets the labels as its OME-NGFF label image
+    ``labels/<name>`` (see :mod:`~napari_tiled_unet.ome_zarr`); its own arrays stay as they are."""
     path = Path(path)
     lazy = not isinstance(labels, np.ndarray)
     if path.suffix.lower() == ".zarr":
+        from .ome_zarr import is_ome_zarr, write_ome_labels
+
+        if is_ome_zarr(path):
+            return write_ome_labels(path, labels, name)
         if path.exists():
             raise FileExistsError(f"{path.name} already exists; choose a new name (folders are not "
                                   "replaced).")

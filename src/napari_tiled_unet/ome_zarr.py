@@ -61,8 +61,8 @@ def check_target(path: str | os.PathLike, name: str, overwrite: bool = False) ->
     if not os.access(path, os.W_OK):
         raise ReadError(f"{path.name} is read-only; copy it somewhere writable to add labels to it.")
     if (path / "labels" / name).exists() and not overwrite:
-        raise ReadError(f"{path.name} already has labels named {name!r}; use --overwrite to replace them "
-                        "or choose another name.")
+        raise ReadError(f"{path.name} already has labels named {name!r}; choose another name (or replace "
+                        "them with --overwrite on the command line).")
 
 
 def _label_shape(image_shape: tuple[int, ...], axes: list[dict[str, Any]], labels_shape: tuple[int, ...]):

@@ -164,7 +164,8 @@ class MeasureControls:
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setToolTip("Save the objects' measurements as a CSV table.")
         self.save_labels_button = QPushButton("Save labels…")
-        self.save_labels_button.setToolTip("Save the result labels (with your corrections) as .tif or .zarr.")
+        self.save_labels_button.setToolTip("Save the result labels (with your corrections) as .tif or .zarr; "
+                                           "choosing an OME-Zarr image adds them to its labels/.")
         for b in (self.export_button, self.save_labels_button):
             b.setEnabled(False)
         self.export_button.clicked.connect(self.export_csv)
@@ -347,7 +348,7 @@ class MeasureControls:
 
         def work():
             yield from ()
-            return save_labels(labels, path)
+            return save_labels(labels, path, name=layer.name)
 
         self.status.setText(f"Saving {layer.name} …")
         self._start_side_job(work, lambda p: self.status.setText(f"Labels saved to {Path(p).name}."))
