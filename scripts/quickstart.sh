@@ -19,6 +19,7 @@
 #                             TORCH_INSTALL="torch==2.13.0" where a local index serves the right build
 #   EXTRAS=all                the extras installed with the plugin (default: all = napari with Qt)
 #   QUICKSTART_SKIP_INSTALL=1 use the environment as it is (it must have the plugin): only segment
+#   QUICKSTART_PLAN=1         only say which PyTorch build would be installed
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,17 +33,8 @@ start=$SECONDS
 
 say() { printf '\n== %s\n' "$*"; }
 
-if [[ "${QUICKSTART_SKIP_INSTALL:-0}" != 1 ]]; then
-    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-        echo "quickstart: $PYTHON is missing or older than 3.10; install Python 3.10+ and run again" \
-             "(or set PYTHON=/path/to/python3.x)." >&2
-        exit 1
-    fi
-    say "1/4 virtual environment: $VENV"
-    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-    pip=("$VENV/bin/python" -m pip)
-    "${pip[@]}" install -q --upgrade pip
-
+# The PyTorch build for this machine: sets torch_args (pip arguments) and why.
+choose_torch() {
     if [[ -n "${TORCH_INSTALL:-}" ]]; then
         read -r -a torch_args <<< "$TORCH_INSTALL"
         why="TORCH_INSTALL"
@@ -54,6 +46,24 @@ if [[ "${QUICKSTART_SKIP_INSTALL:-0}" != 1 ]]; then
         torch_args=(torch --index-url https://download.pytorch.org/whl/cpu)
         why="no NVIDIA GPU: the CPU build"
     fi
+}
+choose_torch
+if [[ "${QUICKSTART_PLAN:-0}" == 1 ]]; then  # say what would be installed, install nothing
+    echo "PyTorch ($why): pip install ${torch_args[*]}"
+    exit 0
+fi
+
+if [[ "${QUICKSTART_SKIP_INSTALL:-0}" != 1 ]]; then
+    if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+        echo "quickstart: $PYTHON is missing or older than 3.10; install Python 3.10+ and run again" \
+             "(or set PYTHON=/path/to/python3.x)." >&2
+        exit 1
+    fi
+    say "1/4 virtual environment: $VENV"
+    [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+    pip=("$VENV/bin/python" -m pip)
+    "${pip[@]}" install -q --upgrade pip
+
     say "2/4 PyTorch ($why): pip install ${torch_args[*]}"
     if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
         echo "PyTorch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)') is already installed."

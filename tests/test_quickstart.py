@@ -37,3 +37,36 @@ def test_the_quickstart_refuses_a_python_that_is_too_old_in_one_sentence(tmp_pat
                             env={**os.environ, "PYTHON": str(fake), "VENV": str(tmp_path / "v")})
     assert result.returncode == 1
     assert "older than 3.10" in result.stderr and not (tmp_path / "v").exists()
+
+
+def _stand_in(folder, name, script):
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize(("machine", "expected"), [
+    ({}, "PyTorch (no NVIDIA GPU: the CPU build): pip install torch --index-url "
+         "https://download.pytorch.org/whl/cpu"),
+    ({"nvidia-smi": "echo 'GPU 0: NVIDIA H100'"},
+     "PyTorch (NVIDIA GPU found: the CUDA build): pip install torch"),
+    ({"nvidia-smi": "echo 'NVIDIA-SMI has failed' >&2; exit 9"},  # a driver without a GPU
+     "PyTorch (no NVIDIA GPU: the CPU build): pip install torch --index-url"),
+    ({"uname": "echo Darwin"}, "PyTorch (macOS: the standard build (CPU and Apple GPU)): pip install torch"),
+    ({"TORCH_INSTALL": "torch==2.13.0"}, "PyTorch (TORCH_INSTALL): pip install torch==2.13.0"),
+])
+def test_the_quickstart_picks_the_pytorch_build_for_the_machine(tmp_path, machine, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_INSTALL"}
+    for name, script in machine.items():
+        if name == "TORCH_INSTALL":
+            env[name] = script
+        else:
+            _stand_in(tmp_path, name, script)
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    if "nvidia-smi" not in machine:  # a machine without the NVIDIA tools, even if this one has them
+        env["PATH"] = ":".join(p for p in env["PATH"].split(":") if not Path(p, "nvidia-smi").exists())
+    result = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh")], capture_output=True, text=True,
+                            env={**env, "QUICKSTART_PLAN": "1", "VENV": str(tmp_path / "v")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith(expected)
+    assert not (tmp_path / "v").exists()  # a plan installs nothing
