@@ -213,6 +213,8 @@ def _add_segment(sub) -> None:
     p.add_argument("--ome-labels", nargs="?", const="", default=None, metavar="NAME",
                    help="for OME-Zarr inputs: also write the labels into the image as an OME-NGFF label "
                         "image labels/NAME with a multiscale pyramid (default NAME: the model's name)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write one probability map per class (float32, <image>_prob_<class>.tif|zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--workers", type=int, default=None,
                    help="run on a local dask cluster of this many worker processes")
@@ -220,10 +222,14 @@ def _add_segment(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _image_stem(src: Path) -> str:
+    return src.name[: -len(".ome.zarr")] if src.name.endswith(".ome.zarr") else src.stem
+
+
 def _output_path(src: Path, out_dir: Path, fmt: str, image=None) -> Path:
     from .io import ZARR_THRESHOLD_PIXELS, is_zarr
 
-    stem = src.name[: -len(".ome.zarr")] if src.name.endswith(".ome.zarr") else src.stem
+    stem = _image_stem(src)
     if fmt == "auto":
         big = image is not None and image.shape[-1] * image.shape[-2] > ZARR_THRESHOLD_PIXELS
         fmt = "zarr" if is_zarr(src) or big else "tif"
@@ -243,6 +249,8 @@ def _cmd_segment(args) -> int:
         existing = [p for src in paths for fmt in ("tif", "zarr")
                     if (p := _output_path(src, out_dir, fmt)).exists()
                     and (args.format in ("auto", fmt))]
+        if args.probabilities:
+            existing += [p for src in paths for p in out_dir.glob(f"{_image_stem(src)}_prob_*")]
         if existing:
             raise CLIError(
                 f"{len(existing)} output(s) already exist (e.g. {existing[0]}); "
@@ -261,6 +269,9 @@ def _cmd_segment(args) -> int:
     predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
                       "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
     client = None
+    if args.probabilities and (args.workers or args.scheduler):
+        raise CLIError("--probabilities is not available on a dask cluster yet; leave out --workers/--scheduler "
+                       "or --probabilities.")
     if args.workers or args.scheduler:
         from .distributed import make_client
 
@@ -284,7 +295,9 @@ def _cmd_segment(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for r in rows:
-            print(f"{r['input']}: {r['objects']} objects in {r['seconds']} s "
+            found = (f"{r['objects']} objects" if "classes" not in r else
+                     ", ".join(f"{name} {100 * f:.1f} %" for name, f in r["classes"].items()))
+            print(f"{r['input']}: {found} in {r['seconds']} s "
                   f"({r['megapixels_per_s']} MP/s) -> {r['output']}")
         print(f"{len(rows)} image(s) segmented in {total:.1f} s"
               + (f", {len(failures)} failed:" if failures else "."))
@@ -326,6 +339,7 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     image = read_image(src)
     dst = _output_path(src, out_dir, args.format, image)
     work = dst.with_name(f".{dst.stem}.{os.getpid()}.partial.zarr") if dst.suffix == ".zarr" else dst
+    prob_files: list[Path] = []
     try:
         t0 = time.perf_counter()
         if client is not None:
@@ -333,7 +347,11 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
 
             result = segment_distributed(client, bundle, image, work, postprocess=post, **predict_kwargs)
         else:
-            result = _segment_one(bundle, image, work, post, predict_kwargs, src.name)
+            keep = None
+            if args.probabilities:
+                def keep(probs):
+                    prob_files.extend(_write_probabilities(probs, dst, _image_stem(src), bundle.class_names))
+            result = _segment_one(bundle, image, work, post, predict_kwargs, src.name, keep)
         seconds = time.perf_counter() - t0
         write_labels(result.labels, work)
         if args.measure and result.task == "instances":
@@ -346,9 +364,15 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             group = write_ome_labels(src, result.labels, args.ome_labels, overwrite=args.overwrite)
             print(f"{src}: labels also written into the image as {group}", file=sys.stderr)
         n_objects = result.n_objects  # read before the store moves: result.labels points at work
+        fractions = _class_fractions(result.labels, bundle.class_names) if result.task == "semantic" else None
         if work != dst:
             _move_into_place(work, dst)
     except BaseException:
+        for path in prob_files:  # this image's probability maps, written before the failure
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         if work != dst:
             shutil.rmtree(work, ignore_errors=True)
         for kind in ("postprocess", "probabilities"):
@@ -356,8 +380,53 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
                 shutil.rmtree(folder, ignore_errors=True)
         raise
     npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
-    return {"input": str(src), "output": str(dst), "objects": n_objects,
-            "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)}
+    row = {"input": str(src), "output": str(dst), "objects": n_objects,
+           "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)}
+    if fractions is not None:
+        row["classes"] = fractions
+    return row
+
+
+def _class_fractions(labels, names: list[str]) -> dict[str, float]:
+    """Fraction of the pixels of each class in a class map (numpy, or zarr read block by block)."""
+    if isinstance(labels, np.ndarray):
+        counts = np.bincount(labels.ravel(), minlength=len(names))
+    else:
+        import dask.array as da
+
+        counts = da.bincount(da.from_zarr(labels).ravel(), minlength=len(names)).compute()
+    total = max(int(counts.sum()), 1)
+    return {name: round(float(c) / total, 4) for name, c in zip(names, counts)}
+
+
+def _write_probabilities(probs, labels_dst: Path, stem: str, names: list[str]) -> list[Path]:
+    """One float32 map per class beside the labels: ``<image>_prob_<class>.tif`` (or ``.zarr``
+    beside a zarr label store, written beside its final name and moved there)."""
+    import re
+
+    import dask.array as da
+
+    from .io import write_labels
+
+    safe = [re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-") or f"class{k}" for k, n in enumerate(names)]
+    if len(set(safe)) < len(safe):
+        safe = [f"{k}-{n}" for k, n in enumerate(safe)]
+    written = []
+    for k, name in enumerate(safe):
+        dst = labels_dst.with_name(f"{stem}_prob_{name}{labels_dst.suffix}")
+        plane = (da.from_zarr(probs) if not isinstance(probs, np.ndarray) else probs)[..., k, :, :]
+        if dst.suffix == ".zarr":
+            work = dst.with_name(f".{dst.stem}.{os.getpid()}.partial.zarr")
+            try:
+                write_labels(plane, work)
+                _move_into_place(work, dst)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)
+                raise
+        else:
+            write_labels(np.asarray(plane, dtype=np.float32), dst)
+        written.append(dst)
+    return written
 
 
 def _move_into_place(work: Path, dst: Path) -> None:
@@ -371,7 +440,9 @@ def _move_into_place(work: Path, dst: Path) -> None:
         os.replace(work, dst)
 
 
-def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str):
+def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str, keep=None):
+    """Segment one image into labels at ``dst``; ``keep`` (if given) receives the probabilities
+    while they exist (a zarr store of them is temporary)."""
     import tempfile
 
     from tqdm import tqdm
@@ -407,8 +478,13 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
                 seg = segment(bundle, image, on_event=on_event, postprocess=post,
                               probabilities_out=str(Path(tmp) / "probabilities.zarr"),
                               labels_out=str(dst), **predict_kwargs)
+                if keep is not None:
+                    keep(seg.probabilities)
                 return seg
-        return segment(bundle, image, on_event=on_event, postprocess=post, **predict_kwargs)
+        seg = segment(bundle, image, on_event=on_event, postprocess=post, **predict_kwargs)
+        if keep is not None:
+            keep(seg.probabilities)
+        return seg
     finally:
         bar.close()
 
@@ -420,17 +496,32 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score predicted label maps against ground truth",
-        description="Match objects one to one at IoU thresholds; print per-image and total figures.",
+        description="Match objects one to one at IoU thresholds (or, with --semantic, compare class "
+                    "maps: pixel error and Rand error); print per-image and total figures.",
     )
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
     p.add_argument("--gt", required=True, help="folder of ground-truth label maps (same file names)")
     p.add_argument("--thresholds", default="0.5,0.75", help="IoU thresholds, comma separated")
+    p.add_argument("--semantic", action="store_true",
+                   help="class maps (0 = first class): pixel error and foreground-restricted Rand error")
+    p.add_argument("--gt-scribbles", action="store_true",
+                   help="with --semantic: the ground truth holds training label values (k = class k-1, "
+                        "0 = not annotated, left out)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _cmd_evaluate(args) -> int:
     from .metrics import evaluate_folders, format_evaluation
 
+    if args.semantic or args.gt_scribbles:
+        from .metrics import evaluate_semantic_folders, format_semantic_evaluation
+
+        try:
+            report = evaluate_semantic_folders(args.pred, args.gt, gt_scribbles=args.gt_scribbles)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        print(json.dumps(report, indent=2) if args.json else format_semantic_evaluation(report))
+        return 0
     try:
         thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
     except ValueError:
@@ -459,7 +550,12 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="where to save the trained model (.safetensors)")
     p.add_argument("--base", default=None,
                    help="model to fine-tune (file or built-in name); default: a new model from scratch")
-    p.add_argument("--annotation", default="instances", choices=["instances", "scribbles"])
+    p.add_argument("--annotation", default="instances", choices=["instances", "scribbles"],
+                   help="instances: one id per object; scribbles: value k paints class k, 0 is not "
+                        "annotated (without --base: a new semantic model, one class per value)")
+    p.add_argument("--classes", default=None, metavar="NAME,NAME,...",
+                   help="names of the scribble classes for label values 1, 2, ... (default: 'class 1' ... "
+                        "up to the largest label value)")
     budget = p.add_argument_group("budget (whichever ends first)")
     budget.add_argument("--epochs", type=float, default=None, help="epochs to train")
     budget.add_argument("--minutes", type=float, default=None, help="training time budget")
@@ -487,6 +583,20 @@ def _add_train(sub) -> None:
                      help="checkpoint file; an existing matching checkpoint is resumed")
     opt.add_argument("--checkpoint-minutes", type=float, default=5.0,
                      help="save a checkpoint at least this often (default 5)")
+
+
+def _class_names(text: str | None, annotation: str) -> list[str] | None:
+    """``--classes a,b,c`` -> ["a", "b", "c"], refused where it cannot apply."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if annotation != "scribbles":
+        raise CLIError("--classes names scribble classes; add --annotation scribbles, or leave --classes out "
+                       "(instance labels always train background, interior, boundary).")
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise CLIError(f"--classes {text!r} should list two or more different names, comma separated, "
+                       "e.g. --classes background,membrane,cell.")
+    return names
 
 
 @contextlib.contextmanager
@@ -525,6 +635,7 @@ def _cmd_train(args) -> int:
         raise CLIError(f"--out {out} should end in .safetensors (the model bundle format).")
     if not out.parent.exists():
         raise CLIError(f"The folder {out.parent} does not exist; create it or choose another --out.")
+    class_names = _class_names(args.classes, args.annotation)
     new_model = None
     if args.base is None:
         # seeded, so that re-running the same command finds its checkpoint's starting point
@@ -542,8 +653,9 @@ def _cmd_train(args) -> int:
         options["val_fraction"] = args.val_fraction
     try:
         gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
-                                 epochs=args.epochs, minutes=args.minutes, new_model=new_model, **options)
-        bar = tqdm(unit="step", dynamic_ncols=True)
+                                 epochs=args.epochs, minutes=args.minutes, new_model=new_model,
+                                 class_names=class_names, **options)
+        bar = tqdm(unit="step", dynamic_ncols=True, delay=1.0)  # a refusal at the start prints no bar
         try:
             while True:
                 try:
@@ -576,8 +688,10 @@ def _cmd_train(args) -> int:
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     record = bundle.metadata.get("training", {})
-    print(f"Saved {out} after {record.get('steps', '?')} steps in {record.get('time_s', 0) / 60:.1f} min "
-          f"({record.get('stopped')}); best weights from step {record.get('best_step')}.")
+    classes = f"{bundle.task}, classes {', '.join(bundle.class_names)}"
+    print(f"Saved {out} ({classes}) after {record.get('steps', '?')} steps in "
+          f"{record.get('time_s', 0) / 60:.1f} min ({record.get('stopped')}); best weights from step "
+          f"{record.get('best_step')}.")
     metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v is not None}
     if metrics:
         print("Validation (best weights): "

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LAST_USED = "Model last used for segmenting"
+NEW_MODEL = "New model (from scratch)"
 WHOLE_IMAGE = "(whole image)"
 ANNOTATIONS = {"instances (one label per object)": "instances", "scribbles (label k = class k)": "scribbles"}
 #: how the table names the trainer's validation figures
@@ -225,6 +227,13 @@ class FineTuneWidget(DockControls, QWidget):
             "instances: every object painted with its own label; only the region counts.\n"
             "scribbles: label 1, 2, ... paints class 1, 2, ...; unpainted pixels are ignored."
         )
+        self.classes_edit = QLineEdit()
+        self.classes_edit.setPlaceholderText("optional: background, membrane, cell")
+        self.classes_edit.setToolTip(
+            "Scribbles only: names of the classes painted with label 1, 2, ..., comma separated.\n"
+            "A new model gets one class per name (empty: one per label value painted, named class 1, "
+            "class 2, ...);\na base model must have exactly these classes."
+        )
         self.region_combo = QComboBox()
         self.region_combo.setToolTip("Rectangles of a Shapes layer: only pixels inside them count "
                                      "(other shapes count by their bounding box).")
@@ -290,6 +299,7 @@ class FineTuneWidget(DockControls, QWidget):
         form.addRow("image", self.image_combo)
         form.addRow("labels", self.labels_combo)
         form.addRow("annotation", self.annotation_combo)
+        form.addRow("class names", self.classes_edit)
         form.addRow("region", self.region_combo)
         form.addRow("base model", self.model_combo)
         budget = QHBoxLayout()
@@ -351,7 +361,7 @@ class FineTuneWidget(DockControls, QWidget):
         names = list(zoo.available())
         if last_used_bundle() is not None:
             names.append(LAST_USED)
-        names += list(self._loaded)
+        names += [*self._loaded, NEW_MODEL]
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItems([*names, LOAD_FILE])
@@ -475,18 +485,39 @@ class FineTuneWidget(DockControls, QWidget):
             rects.append(np.asarray(pts))
         return rects
 
-    def _base_model(self):
+    def class_names(self) -> list[str] | None:
+        """The names typed in "class names" (None when empty)."""
+        names = [n.strip() for n in self.classes_edit.text().split(",")]
+        if not any(names):
+            return None
+        if not all(names) or len(set(names)) != len(names):
+            raise ValueError("Type the class names once each, separated by commas (e.g. background, "
+                             "membrane, cell).")
+        return names
+
+    def _base_model(self, annotation: str, labels: np.ndarray, plane: TrainingPlane):
         from ..model.bundle import load_model
+        from ..training.loop import check_class_names, new_bundle_for_annotation
 
         name = self.model_combo.currentText()
+        names = self.class_names()
+        if name == NEW_MODEL:
+            shape = plane.image.shape
+            n_channels = 1 if plane.axes == "YX" else 3 if plane.axes == "YXC" else int(shape[0])
+            task = "semantic" if annotation == "scribbles" else "instances"
+            return new_bundle_for_annotation(annotation, [labels], names, n_channels=n_channels,
+                                             base_channels=16, depth=4, seed=self.seed_spin.value(),
+                                             name=f"new-{task}-model")
         if name == LAST_USED:
             bundle = last_used_bundle()
             if bundle is None:
                 raise ValueError("No model has been used for segmenting yet; choose another base model.")
-            return bundle
-        if not name or name == LOAD_FILE:
-            raise ValueError("Choose a base model first: a built-in one, or load a model file.")
-        return load_model(self._loaded.get(name, name))
+        elif not name or name == LOAD_FILE:
+            raise ValueError("Choose a base model first: a built-in one, a model file, or a new model.")
+        else:
+            bundle = load_model(self._loaded.get(name, name))
+        check_class_names(bundle, names)
+        return bundle
 
     def make_trainer(self):
         """A :class:`~napari_tiled_unet.training.loop.Trainer` for the current choices.
@@ -503,9 +534,10 @@ class FineTuneWidget(DockControls, QWidget):
         region = self._region(image_layer, plane)
         budget = self.budget_spin.value()
         minutes = self.budget_unit.currentText() == "minutes"
+        annotation = ANNOTATIONS[self.annotation_combo.currentText()]
         return Trainer(
-            self._base_model(), [plane.image], [labels],
-            annotation=ANNOTATIONS[self.annotation_combo.currentText()],
+            self._base_model(annotation, labels, plane), [plane.image], [labels],
+            annotation=annotation,
             regions=[region], channel_axis=plane.channel_axis, names=[image_layer.name],
             epochs=None if minutes else budget, minutes=budget if minutes else None,
             steps_per_epoch=self.steps_spin.value() or None, lr=self.lr_spin.value(),
@@ -799,6 +831,8 @@ class FineTuneWidget(DockControls, QWidget):
         else:
             self._preview = self.viewer.add_labels(result.labels, name=title, **kwargs)
             self._refresh_layers()
+        # the class names on hover (napari shows a Labels layer's features in the status bar)
+        self._preview.features = {"class": result.class_names} if result.task == "semantic" else {}
         self.status.setText(f"Preview: {result.n_objects} objects." if result.task == "instances"
                             else "Preview done.")
 

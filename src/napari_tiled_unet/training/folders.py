@@ -17,7 +17,7 @@ import numpy as np
 
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
-from .loop import Trainer, new_bundle
+from .loop import Trainer, check_class_names, new_bundle_for_annotation
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def train_folders_iter(
     epochs: float | None = None,
     minutes: float | None = None,
     new_model: dict[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
     **options: Any,
 ) -> Generator[TrainStep | WarningEvent, None, ModelBundle]:
     """Train on folder pairs; a generator of training events that returns the saved bundle.
@@ -99,7 +100,11 @@ def train_folders_iter(
         epochs: epochs to train; minutes: time budget (see :class:`~.loop.Trainer`).
         new_model: arguments of :func:`~.loop.new_bundle` for a model from scratch
             (e.g. ``{"base_channels": 32, "depth": 4}``); ``n_channels`` is taken from the
-            first image when not given.
+            first image when not given. With ``annotation="scribbles"`` the new model is
+            ``semantic``, with one class per label value (see
+            :func:`~.loop.new_bundle_for_annotation`).
+        class_names: names of the scribble classes, for label values 1, 2, ...: a new model
+            gets as many classes; a base model must have exactly these.
         **options: other keyword arguments of :class:`~.loop.Trainer` (``lr``,
             ``patch_size``, ``batch_size``, ``device``, ``precision``, ``checkpoint_path`` ...).
 
@@ -128,9 +133,11 @@ def train_folders_iter(
         if "n_channels" not in args:
             first = images[0]
             args["n_channels"] = 1 if first.ndim == 2 else 3
-        bundle = new_bundle(**args)
+        bundle = new_bundle_for_annotation(options.get("annotation", "instances"), labels, class_names,
+                                           **args)
     else:
         bundle = load_model(base)
+        check_class_names(bundle, class_names)
     log.info("Training on %d pairs from %s (%s).", len(ids), images_dir,
              f"{len(val_images)} held out" if val_images is not None else "automatic hold-out")
     trainer = Trainer(bundle, images, labels, names=ids, val_images=val_images, epochs=epochs,

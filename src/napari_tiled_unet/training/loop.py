@@ -82,6 +82,8 @@ LR_FLOOR = 0.05
 MIN_VAL_PIXELS = 64
 #: gradient norm clip
 CLIP_NORM = 5.0
+#: scribbles with more label values than this, and no class names, look like instance labels
+MAX_SCRIBBLE_CLASSES = 32
 
 
 # -- input preparation ---------------------------------------------------------------------
@@ -198,6 +200,83 @@ def new_bundle(
     return ModelBundle(model, meta)
 
 
+def largest_label(labels: Sequence[Any]) -> int:
+    """The largest value in a list of label arrays (0 when all are empty)."""
+    return max((int(np.max(lab)) for lab in labels if np.size(lab)), default=0)
+
+
+def new_bundle_for_annotation(
+    annotation: str,
+    labels: Sequence[Any],
+    class_names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> ModelBundle:
+    """A new bundle for training from scratch on ``labels`` painted as ``annotation``.
+
+    Instance labels make an ``instances`` model (background, interior, boundary). Scribbles
+    make a ``semantic`` model: one class per label value (value k is class k - 1), as many as
+    ``class_names`` name, or else as many as the largest value painted (named ``class 1``
+    ... ``class n`` after the values). The training record of the trained bundle says which
+    (``classes_from``).
+
+    Args:
+        annotation: ``"instances"`` or ``"scribbles"``.
+        labels: the label arrays the model will be trained on.
+        class_names: names of the scribble classes, for label values 1, 2, ...
+        **kwargs: other arguments of :func:`new_bundle` (``n_channels``, ``base_channels``,
+            ``depth``, ``name``, ``seed`` ...).
+
+    Raises:
+        ValueError: class names with instance labels, a label value without a name, fewer
+            than two classes, or (without names) more label values than
+            :data:`MAX_SCRIBBLE_CLASSES`, which looks like instance labels.
+    """
+    if annotation == "instances":
+        if class_names:
+            raise ValueError("Class names are for scribbles: instance labels always train the classes "
+                             "background, interior and boundary; leave the class names out.")
+        return new_bundle("instances", **kwargs)
+    if annotation != "scribbles":
+        raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
+    top = largest_label(labels)
+    if class_names:
+        names = [str(n) for n in class_names]
+        if top > len(names):
+            raise ValueError(f"Label value {top} has no class: {len(names)} class names are given "
+                             f"({', '.join(names)}); name one class per label value 1 to {top}.")
+        source = "class names given"
+    else:
+        if top == 0:
+            raise ValueError("No pixel is annotated: paint scribbles (values 1, 2, ...) to train on.")
+        if top > MAX_SCRIBBLE_CLASSES:
+            raise ValueError(
+                f"The scribbles use label values up to {top}, one class each: if they are objects, train "
+                f"with instance annotation; if you want {top} classes, give their names."
+            )
+        names = [f"class {k}" for k in range(1, top + 1)]
+        source = f"largest label value ({top})"
+    if len(names) < 2:
+        raise ValueError("Only label value 1 is painted: paint scribbles of at least two classes "
+                         "(values 1, 2, ...) so the network can learn to tell them apart.")
+    bundle = new_bundle("semantic", class_names=names, **kwargs)
+    bundle.metadata["classes_from"] = source
+    return bundle
+
+
+def check_class_names(bundle: ModelBundle, class_names: Sequence[str] | None) -> None:
+    """Refuse class names that are not the classes of the model to fine-tune.
+
+    Raises:
+        ValueError: ``class_names`` given and different from ``bundle.class_names``.
+    """
+    if class_names and [str(n) for n in class_names] != bundle.class_names:
+        raise ValueError(
+            f"The model {bundle.name} has the classes {', '.join(bundle.class_names)}, not "
+            f"{', '.join(map(str, class_names))}; leave the class names out to fine-tune it, or train a "
+            "new model from scratch for these classes."
+        )
+
+
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -309,6 +388,8 @@ class Trainer:
             raise ValueError("Give images and labels as lists (one array per image).")
         if len(images) != len(labels) or not images:
             raise ValueError(f"Give one labels array per image ({len(images)} images, {len(labels)} labels).")
+        if annotation == "scribbles":
+            _check_scribbles_fit(base, largest_label(labels))
         if regions is not None and len(regions) != len(images):
             raise ValueError(f"Give one region entry per image (None for the whole image), "
                              f"got {len(regions)} for {len(images)} images.")
@@ -518,6 +599,7 @@ class Trainer:
         model.load_state_dict(state)
         model.eval()
         meta = copy.deepcopy(self.base.metadata)
+        meta.pop("classes_from", None)  # kept in the training record
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):
@@ -548,6 +630,8 @@ class Trainer:
             "from_scratch": scratch,
             "data": data,
             "annotation": self.annotation,
+            "task": self.base.task,
+            "classes": self.base.class_names,
             "validation": self.val_record,
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "steps": self.step,
@@ -565,6 +649,8 @@ class Trainer:
             "precision": self.precision,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if scratch and self.base.metadata.get("classes_from"):
+            rec["classes_from"] = self.base.metadata["classes_from"]
         if base_training:
             rec["base_training"] = base_training
         return rec
@@ -585,6 +671,9 @@ class Trainer:
         self._started = True
         for message in self.warnings:
             yield WarningEvent(message)
+        if self.annotation == "scribbles" and self.base.task == "instances":
+            yield WarningEvent("Scribbles on an instances model paint its classes: 1 background, 2 interior, "
+                               "3 boundary.", kind="info")
         dev = self.device
         precision = self.precision
         if PRECISIONS[precision] is not None and not _autocast_works(dev, PRECISIONS[precision]):
@@ -895,6 +984,24 @@ def _holdout_strip(mask: np.ndarray, fraction: float) -> np.ndarray | None:
     else:
         strip[:, cut:] = True
     return strip
+
+
+def _check_scribbles_fit(base: ModelBundle, top: int) -> None:
+    """Refuse scribbles with a label value that has no class in ``base``."""
+    n = int(base.model.n_classes)
+    if top <= n:
+        return
+    if base.task == "instances":
+        raise ValueError(
+            f"The scribbles use label values up to {top}, but {base.name} is an instances model whose "
+            "scribbles paint 1 background, 2 interior, 3 boundary; train a new semantic model from "
+            f"scratch for {top} classes instead (no base model)."
+        )
+    raise ValueError(
+        f"The scribbles use label values up to {top}, but {base.name} has {n} classes "
+        f"({', '.join(base.class_names)}); paint values 1 to {n}, or train a new model from scratch "
+        f"for {top} classes (no base model)."
+    )
 
 
 def _match_counts(prob: np.ndarray, labels: np.ndarray, mask: np.ndarray, window: tuple[int, int, int, int],
