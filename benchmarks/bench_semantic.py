@@ -153,7 +153,8 @@ def main() -> None:
         print(f"held-out test images: U-Net pixel error {u['pixel_error']:.4f}, Rand error "
               f"{u['rand_error']:.4f}; Otsu baseline pixel error {o['pixel_error']:.4f}, Rand error "
               f"{o['rand_error']:.4f}")
-    results["data"] = {"source": str(args.data.name), "classes": CLASSES, "split": "sorted ids, every 5th held out"}
+    results["data"] = {"source": str(args.data.name), "classes": CLASSES,
+                       "split": "sorted ids, every 5th held out"}
     results["machine"] = {"platform": platform.platform(), "processor": platform.processor(),
                           "note": "2 shared CPU cores, busy with other work during the run"}
     out.write_text(json.dumps(results, indent=2))

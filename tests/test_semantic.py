@@ -61,7 +61,8 @@ def test_scribbles_from_scratch_make_a_semantic_model_whose_class_map_segment_wr
     assert abs(sum(rows[0]["classes"].values()) - 1) < 1e-3
     classes = tifffile.imread(tmp_path / "pred" / "s0_labels.tif")
     assert classes.shape == (64, 64) and set(np.unique(classes)) <= {0, 1, 2}
-    probs = [tifffile.imread(tmp_path / "pred" / f"s0_prob_{c}.tif") for c in ("background", "disk", "square")]
+    probs = [tifffile.imread(tmp_path / "pred" / f"s0_prob_{c}.tif")
+             for c in ("background", "disk", "square")]
     assert all(p.dtype == np.float32 for p in probs)
     assert np.allclose(np.sum(probs, axis=0), 1, atol=1e-4)
     assert np.array_equal(np.argmax(probs, axis=0), classes)

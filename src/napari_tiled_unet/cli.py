@@ -270,8 +270,8 @@ def _cmd_segment(args) -> int:
                       "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
     client = None
     if args.probabilities and (args.workers or args.scheduler):
-        raise CLIError("--probabilities is not available on a dask cluster yet; leave out --workers/--scheduler "
-                       "or --probabilities.")
+        raise CLIError("--probabilities is not available on a dask cluster yet; leave out "
+                       "--workers/--scheduler or --probabilities.")
     if args.workers or args.scheduler:
         from .distributed import make_client
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_tiled_unet._qt import predict_widget
-from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+from napari_tiled_unet._qt.finetune_widget import NEW_MODEL, FineTuneWidget
 from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.training.loop import finetune, new_bundle
@@ -190,6 +190,28 @@ def test_scribbles_train_a_semantic_model_and_show_iou_per_class(widget, qtbot, 
     assert np.array_equal(viewer.layers["my labels"].data, scribbles)
 
 
+def test_a_new_model_trained_on_scribbles_is_semantic_with_the_typed_class_names(widget, qtbot):
+    viewer, w = widget
+    truth = nuclei_labels()[CROP]
+    scribbles = np.zeros(truth.shape, np.uint8)
+    scribbles[::4] = np.where(truth[::4] > 0, 2, 1)
+    _add_nuclei(viewer, scribbles)
+    w.annotation_combo.setCurrentText(SCRIBBLES)
+    w.model_combo.setCurrentText(NEW_MODEL)
+    w.classes_edit.setText("background, nucleus")
+    _start(w)
+    _wait(qtbot, w)
+    bundle = w.bundle
+    assert bundle.task == "semantic" and bundle.class_names == ["background", "nucleus"]
+    record = bundle.metadata["training"]
+    assert record["from_scratch"] and record["classes_from"] == "class names given"
+    w.preview()
+    _wait(qtbot, w)
+    preview = viewer.layers["img preview (fine-tuned)"]
+    assert set(np.unique(preview.data)) <= {0, 1}
+    assert list(preview.features["class"]) == ["background", "nucleus"]  # shown on hover by napari
+
+
 def _rgb(viewer):
     viewer.add_image(np.stack([nuclei_image()[CROP]] * 3, axis=-1), name="img", rgb=True)
     viewer.add_labels(nuclei_labels()[CROP].copy(), name="my labels")
@@ -203,8 +225,10 @@ def _rgb(viewer):
         (lambda v: _add_nuclei(v, np.ones((128, 128), np.uint8)), SCRIBBLES, "Only class 1"),
         (lambda v: _add_nuclei(v, np.zeros((128, 128), np.uint8)), INSTANCES, "No object is painted"),
         (_rgb, INSTANCES, "channel"),
+        (lambda v: _add_nuclei(v, np.arange(128 * 128).reshape(128, 128) % 6), SCRIBBLES,
+         "label values up to 5, but tiny is an instances model"),
     ],
-    ids=["labels-shape", "nothing-painted", "one-class", "no-object", "channels"],
+    ids=["labels-shape", "nothing-painted", "one-class", "no-object", "channels", "five-classes"],
 )
 def test_bad_input_shows_one_error_and_changes_nothing(widget, notes, setup, annotation, message):
     viewer, w = widget

@@ -328,3 +328,21 @@ def test_resegmenting_a_large_result_shows_blocks_and_cancels(widget, qtbot, mon
     assert viewer.layers["img labels"].data[0] is before
     assert np.array_equal(before[::64, ::64].compute(), before_values)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("postprocess")]
+
+
+def test_a_semantic_model_shows_its_class_names_on_the_labels_layer(widget, qtbot, tmp_path):
+    from napari_tiled_unet.training.loop import new_bundle
+
+    viewer, w = widget
+    model = new_bundle("semantic", class_names=["background", "membrane", "cell"], base_channels=4, depth=2)
+    w.add_model_file(model.save(tmp_path / "classes.safetensors"))
+    viewer.add_image(nuclei_image()[:96, :96], name="em")
+    w.image_combo.setCurrentText("em")
+    w.run()
+    _wait(qtbot, w)
+    layer = viewer.layers["em labels"]
+    assert set(np.unique(layer.data)) <= {0, 1, 2}
+    assert list(layer.features["class"]) == ["background", "membrane", "cell"]
+    value = int(layer.data[40, 40])
+    status = layer.get_status((40, 40), world=True)
+    assert ["background", "membrane", "cell"][value] in str(status)  # the name under the mouse
