@@ -166,3 +166,19 @@ def test_evaluate_against_scribbles_leaves_unpainted_pixels_out(tmp_path, capsys
     assert main(["evaluate", "--gt-scribbles", "--pred", pred, "--gt", gt, "--json"]) == 0
     a = json.loads(capsys.readouterr().out)["images"][0]
     assert (a["pixels"], a["pixel_error"], a["rand_error"]) == (7, 0.0, pytest.approx(0))
+
+
+@pytest.mark.parametrize(
+    ("labels", "names", "message"),
+    [
+        (np.arange(64).reshape(8, 8), None, "label values up to 63, one class each: if they are objects"),
+        (np.arange(4).reshape(2, 2), ["a", "b"], "Label value 3 has no class: 2 class names are given"),
+        (np.ones((4, 4), np.uint8), None, "Only label value 1 is painted"),
+        (np.zeros((4, 4), np.uint8), None, "No pixel is annotated"),
+    ],
+)
+def test_a_new_model_refuses_scribbles_it_cannot_name(labels, names, message):
+    from napari_tiled_unet.training.loop import new_bundle_for_annotation
+
+    with pytest.raises(ValueError, match=message):
+        new_bundle_for_annotation("scribbles", [labels], names)
