@@ -347,7 +347,8 @@ def _paired(pred_dir: str | Path, gt_dir: str | Path):
             f"No file names match between {pred_dir} and {gt_dir}: name each prediction like its ground "
             "truth (an extra _labels or _mask suffix is fine)."
         )
-    unpaired = {"pred": sorted(preds[k].name for k in set(preds) - set(gts)),
+    # the probability maps that `segment --probabilities` writes beside the labels are no label maps
+    unpaired = {"pred": sorted(preds[k].name for k in set(preds) - set(gts) if "_prob_" not in k),
                 "gt": sorted(gts[k].name for k in set(gts) - set(preds))}
     if unpaired["pred"] or unpaired["gt"]:
         log.warning("Skipped files without a partner: predictions %s, ground truth %s",
