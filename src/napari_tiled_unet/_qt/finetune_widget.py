@@ -495,19 +495,21 @@ class FineTuneWidget(DockControls, QWidget):
                              "membrane, cell).")
         return names
 
-    def _base_model(self, annotation: str, labels: np.ndarray, plane: TrainingPlane):
+    def _new_model(self, annotation: str, labels: np.ndarray, plane: TrainingPlane):
+        """A new model for the annotation: semantic with the typed class names for scribbles."""
+        from ..training.loop import new_bundle_for_annotation
+
+        n_channels = 1 if plane.axes == "YX" else 3 if plane.axes == "YXC" else int(plane.image.shape[0])
+        task = "semantic" if annotation == "scribbles" else "instances"
+        return new_bundle_for_annotation(annotation, [labels], self.class_names(), n_channels=n_channels,
+                                         base_channels=16, depth=4, seed=self.seed_spin.value(),
+                                         name=f"new-{task}-model")
+
+    def _base_model(self):
         from ..model.bundle import load_model
-        from ..training.loop import check_class_names, new_bundle_for_annotation
+        from ..training.loop import check_class_names
 
         name = self.model_combo.currentText()
-        names = self.class_names()
-        if name == NEW_MODEL:
-            shape = plane.image.shape
-            n_channels = 1 if plane.axes == "YX" else 3 if plane.axes == "YXC" else int(shape[0])
-            task = "semantic" if annotation == "scribbles" else "instances"
-            return new_bundle_for_annotation(annotation, [labels], names, n_channels=n_channels,
-                                             base_channels=16, depth=4, seed=self.seed_spin.value(),
-                                             name=f"new-{task}-model")
         if name == LAST_USED:
             bundle = last_used_bundle()
             if bundle is None:
@@ -516,7 +518,7 @@ class FineTuneWidget(DockControls, QWidget):
             raise ValueError("Choose a base model first: a built-in one, a model file, or a new model.")
         else:
             bundle = load_model(self._loaded.get(name, name))
-        check_class_names(bundle, names)
+        check_class_names(bundle, self.class_names())
         return bundle
 
     def make_trainer(self):
@@ -536,7 +538,8 @@ class FineTuneWidget(DockControls, QWidget):
         minutes = self.budget_unit.currentText() == "minutes"
         annotation = ANNOTATIONS[self.annotation_combo.currentText()]
         return Trainer(
-            self._base_model(annotation, labels, plane), [plane.image], [labels],
+            self._new_model(annotation, labels, plane) if self.model_combo.currentText() == NEW_MODEL
+            else self._base_model(), [plane.image], [labels],
             annotation=annotation,
             regions=[region], channel_axis=plane.channel_axis, names=[image_layer.name],
             epochs=None if minutes else budget, minutes=budget if minutes else None,
