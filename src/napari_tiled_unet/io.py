@@ -15,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ReadError
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
 
 #: above this many pixels, results are written as zarr unless a format is forced
 ZARR_THRESHOLD_PIXELS = 8192 * 8192
 
-
-class ReadError(ValueError):
-    """A file that cannot be read as an image; the message says which and why."""
 
 
 def is_zarr(path: str | os.PathLike) -> bool:

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ImageError
+
 #: pixels per channel above which percentiles are estimated from a sample
 SAMPLE_PIXELS = 2_000_000
 
-
-class ImageError(ValueError):
-    """Input that cannot be segmented; the message says what to do."""
 
 
 def _sample_plane_indices(shape: tuple[int, ...], target: int) -> tuple[slice, ...]:

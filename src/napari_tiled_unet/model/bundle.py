@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import BundleError
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,6 @@ DEFAULT_POSTPROCESS = {
     "semantic": {},
 }
 
-
-class BundleError(ValueError):
-    """A model file that cannot be used; the message says what to do."""
 
 
 def _package_version() -> str:
