@@ -239,12 +239,18 @@ def _output_path(src: Path, out_dir: Path, fmt: str, image=None) -> Path:
 def _cmd_segment(args) -> int:
     import time
 
+    from . import settings
     from .io import expand_inputs
     from .model import zoo
     from .model.bundle import load_model
 
-    paths = expand_inputs(args.inputs)
     out_dir = Path(args.output)
+    settings.prediction(args.batch_size, args.tile_size)
+    settings.workers(args.workers)
+    post = settings.postprocess({"foreground_threshold": args.foreground_threshold,
+                                 "seed_threshold": args.seed_threshold, "min_size": args.min_size})
+    paths = _inputs_not_outputs(expand_inputs(args.inputs), out_dir)
+    _check_output_folder(out_dir)
     if not args.overwrite:
         existing = [p for src in paths for fmt in ("tif", "zarr")
                     if (p := _output_path(src, out_dir, fmt)).exists()
@@ -263,9 +269,6 @@ def _cmd_segment(args) -> int:
         args.ome_labels = args.ome_labels or bundle.name
         for src in paths:  # before any work: every input must take the labels
             check_target(src, args.ome_labels, args.overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    post = {"foreground_threshold": args.foreground_threshold, "seed_threshold": args.seed_threshold,
-            "min_size": args.min_size}
     predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
                       "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
     client = None
@@ -306,6 +309,59 @@ def _cmd_segment(args) -> int:
     return 1 if failures else 0
 
 
+def _inputs_not_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """``paths`` less the outputs of this tool (``*_labels`` files in the output folder, or
+    marked as ours anywhere), which are never segmented again; refuses two inputs that would
+    be written to the same output name."""
+    from .io import is_marked_output
+
+    out_resolved = out_dir.resolve()
+    kept, skipped = [], []
+    for p in paths:
+        stem = _image_stem(p)  # label maps, their overlays and the --probabilities maps
+        named = (stem.endswith("_labels") or "_prob_" in stem) and p.suffix.lower() in (".tif", ".zarr",
+                                                                                        ".png")
+        ours = named and (p.parent.resolve() == out_resolved or is_marked_output(p))
+        (skipped if ours else kept).append(p)
+    if skipped:
+        print(f"note: skipping {len(skipped)} label file(s) written by napari-tiled-unet (e.g. "
+              f"{skipped[0].name}); they are results, not images.", file=sys.stderr)
+    if not kept:
+        raise CLIError("Every input is a label file written by napari-tiled-unet; give the images instead.")
+    seen: dict[str, Path] = {}
+    for p in kept:
+        stem = _image_stem(p)
+        if stem in seen:
+            raise CLIError(
+                f"{seen[stem]} and {p} would both be written as {stem}_labels in {out_dir}; segment them "
+                "into separate output folders (-o) or rename one."
+            )
+        seen[stem] = p
+    return kept
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """Create the output folder and make sure files can be written in it, before any model
+    runs; then remove the scratch that killed runs left there."""
+    import tempfile
+
+    from .io import remove_stale_scratch
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"The output {out_dir} is a file; give a folder with -o.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise CLIError(f"Cannot write in the output folder {out_dir} ({exc.strerror or exc}); "
+                       "choose another folder with -o.") from None
+    removed = remove_stale_scratch(out_dir)
+    if removed:
+        print(f"note: removed {len(removed)} scratch item(s) that interrupted runs left in {out_dir} "
+              f"(e.g. {removed[0]}).", file=sys.stderr)
+
+
 def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures) -> None:
     """Segment every path in turn, appending to ``rows`` and ``failures`` as each one ends.
 
@@ -333,12 +389,15 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     """
     import time
 
-    from .io import overlay_png, read_image, scratch_prefix, write_labels
+    from ._interrupts import deferred_signals
+    from .io import read_image, scratch_prefix, scratch_tag, stage_png, stage_tif, write_labels
     from .measure import write_objects_csv
 
     image = read_image(src)
     dst = _output_path(src, out_dir, args.format, image)
-    work = dst.with_name(f".{dst.stem}.{os.getpid()}.partial.zarr") if dst.suffix == ".zarr" else dst
+    zarr_out = dst.suffix == ".zarr"
+    work = dst.with_name(f".{dst.stem}.{scratch_tag()}.partial.zarr") if zarr_out else dst
+    staged: list[tuple[Path, Path]] = []  # (complete temporary, final name), moved in at the end
     prob_files: list[Path] = []
     try:
         t0 = time.perf_counter()
@@ -353,11 +412,16 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
                     prob_files.extend(_write_probabilities(probs, dst, _image_stem(src), bundle.class_names))
             result = _segment_one(bundle, image, work, post, predict_kwargs, src.name, keep)
         seconds = time.perf_counter() - t0
-        write_labels(result.labels, work)
-        if args.measure and result.task == "instances":
+        if zarr_out:
+            write_labels(result.labels, work)
+            staged.append((work, dst))
+        else:
+            staged.append((Path(stage_tif(result.labels, dst)), dst))
+        if args.measure and result.task == "instances":  # the CSV is written atomically, just before
             write_objects_csv(result.labels, image, dst, overwrite=args.overwrite)
         if args.overlay:
-            overlay_png(np.asarray(image), np.asarray(result.labels), dst.with_suffix(".png"))
+            png = dst.with_suffix(".png")
+            staged.append((Path(stage_png(np.asarray(image), np.asarray(result.labels), png)), png))
         if args.ome_labels:
             from .ome_zarr import write_ome_labels
 
@@ -365,16 +429,20 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             print(f"{src}: labels also written into the image as {group}", file=sys.stderr)
         n_objects = result.n_objects  # read before the store moves: result.labels points at work
         fractions = _class_fractions(result.labels, bundle.class_names) if result.task == "semantic" else None
-        if work != dst:
-            _move_into_place(work, dst)
+        with deferred_signals():  # the labels and their overlay are replaced together or not at all
+            for tmp, final in staged:
+                _move_into_place(tmp, final)
     except BaseException:
         for path in prob_files:  # this image's probability maps, written before the failure
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-        if work != dst:
+        if zarr_out:
             shutil.rmtree(work, ignore_errors=True)
+        for tmp, _final in staged:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
         for kind in ("postprocess", "probabilities"):
             for folder in dst.parent.glob(scratch_prefix(kind) + "*"):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -406,7 +474,7 @@ def _write_probabilities(probs, labels_dst: Path, stem: str, names: list[str]) -
 
     import dask.array as da
 
-    from .io import write_labels
+    from .io import scratch_tag, write_labels
 
     safe = [re.sub(r"[^A-Za-z0-9._-]+", "-", n).strip("-") or f"class{k}" for k, n in enumerate(names)]
     if len(set(safe)) < len(safe):
@@ -416,7 +484,7 @@ def _write_probabilities(probs, labels_dst: Path, stem: str, names: list[str]) -
         dst = labels_dst.with_name(f"{stem}_prob_{name}{labels_dst.suffix}")
         plane = (da.from_zarr(probs) if not isinstance(probs, np.ndarray) else probs)[..., k, :, :]
         if dst.suffix == ".zarr":
-            work = dst.with_name(f".{dst.stem}.{os.getpid()}.partial.zarr")
+            work = dst.with_name(f".{dst.stem}.{scratch_tag()}.partial.zarr")
             try:
                 write_labels(plane, work)
                 _move_into_place(work, dst)
@@ -430,9 +498,13 @@ def _write_probabilities(probs, labels_dst: Path, stem: str, names: list[str]) -
 
 
 def _move_into_place(work: Path, dst: Path) -> None:
-    """Replace ``dst`` (an earlier output, with --overwrite) by the complete store ``work``."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.stem}.{os.getpid()}.old")
+    """Replace ``dst`` (an earlier output, with --overwrite) by the complete store or file ``work``."""
+    from .io import publish, scratch_tag
+
+    if work.is_file():
+        publish(str(work), dst)  # one atomic rename over the earlier file
+    elif dst.exists():
+        old = dst.with_name(f".{dst.stem}.{scratch_tag()}.old")
         os.replace(dst, old)
         os.replace(work, dst)
         shutil.rmtree(old, ignore_errors=True)
@@ -452,12 +524,13 @@ def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, nam
     from .segmentation import segment
 
     bar = tqdm(desc=name, unit="tile", leave=False)
+    shown = ["tile"]  # the bar's unit (a disabled bar, TQDM_DISABLE=1, has no attributes to read)
 
     def on_event(ev):
         if isinstance(ev, Progress) and (ev.stage == "predict" or ev.total > 1):
             unit = "tile" if ev.stage == "predict" else "step"  # then the labels, block by block
-            if bar.unit != unit:
-                bar.unit = unit
+            if shown[0] != unit:
+                shown[0] = bar.unit = unit
                 bar.reset()
             bar.total = ev.total
             bar.n = ev.done
@@ -511,7 +584,9 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
+    from .errors import InputError
     from .metrics import evaluate_folders, format_evaluation
+    from .settings import iou_thresholds
 
     if args.semantic or args.gt_scribbles:
         from .metrics import evaluate_semantic_folders, format_semantic_evaluation
@@ -523,8 +598,10 @@ def _cmd_evaluate(args) -> int:
         print(json.dumps(report, indent=2) if args.json else format_semantic_evaluation(report))
         return 0
     try:
-        thresholds = tuple(float(t) for t in args.thresholds.split(",") if t.strip())
-    except ValueError:
+        thresholds = iou_thresholds(float(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError as exc:
+        if isinstance(exc, InputError):
+            raise
         raise CLIError(f"--thresholds {args.thresholds!r} is not a list of numbers; "
                        "write e.g. 0.5,0.75.") from None
     try:
@@ -718,16 +795,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    from .io import ReadError
-    from .model.bundle import BundleError
-    from .normalization import ImageError
+    from .errors import InputError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        # zarr's and dask's event loops report tasks cut short by an error or a stop ("Task
+        # exception was never retrieved", "Task was destroyed but it is pending"); the one
+        # sentence below says what happened
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         with _stop_on_signals():
             return globals()[f"_cmd_{args.command.replace('-', '_')}"](args)
-    except (BundleError, ImageError, ReadError, CLIError, FileNotFoundError) as exc:
+    except (InputError, CLIError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,10 +17,12 @@ windows see the same global mapping.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,18 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
     """A dask client: a LocalCluster of ``workers`` processes, or one connected to ``scheduler``."""
     from distributed import Client, LocalCluster
 
+    from . import settings
+
+    workers = settings.workers(workers)
     if scheduler:
-        return Client(scheduler)
+        try:
+            return Client(scheduler)
+        except (OSError, TimeoutError) as exc:
+            from .errors import InputError
+
+            raise InputError(f"Could not connect to the dask scheduler at {scheduler} "
+                             f"({type(exc).__name__}); check the address and that the scheduler is "
+                             "running.") from None
     n = workers or 2
     threads = max(1, (os.cpu_count() or 1) // n)
     cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
@@ -171,24 +183,48 @@ def predict_distributed(client, bundle, image_path: str, out_path: str, *, chunk
     return out
 
 
+@contextlib.contextmanager
+def _cluster_failures(name: str) -> Iterator[None]:
+    """Within: the cluster giving up on a task (workers killed again and again, the scheduler
+    gone) becomes one RuntimeError sentence; the CLI counts the image as failed."""
+    from distributed import CancelledError
+    from distributed import TimeoutError as DaskTimeout
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    try:
+        yield
+    except (KilledWorker, CancelledError, CommClosedError, DaskTimeout) as exc:
+        raise RuntimeError(
+            f"The dask cluster could not finish {name} ({type(exc).__name__}: its workers died or the "
+            "scheduler went away); check the workers' memory and logs, then run it again."
+        ) from None
+
+
 def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: dict | None = None,
                         chunk: int = 1024, **predict_kwargs: Any):
     """Segment a zarr image on the cluster; labels are written blockwise to ``dst`` (zarr) or
     returned in memory for a tif destination."""
-    from .io import scratch_prefix, store_path
+    from .io import ChunkWatch, scratch_prefix, store_path
     from .segmentation import Segmentation, labels_from, postprocess_params
 
     path = store_path(image)
     if path is None:
         raise ValueError("The cluster path needs a zarr image on disk that the workers can open.")
+    params = postprocess_params(bundle, postprocess)
+    watch = ChunkWatch.of(image)
+    if watch is not None and watch.absent_message():
+        log.warning(watch.absent_message())
     predict_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("window", "mode")}
     tmp = tempfile.mkdtemp(prefix=scratch_prefix("probabilities"), dir=Path(dst).parent)
     try:
-        probs = predict_distributed(client, bundle, str(path), str(Path(tmp) / "probabilities.zarr"),
-                                    chunk=chunk, **predict_kwargs)
-        params = postprocess_params(bundle, postprocess)
-        out = str(dst) if Path(dst).suffix == ".zarr" else None
-        labels = labels_from(probs, bundle.task, params, out=out)
+        with _cluster_failures(path.name):
+            probs = predict_distributed(client, bundle, str(path), str(Path(tmp) / "probabilities.zarr"),
+                                        chunk=chunk, **predict_kwargs)
+            if watch is not None:
+                watch.check()
+            out = str(dst) if Path(dst).suffix == ".zarr" else None
+            labels = labels_from(probs, bundle.task, params, out=out)
         if out is None:
             labels = np.asarray(labels[:]) if hasattr(labels, "attrs") else np.asarray(labels)
         return Segmentation(labels, probs, bundle.task, bundle.class_names, params)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import normalization, tiling
+from . import normalization, settings, tiling
 from ._readahead import ReadAhead
 from .events import Progress, WarningEvent, run_to_end
 from .model.bundle import ModelBundle, load_model
@@ -81,6 +81,23 @@ def bytes_per_pixel(model: torch.nn.Module, precision: str = "fp32") -> int:
     base = getattr(model, "base_channels", 64)
     element = 4 if precision == "fp32" else 2
     return int(tiling.BYTES_PER_PIXEL_PER_BASE_CHANNEL * base * element / 4) + 16
+
+
+def as_image(image: Any) -> Any:
+    """``image`` itself when it is array-like (numpy, dask, zarr: anything with ``shape``,
+    ``dtype`` and slicing), else ``np.asarray(image)`` (a nested list is in memory anyway);
+    :class:`ImageError` for what cannot be an image."""
+    if hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        return image
+    try:
+        array = np.asarray(image)
+    except (TypeError, ValueError) as exc:
+        raise ImageError(f"This {type(image).__name__} is not an image; give a numpy, dask or zarr "
+                         "array.") from exc
+    if array.dtype.kind not in "biuf":
+        raise ImageError(f"This {type(image).__name__} is not an image of numbers; give a numpy, dask or "
+                         "zarr array.")
+    return array
 
 
 # -- axes -----------------------------------------------------------------------------------
@@ -250,9 +267,11 @@ def predict_iter(
         float32 probabilities (n_classes, Y, X), or (Z, n_classes, Y, X) for stacks, as
         numpy or as the zarr array given in ``out``.
     """
+    settings.prediction(batch_size, window, overlap)
     bundle = _as_bundle(model)
     net = bundle.model
     n_in = bundle.n_channels
+    image = as_image(image)
     shape = tuple(int(s) for s in image.shape)
     axes = _check_axes(axes, shape, n_in) if axes else infer_axes(shape, n_in)
     if precision not in PRECISIONS:

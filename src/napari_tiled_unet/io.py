@@ -8,7 +8,9 @@ name (temporary file + rename for tif/png).
 from __future__ import annotations
 
 import glob
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ReadError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".zarr")
 
@@ -103,7 +107,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         for m in matches:
             p = Path(m)
             if p.is_dir() and not is_zarr(p):
-                found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+                # hidden entries are scratch (a partial store, a temporary file), never images
+                found = sorted(q for q in p.iterdir()
+                               if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
                 if not found:
                     raise ReadError(f"The folder {p} holds no .tif, .png or .zarr images.")
                 out.extend(found)
@@ -112,18 +118,73 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
+def scratch_tag() -> str:
+    """``<pid>@<host>``: the owner written into the name of every scratch file or folder this
+    process makes beside an output, so that a later run can tell whose it is (see
+    :func:`remove_stale_scratch`)."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+    return f"{os.getpid()}@{host}"
+
+
 def scratch_prefix(kind: str) -> str:
     """Name prefix of this process's temporary folders of ``kind`` beside an output. The
-    process id in it lets an interrupted run find and remove its own, and only its own."""
-    return f".{kind}-{os.getpid()}-"
+    owner tag in it lets an interrupted run find and remove its own, and only its own."""
+    return f".{kind}-{scratch_tag()}-"
 
 
-def temp_beside(path: Path) -> str:
+def temp_beside(path: Path, suffix: str = "") -> str:
     """A new empty temporary file in ``path``'s folder, for an atomic write-then-rename
-    (finish with :func:`publish`)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    (finish with :func:`publish`); ``suffix`` is appended after ``.tmp`` (e.g. ``.png`` for
+    writers that choose the format by the extension)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{scratch_tag()}.", suffix=".tmp" + suffix,
+                               dir=path.parent)
     os.close(fd)
     return tmp
+
+
+_SCRATCH = re.compile(r"^\..*?[.-](\d+)@([A-Za-z0-9_]+)[.-]")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def remove_stale_scratch(folder: str | os.PathLike) -> list[str]:
+    """Remove the scratch that runs killed outright (SIGKILL, a power cut) left in ``folder``:
+    hidden entries whose owner tag (:func:`scratch_tag`) names this host and a process that
+    no longer runs. Scratch of live processes, of other hosts (a shared file system) and
+    every other file are left alone. Returns the names removed."""
+    import shutil
+    import socket
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+    removed = []
+    for entry in folder.iterdir():
+        m = _SCRATCH.match(entry.name)
+        if not m or m.group(2) != host or _process_alive(int(m.group(1))):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue  # another run removed it meanwhile
+        removed.append(entry.name)
+    return removed
 
 
 def publish(tmp: str, path: Path) -> None:
@@ -143,28 +204,78 @@ def write_labels(labels: Any, path: str | os.PathLike) -> Path:
         import dask.array as da
         import zarr
 
-        if store_path(labels) == path.resolve():
-            return path  # already written in place by the blockwise post-processing
+        if store_path(labels) == path.resolve():  # already written in place by the post-processing
+            zarr.open_array(str(path), mode="r+").attrs.update(OUTPUT_MARK)
+            return path
         arr = labels if isinstance(labels, da.Array) else da.from_array(labels, chunks=1024)
         z = zarr.open_array(str(path), mode="w", shape=arr.shape, chunks=(1024,) * arr.ndim,
                             dtype=arr.dtype)
         da.store(arr, z, lock=False)
+        z.attrs.update(OUTPUT_MARK)
         return path
+    publish(stage_tif(labels, path), path)
+    return path
+
+
+#: written into the label files this package makes, so that they are never taken as inputs
+OUTPUT_MARK = {"napari_tiled_unet": "labels"}
+
+
+def is_marked_output(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a label map written by this package (its tif metadata or zarr
+    attributes carry :data:`OUTPUT_MARK`)."""
+    path = Path(path)
+    key, value = next(iter(OUTPUT_MARK.items()))
+    try:
+        if is_zarr(path):
+            import zarr
+
+            return zarr.open(str(path), mode="r").attrs.get(key) == value
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                return any(isinstance(m, dict) and m.get(key) == value for m in (tf.shaped_metadata or ()))
+    except Exception as exc:  # unreadable: not ours to skip; reading it later names the problem
+        log.debug("could not look for the output mark in %s: %s", path, exc)
+    return False
+
+
+def stage_tif(labels: Any, path: Path) -> str:
+    """Write ``labels`` to a temporary tif beside ``path`` (zlib-compressed, marked as this
+    package's output); returns its name, for :func:`publish`. Nothing is left on failure."""
     import tifffile
 
     data = np.asarray(labels)
     tmp = temp_beside(path)
     try:
-        tifffile.imwrite(tmp, data, compression="zlib")
-        publish(tmp, path)
+        tifffile.imwrite(tmp, data, compression="zlib", metadata=dict(OUTPUT_MARK))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    return tmp
+
+
+def stage_png(image: np.ndarray, labels: np.ndarray, path: Path) -> str:
+    """:func:`overlay_png` into a temporary file beside ``path``; returns its name."""
+    tmp = temp_beside(path, suffix=".png")
+    try:
+        _draw_overlay(image, labels, tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:
-    """Save a PNG of ``image`` with the outlines of ``labels`` drawn in colour (for a quick look)."""
+    """Save a PNG of ``image`` with the outlines of ``labels`` drawn in colour (for a quick
+    look), atomically."""
+    path = Path(path)
+    publish(stage_png(image, labels, path), path)
+    return path
+
+
+def _draw_overlay(image: np.ndarray, labels: np.ndarray, path: str) -> None:
     from skimage.color import label2rgb
     from skimage.io import imsave
     from skimage.segmentation import find_boundaries
@@ -179,7 +290,6 @@ def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) 
     colours = label2rgb(labels, bg_label=0)
     rgb[edges] = colours[edges]
     imsave(str(path), (rgb * 255).astype(np.uint8), check_contrast=False)
-    return Path(path)
 
 
 def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024, name: str = "labels") -> Path:
@@ -198,7 +308,7 @@ def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024, name: st
         if path.exists():
             raise FileExistsError(f"{path.name} already exists; choose a new name (folders are not "
                                   "replaced).")
-        work = path.with_name(f".{path.name}.{os.getpid()}.partial.zarr")
+        work = path.with_name(f".{path.name}.{scratch_tag()}.partial.zarr")
         try:
             write_labels(labels, work)
             os.replace(work, path)
@@ -231,3 +341,61 @@ def save_labels(labels: Any, path: str | os.PathLike, tile: int = 1024, name: st
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# -- zarr chunks that are absent ----------------------------------------------------------------
+
+_ZARR_METADATA = {".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"}
+
+
+class ChunkWatch:
+    """Which chunk files of a zarr array on local disk exist, to tell a chunk that was never
+    written from one that vanished.
+
+    zarr stores no chunk that holds only the fill value (``write_empty_chunks=False``, the
+    default), and reads any absent chunk as the fill value, so an absent chunk alone proves
+    nothing: :attr:`absent` counts those missing when the run starts (reported as a warning),
+    and :meth:`check` fails when a chunk present at the start is gone at the end (deleted
+    mid-run: its pixels were read as the fill value).
+    """
+
+    def __init__(self, array: Any, root: Path) -> None:
+        self.root = root
+        self.name = root.name
+        grid = getattr(array, "shards", None) or array.chunks  # one file per shard when sharded
+        self.expected = int(np.prod([-(-int(s) // int(c)) for s, c in zip(array.shape, grid)]))
+        self.fill_value = getattr(array, "fill_value", 0)
+        self.present = self._files()
+        self.absent = max(0, self.expected - len(self.present))
+
+    @classmethod
+    def of(cls, image: Any) -> ChunkWatch | None:
+        """A watch for a zarr array on local disk; None for anything else (numpy, dask, a tif)."""
+        root = store_path(image)
+        if root is None or not root.is_dir() or not hasattr(image, "chunks"):
+            return None
+        return cls(image, root)
+
+    def _files(self) -> set[str]:
+        out = set()
+        for folder, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(folder, self.root)
+            out.update(os.path.join(rel, f) for f in files if f not in _ZARR_METADATA)
+        return out
+
+    def absent_message(self) -> str | None:
+        """A warning when chunks are absent at the start, else None."""
+        if not self.absent:
+            return None
+        return (f"{self.absent} of {self.expected} chunks of {self.name} are not stored and read as the "
+                f"fill value {self.fill_value!r}; zarr leaves out chunks that hold only the fill value, "
+                "but if the array was not written completely, export it again.")
+
+    def check(self) -> None:
+        """Raise :class:`ReadError` when chunks present at the start are gone now."""
+        gone = self.present - self._files()
+        if gone:
+            raise ReadError(
+                f"{len(gone)} chunk(s) of {self.name} disappeared while it was being read, so part of "
+                "the result would be wrong; nothing was written for it: restore the image and run again."
+            )

@@ -302,13 +302,28 @@ def rand_error(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _read_labels(path: Path) -> np.ndarray:
+    """An integer label map from ``path``; a float map is accepted only when every value is a
+    whole number (a probability or intensity image is refused, it is not labels)."""
+    from .errors import ReadError
+
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        return tifffile.imread(path)
-    from skimage.io import imread
+        labels = tifffile.imread(path)
+    else:
+        from skimage.io import imread
 
-    return imread(path)
+        labels = imread(path)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any() or (labels < 0).any():
+            raise ReadError(
+                f"{path.name} holds fractional (or negative, or NaN) values, not integer labels: give "
+                "label maps (0 = background, 1, 2, ... one id per object), not probabilities."
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "biu":
+        raise ReadError(f"{path.name} holds {labels.dtype} values, not integer labels.")
+    return labels
 
 
 def _pairing_key(path: Path) -> str:
@@ -405,8 +420,9 @@ def evaluate_folders(
         When a folder is missing or holds no label maps, no names pair up, or a pair differs
         in shape; the message says what to fix.
     """
-    if not thresholds:
-        raise ValueError("Give at least one IoU threshold, e.g. 0.5.")
+    from .settings import iou_thresholds
+
+    thresholds = iou_thresholds(thresholds)
     names, pairs_read, unpaired = _paired(pred_dir, gt_dir)
     keys = [f"{t:g}" for t in thresholds]
     images, per_threshold = [], {k: [] for k in keys}

@@ -61,9 +61,11 @@ def _max(a: Any) -> int:
 
 def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The bundle's default post-processing parameters updated with ``overrides`` (None ignored)."""
+    from . import settings
+
     params = dict(bundle.postprocess)
     params.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return params
+    return settings.postprocess(params)
 
 
 def labels_from(probabilities: Any, task: str, params: dict[str, Any], out: Any = None) -> Any:
@@ -132,10 +134,17 @@ def segment_iter(
         labels_out: zarr path/array for the labels (used with ``probabilities_out``).
         **predict_kwargs: passed to ``predict_iter`` (device, precision, window, mode, ...).
     """
+    from .io import ChunkWatch
+
     bundle = _as_bundle(model)
+    params = postprocess_params(bundle, postprocess)  # checked before the network runs
     start = time.perf_counter()
+    watch = ChunkWatch.of(image)
+    if watch is not None and watch.absent_message():
+        yield WarningEvent(watch.absent_message())
     probs = yield from predict_iter(bundle, image, out=probabilities_out, **predict_kwargs)
-    params = postprocess_params(bundle, postprocess)
+    if watch is not None:
+        watch.check()  # every pixel has been read: a chunk gone since the start means a wrong result
     yield Progress(0, 1, 0.0, "postprocess")
     labels = yield from labels_from_iter(probs, bundle.task, params, out=labels_out)
     elapsed = time.perf_counter() - start

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import normalization
+from .. import normalization, settings
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..metrics import class_overlap_counts, match_instances
 from ..model.bundle import INSTANCE_CLASSES, ModelBundle, load_model, make_metadata
@@ -377,13 +377,7 @@ class Trainer:
         if annotation == "instances" and base.task != "instances":
             raise ValueError("Instance labels need an instances model (3 classes); paint scribbles for a "
                              "semantic model, or start a new instances model.")
-        for what, value in (("epochs", epochs), ("minutes", minutes)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{what} must be positive, got {value}.")
-        if not lr > 0 or batch_size < 1 or patch_size < 1:
-            raise ValueError("lr, batch_size and patch_size must be positive.")
-        if not 0 <= val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        settings.training(batch_size, patch_size, lr, val_fraction, epochs, minutes)
         if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
             raise ValueError("Give images and labels as lists (one array per image).")
         if len(images) != len(labels) or not images:
