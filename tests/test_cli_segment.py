@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,169 @@ def test_sigterm_stops_between_images_and_leaves_only_complete_outputs(tmp_path,
         else:  # the earlier output, whole
             assert labels.shape == (8, 8) and (labels == 7).all()
 
+
+
+# -- reliability (issue 17) --------------------------------------------------------------------
+
+
+def _one_sentence(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_outputs_are_never_segmented_again_when_output_is_the_input_folder(tmp_path, folder, model_file,
+                                                                          capsys):
+    args = ["segment", str(folder), "-o", str(folder), "-m", str(model_file), "--overlay"]
+    assert main(args) == 0
+    first = sorted(p.name for p in folder.iterdir())
+    assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == first  # no img0_labels_labels.tif
+    assert "skipping 6 label file(s)" in capsys.readouterr().err
+    # a label file written by this tool is recognised elsewhere too (it carries a mark)
+    other = tmp_path / "elsewhere"
+    assert main(["segment", str(folder / "img0_labels.tif"), "-o", str(other), "-m", str(model_file)]) == 1
+    assert "give the images instead" in _one_sentence(capsys.readouterr().err)
+
+
+def test_two_inputs_with_one_output_name_are_refused_before_any_work(tmp_path, folder, model_file, capsys):
+    from skimage.io import imsave
+
+    imsave(folder / "img0.png", nuclei_image()[:64, :64], check_contrast=False)
+    out = tmp_path / "out"
+    assert main(["segment", str(folder), "-o", str(out), "-m", str(model_file)]) == 1
+    sentence = _one_sentence(capsys.readouterr().err)
+    assert "img0.png" in sentence and "img0.tif" in sentence and "img0_labels" in sentence
+    assert not out.exists() or not list(out.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
+def test_an_unusable_output_location_is_one_sentence_before_the_model_runs(tmp_path, folder, model_file,
+                                                                            capsys, where):
+    import os
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    if where == "read_only":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        # root writes into read-only folders; nobody creates folders in /proc
+        out = Path("/proc/ro-test/sub") if os.geteuid() == 0 else ro / "sub"
+    else:
+        out = blocker if where == "file" else blocker / "sub"
+    assert main(["segment", str(folder), "-o", str(out), "-m", str(model_file)]) == 1
+    assert "-o" in _one_sentence(capsys.readouterr().err)
+    assert blocker.read_text() == "not a folder"
+
+
+def test_segment_with_tqdm_disabled_in_the_environment(tmp_path, folder, model_file):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(folder / "img0.tif"), "-o", str(out),
+           "-m", str(model_file), "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert tifffile.imread(out / "img0_labels.tif").max() > 0
+
+
+def test_bad_settings_are_one_sentence_and_nothing_runs(tmp_path, folder, model_file, capsys):
+    out = tmp_path / "out"
+    base = ["segment", str(folder), "-o", str(out), "-m", str(model_file)]
+    for extra, words in [(["--batch-size", "-3"], "batch size"), (["--batch-size", "0"], "batch size"),
+                         (["--foreground-threshold", "1.5"], "between 0 and 1"),
+                         (["--foreground-threshold", "nan"], "finite"),
+                         (["--seed-threshold", "-0.1"], "between 0 and 1"),
+                         (["--min-size", "-1"], "at least 0"), (["--workers", "-2"], "workers"),
+                         (["--tile-size", "0"], "tile size")]:
+        assert main([*base, *extra]) == 1, extra
+        assert words in _one_sentence(capsys.readouterr().err), extra
+    assert not out.exists()
+
+
+def test_missing_zarr_chunks_are_reported_and_vanishing_ones_fail(tmp_path, model_file, capsys):
+    import zarr
+
+    from napari_tiled_unet.io import ChunkWatch, read_image
+    from napari_tiled_unet.model import load_model
+    from napari_tiled_unet.segmentation import segment_iter
+
+    img = nuclei_image()[:256, :256]
+    z = zarr.open_array(str(tmp_path / "img.zarr"), mode="w", shape=img.shape, chunks=(64, 64),
+                        dtype=img.dtype)
+    z[:] = img
+    chunk_files = sorted(p for p in (tmp_path / "img.zarr").rglob("*")
+                         if p.is_file() and p.name != "zarr.json")
+    assert len(chunk_files) == 16
+    chunk_files[5].unlink()  # absent before the run: read as the fill value, and said so
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "img.zarr"), "-o", str(out), "-m", str(model_file)]) == 0
+    assert "1 of 16 chunks of img.zarr are not stored" in capsys.readouterr().err
+    # a chunk that disappears while the image is being read fails the image
+    bundle = load_model(model_file)
+    image = read_image(tmp_path / "img.zarr")
+    assert ChunkWatch.of(image).absent == 1
+    gen = segment_iter(bundle, image, device="cpu", window=64, batch_size=1)
+    next(gen)
+    next(gen)
+    chunk_files[9].unlink()
+    with pytest.raises(ValueError, match=r"1 chunk.*disappeared"):
+        for _ in gen:
+            pass
+
+
+def test_sigkill_with_overlay_leaves_whole_outputs_and_the_next_run_removes_the_scratch(tmp_path, model_file):
+    """SIGKILL (no handler runs) and SIGTERM mid-folder with --overwrite --overlay: every label
+    tif and overlay png is the earlier whole one or a whole new one, never truncated; what the
+    killed run left behind is removed by the next run, another process's scratch is kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from skimage.io import imread, imsave
+
+    from napari_tiled_unet.io import scratch_tag
+
+    src = tmp_path / "images"
+    src.mkdir()
+    img = nuclei_image()
+    n = 12
+    for k in range(n):
+        tifffile.imwrite(src / f"img{k:02d}.tif", np.roll(img, 17 * k, axis=1)[:384, :384])
+    out = tmp_path / "out"
+    out.mkdir()
+    old = np.full((8, 8), 7, np.int32)
+    for k in range(n):  # outputs of an earlier run, to be replaced (--overwrite)
+        tifffile.imwrite(out / f"img{k:02d}_labels.tif", old)
+        imsave(out / f"img{k:02d}_labels.png", np.zeros((8, 8, 3), np.uint8), check_contrast=False)
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(src), "-o", str(out),
+           "-m", str(model_file), "--device", "cpu", "--overwrite", "--overlay"]
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        # kill as soon as a temporary output file of this run appears: in the middle of writing
+        while proc.poll() is None and time.monotonic() < deadline and not any(
+                f".{proc.pid}@" in p.name and ".tmp" in p.name for p in out.iterdir()):
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == (-9 if sig == signal.SIGKILL else 130), err
+        for k in range(n):
+            labels = tifffile.imread(out / f"img{k:02d}_labels.tif")
+            png = imread(out / f"img{k:02d}_labels.png")
+            new = labels.shape == (384, 384)
+            assert new or np.array_equal(labels, old)
+            assert png.shape == ((384, 384, 3) if new else (8, 8, 3))  # the overlay goes with its labels
+        if sig == signal.SIGKILL:
+            left = [p.name for p in out.iterdir() if p.name.startswith(".")]
+            assert left and f".{proc.pid}@" in left[0]  # the killed run's scratch
+            theirs = out / f".probabilities-1@{scratch_tag().split('@')[1]}-x"
+            theirs.mkdir()  # a live process's scratch (pid 1) on this host
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p != theirs]
+    assert theirs.exists()
+    assert "removed" in err and "scratch" in err
