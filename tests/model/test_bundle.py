@@ -191,3 +191,79 @@ def test_saved_model_is_readable_like_any_new_file(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# -- hostile or damaged headers and weights (issue 17) --------------------------------------------
+
+
+def _raw_header(tmp_path, header_json: str, net=None):
+    net = net or _small()
+    p = tmp_path / "h.safetensors"
+    _write_raw_safetensors(p, {k: v.contiguous() for k, v in net.state_dict().items()},
+                           {METADATA_KEY: header_json})
+    return p
+
+
+@pytest.mark.parametrize("header, words", [
+    ("[1, 2]", "JSON list, not an object"),
+    ('"a model"', "JSON str, not an object"),
+    ("null", "JSON null, not an object"),
+    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+])
+def test_metadata_that_is_not_an_object_is_one_sentence(tmp_path, header, words):
+    with pytest.raises(BundleError, match=words):
+        load_bundle(_raw_header(tmp_path, header))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.update(normalization={"kind": "scale", "divide": 0}), "divides by 0"),
+    (lambda m: m.update(normalization="percentile"), "normalization is 'percentile', not an object"),
+    (lambda m: m.update(normalization={"kind": "percentile", "low": 99, "high": 1}), "percentiles"),
+    (lambda m: m["postprocess"].update(foreground_threshold="0.5"), "foreground threshold must be a number"),
+    (lambda m: m["postprocess"].update(seed_threshold=7), "seed threshold must be between 0 and 1"),
+    (lambda m: m["architecture"]["args"].update(base_channels=100000), "base_channels is 100000"),
+    (lambda m: m["architecture"]["args"].update(depth=50), "depth is 50"),
+    (lambda m: m["architecture"]["args"].update(depth="4"), "depth is '4'"),
+    (lambda m: m.update(format_version="1"), "format_version is '1', not a whole number"),
+    (lambda m: m.update(output_activation="sigmoid"), "sigmoid output has one channel"),
+    (lambda m: m.update(class_names=["a", "b"]), "names 2 classes but the network predicts 3"),
+    (lambda m: m.update(class_names=["a", "b", "c", "d", "e"]), "names 5 classes"),
+    (lambda m: m.update(input_channels=3), "input_channels 3 differs"),
+])
+def test_a_bad_header_is_refused_with_the_field_named(tmp_path, change, words):
+    with pytest.raises(BundleError, match=words):
+        load_bundle(_tamper(tmp_path, change))
+
+
+def test_a_small_file_claiming_a_huge_network_is_refused_before_allocating(tmp_path):
+    """base_channels 512 in the header of a 4-channel model: the file's tensor shapes are
+    compared with the network built on the meta device, so nothing large is ever allocated."""
+    import subprocess
+    import sys
+
+    p = _tamper(tmp_path, lambda m: m["architecture"]["args"].update(base_channels=512, depth=4))
+    code = ("import resource, sys; from napari_tiled_unet.cli import main; rc = main(['info', sys.argv[1]]); "
+            "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    rc, max_rss_kb = map(int, result.stdout.split())
+    assert rc == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
+    assert max_rss_kb < 1_500_000  # the claimed network would take about 8 GB
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda s: s["outc.conv.weight"].fill_(float("nan")), "NaN or infinite"),
+    (lambda s: s.update({"outc.conv.weight": s["outc.conv.weight"].round().to(torch.int32)}), "torch.int32"),
+])
+def test_nan_or_integer_weights_are_refused_at_load(tmp_path, spoil, words):
+    net = _small()
+    state = {k: v.clone().contiguous() for k, v in net.state_dict().items()}
+    spoil(state)
+    p = tmp_path / "spoilt.safetensors"
+    _write_raw_safetensors(p, state, {METADATA_KEY: json.dumps(make_metadata(net))})
+    with pytest.raises(BundleError, match="not usable"):
+        load_bundle(p)
+    # the same from a PyTorch-UNet checkpoint
+    pth = tmp_path / "spoilt.pth"
+    torch.save(state, pth)
+    with pytest.raises(BundleError, match=words):
+        import_pytorch_unet(pth)

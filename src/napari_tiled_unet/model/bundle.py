@@ -212,27 +212,31 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"The metadata of {path.name} is not valid JSON; the file is damaged.") from exc
-    version = meta.get("format_version")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME or version is None:
-        raise BundleError(f"{path.name} has no napari-tiled-unet format version; it is not a model bundle.")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{path.name} uses model format version {version}, but this napari-tiled-unet reads "
-            f"version {FORMAT_VERSION}; update the plugin (pip install -U napari-tiled-unet)."
-        )
-    if meta.get("task") not in TASKS:
-        raise BundleError(f"{path.name} declares an unknown task {meta.get('task')!r}.")
-    return meta
+    except (json.JSONDecodeError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else "not valid JSON"
+        raise BundleError(f"The metadata of {path.name} is {what}; the file is damaged.") from None
+    from .schema import validate_metadata
+
+    return validate_metadata(meta, path.name, FORMAT_NAME, FORMAT_VERSION, TASKS, tuple(ARCHITECTURES))
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Load a ``.safetensors`` bundle into a model in eval mode on the CPU."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from .schema import check_tensors
 
     path = Path(path)
     meta = read_metadata(path)
+    # the file's tensors against the network the header describes, built on the meta device
+    # (no memory), before the real network is allocated
+    with safe_open(str(path), framework="pt") as f:
+        listed = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                  for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    with torch.device("meta"):
+        skeleton = build_model(meta.get("architecture"))
+    check_tensors(skeleton, listed, path.name)
     model = build_model(meta.get("architecture"))
     state = load_file(str(path))
     _load_state(model, state, path.name)
@@ -255,6 +259,16 @@ def _load_state(model: UNet, state: dict[str, torch.Tensor], name: str) -> None:
             raise BundleError(
                 f"The weights in {name} do not fit the architecture it describes ({key} has shape "
                 f"{tuple(value.shape)}, expected {tuple(expected[key].shape)})."
+            )
+        if expected[key].is_floating_point() and not value.is_floating_point():
+            raise BundleError(
+                f"The weights in {name} are not usable: {key} holds {value.dtype} values where the network "
+                "needs floating-point numbers; the file is damaged or was not written by a training run."
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise BundleError(
+                f"The weights in {name} are not usable: {key} holds NaN or infinite values (a training "
+                "run that diverged); use an earlier checkpoint or train again."
             )
     model.load_state_dict(state)
 
