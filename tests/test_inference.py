@@ -280,3 +280,30 @@ def test_lazy_8192_zarr_is_never_held_in_float32(tmp_path):
     assert out.attrs["complete"] is True
     float32_image = 4 * shape[0] * shape[1]
     assert peak < 0.5 * float32_image, f"peak {peak / 1e6:.0f} MB"
+
+
+# -- unusual inputs through the API (issue 17) -----------------------------------------------------
+
+
+def test_an_int64_image_with_a_huge_offset_is_not_constant():
+    bundle = _net(depth=2)
+    img = _image((48, 64)).astype(np.int64) * 1000
+    plain = predict(bundle, img, device="cpu")
+    shifted = predict(bundle, img + 10**12, device="cpu")
+    assert np.array_equal(plain, shifted)  # the offset cancels exactly in float64
+
+
+def test_a_float64_image_with_huge_values_is_finite_and_normalized_alike():
+    bundle = _net(depth=2)
+    img = _image((48, 64)).astype(np.float64)
+    np.testing.assert_allclose(predict(bundle, img * 1e300, device="cpu"), predict(bundle, img, device="cpu"),
+                               atol=1e-5)
+
+
+def test_a_nested_list_is_an_image_and_a_list_of_words_is_one_sentence():
+    bundle = _net(depth=2)
+    img = _image((32, 32))
+    np.testing.assert_allclose(predict(bundle, img.tolist(), device="cpu"), predict(bundle, img, device="cpu"),
+                               atol=1e-5)  # the list becomes int64, normalized in float64
+    with pytest.raises(ImageError, match="not an image"):
+        predict(bundle, [["a", "b"], ["c", "d"]], device="cpu")

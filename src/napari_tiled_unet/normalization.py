@@ -58,7 +58,9 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
         sl = list(_sample_plane_indices(plane_shape, SAMPLE_PIXELS))
         if channel_axis is not None:
             sl.insert(channel_axis % len(shape), c)
-        sample = np.asarray(image[tuple(sl)]).astype(np.float32, copy=False).ravel()
+        # float64: a float32 sample would round an int64 image with a large offset to a constant and
+        # overflow a float64 image with huge values to infinity
+        sample = np.asarray(image[tuple(sl)]).astype(np.float64, copy=False).ravel()
         if not np.all(np.isfinite(sample)):
             raise ImageError(
                 "The image contains NaN or infinite values; replace them (e.g. with 0) before segmenting."
@@ -87,7 +89,11 @@ def apply(window: np.ndarray, stats: np.ndarray, out: np.ndarray | None = None) 
     window = np.asarray(window)
     if out is None:
         out = np.empty(window.shape, dtype=np.float32)
+    wide = window.dtype.itemsize > 2 and window.dtype != np.float32  # (u)int32/64, float64
     for c in range(window.shape[0]):
+        if wide:  # in float64, so large offsets and huge values survive until they are normalized
+            out[c] = (window[c] - stats[c, 0]) * stats[c, 1]
+            continue
         np.subtract(window[c], stats[c, 0], out=out[c], casting="unsafe")
         out[c] *= np.float32(stats[c, 1])
     return out
