@@ -323,3 +323,24 @@ def test_sigkill_with_overlay_leaves_whole_outputs_and_the_next_run_removes_the_
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p != theirs]
     assert theirs.exists()
     assert "removed" in err and "scratch" in err
+
+
+def test_a_huge_tiff_with_tiles_past_the_end_of_the_file_is_one_failure_line(tmp_path, model_file):
+    """A truncated transfer of a big tiled tif (read lazily through zarr): the image fails with
+    one sentence, without a decoder traceback or a flood of asyncio task reports."""
+    import subprocess
+    import sys
+
+    big = np.zeros((8200, 8200), np.uint8)  # above the lazy-reading threshold
+    big[::97, ::89] = 200
+    path = tmp_path / "huge.tif"
+    tifffile.imwrite(path, big, tile=(512, 512), compression="zlib")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 5])  # the last tiles' data now lies past the end
+    result = subprocess.run([sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(path), "-o",
+                             str(tmp_path / "out"), "-m", str(model_file), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "huge.tif: Part of the image could not be read" in result.stdout
+    assert "Traceback" not in result.stderr and "Task" not in result.stderr, result.stderr[:2000]
+    assert [line for line in result.stderr.splitlines() if "huge.tif" in line and "failed" in line]

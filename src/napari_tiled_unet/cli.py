@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -793,6 +794,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_about_abandoned_coroutines(previous):
+    """An unraisable-exception hook that drops the reports of coroutines that zarr's event loop
+    abandoned when a read failed or the command stopped (collected at exit, after their loop
+    closed); everything else goes to ``previous``."""
+    import inspect
+
+    def hook(unraisable):
+        if inspect.iscoroutine(unraisable.object) and isinstance(unraisable.exc_value, RuntimeError):
+            return
+        previous(unraisable)
+
+    return hook
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .errors import InputError
@@ -804,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         # exception was never retrieved", "Task was destroyed but it is pending"); the one
         # sentence below says what happened
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        sys.unraisablehook = _quiet_about_abandoned_coroutines(sys.unraisablehook)
     try:
         with _stop_on_signals():
             return globals()[f"_cmd_{args.command.replace('-', '_')}"](args)

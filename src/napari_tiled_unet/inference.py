@@ -28,6 +28,7 @@ import torch
 
 from . import normalization, settings, tiling
 from ._readahead import ReadAhead
+from .errors import reading
 from .events import Progress, WarningEvent, run_to_end
 from .model.bundle import ModelBundle, load_model
 from .normalization import ImageError
@@ -171,7 +172,8 @@ class _PlaneSource:
         index: list[Any] = []
         for a in self.axes:
             index.append({"Z": self.z, "Y": slice(y0, y1), "X": slice(x0, x1), "C": slice(None)}[a])
-        block = np.asarray(self.image[tuple(index)])
+        with reading("the image"):  # a damaged or truncated file: one sentence, not a decoder's traceback
+            block = np.asarray(self.image[tuple(index)])
         kept = [a for a in self.axes if a in "CYX"]
         if "C" not in kept:
             return block[None]

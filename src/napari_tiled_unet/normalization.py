@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, reading
 
 #: pixels per channel above which percentiles are estimated from a sample
 SAMPLE_PIXELS = 2_000_000
@@ -60,7 +60,8 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
             sl.insert(channel_axis % len(shape), c)
         # float64: a float32 sample would round an int64 image with a large offset to a constant and
         # overflow a float64 image with huge values to infinity
-        sample = np.asarray(image[tuple(sl)]).astype(np.float64, copy=False).ravel()
+        with reading("the image"):
+            sample = np.asarray(image[tuple(sl)]).astype(np.float64, copy=False).ravel()
         if not np.all(np.isfinite(sample)):
             raise ImageError(
                 "The image contains NaN or infinite values; replace them (e.g. with 0) before segmenting."
