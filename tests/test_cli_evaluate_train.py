@@ -115,3 +115,56 @@ def test_sigterm_saves_the_checkpoint_and_the_same_command_resumes(tmp_path):
     again.send_signal(signal.SIGTERM)
     again.communicate(timeout=120)
     assert "Resumed from ck.pt at step" in seen
+
+
+def _pairs(tmp_path):
+    img, lab = nuclei_image(), nuclei_labels()
+    for k, (y, x) in enumerate([(0, 0), (250, 300)]):
+        _write(tmp_path / "images", f"n{k}", img[y : y + 256, x : x + 256])
+        _write(tmp_path / "labels", f"n{k}", lab[y : y + 256, x : x + 256])
+
+
+def test_a_run_stopped_twice_by_sigterm_and_resumed_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    """The guarantee in training/loop.py's docstring: a signal never cuts a step in the middle,
+    so the checkpoint saved on SIGTERM resumes to exactly the weights of a run never stopped."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    _pairs(tmp_path)
+
+    def cmd(name):
+        return [sys.executable, "-m", "napari_tiled_unet.cli", "train", "--images", str(tmp_path / "images"),
+                "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / f"{name}.safetensors"),
+                "--base-channels", "4", "--depth", "2", "--epochs", "2", "--steps-per-epoch", "15",
+                "--val-every", "5", "--patch-size", "64", "--batch-size", "2",
+                "--checkpoint", str(tmp_path / f"{name}.ckpt"), "--checkpoint-minutes", "1000"]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    assert subprocess.run(cmd("whole"), capture_output=True, env=env, timeout=600).returncode == 0
+    rng = random.Random(17)
+    stopped_at = []
+    for _ in range(2):
+        proc = subprocess.Popen(cmd("stopped"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        while True:  # wait for the first validation after step 0 (or the resumed step)
+            line = proc.stdout.readline()
+            assert line, proc.communicate()[1]
+            if line.startswith("step ") and not line.startswith("step 0:"):
+                break
+        time.sleep(rng.uniform(0.0, 0.15))  # then anywhere inside a step
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        stopped_at.append(torch.load(tmp_path / "stopped.ckpt", weights_only=True)["step"])
+    assert 0 < stopped_at[0] < stopped_at[1] < 30
+    assert subprocess.run(cmd("stopped"), capture_output=True, env=env, timeout=600).returncode == 0
+    whole, stopped = load_model(tmp_path / "whole.safetensors"), load_model(tmp_path / "stopped.safetensors")
+    for (key, a), b in zip(whole.model.state_dict().items(), stopped.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert whole.metadata["training"]["best_step"] == stopped.metadata["training"]["best_step"]

@@ -303,7 +303,7 @@ def test_a_float64_image_with_huge_values_is_finite_and_normalized_alike():
 def test_a_nested_list_is_an_image_and_a_list_of_words_is_one_sentence():
     bundle = _net(depth=2)
     img = _image((32, 32))
-    np.testing.assert_allclose(predict(bundle, img.tolist(), device="cpu"), predict(bundle, img, device="cpu"),
-                               atol=1e-5)  # the list becomes int64, normalized in float64
+    from_list = predict(bundle, img.tolist(), device="cpu")  # int64, normalized in float64
+    np.testing.assert_allclose(from_list, predict(bundle, img, device="cpu"), atol=1e-5)
     with pytest.raises(ImageError, match="not an image"):
         predict(bundle, [["a", "b"], ["c", "d"]], device="cpu")
