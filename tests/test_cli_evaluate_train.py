@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
@@ -168,3 +169,46 @@ def test_a_run_stopped_twice_by_sigterm_and_resumed_ends_bit_identical_to_an_uni
     for (key, a), b in zip(whole.model.state_dict().items(), stopped.model.state_dict().values()):
         assert torch.equal(a, b), key
     assert whole.metadata["training"]["best_step"] == stopped.metadata["training"]["best_step"]
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_when_the_final_save_fails_the_weights_are_kept_and_said_where(tmp_path, with_checkpoint):
+    """The --out folder becomes unusable while training (here: replaced by a file; a full disk
+    fails the same way): one sentence, exit 1, and the weights survive, in the checkpoint
+    (the same command saves them later) or in a file in the temporary folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _pairs(tmp_path)
+    dest = tmp_path / "models"
+    dest.mkdir()
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "train", "--images", str(tmp_path / "images"),
+           "--labels", str(tmp_path / "labels"), "--out", str(dest / "m.safetensors"),
+           "--base-channels", "4", "--depth", "2", "--epochs", "1", "--steps-per-epoch", "12",
+           "--patch-size", "64", "--batch-size", "2"]
+    if with_checkpoint:
+        cmd += ["--checkpoint", str(tmp_path / "ck.pt")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(spare)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("step 0")  # training has started
+    shutil.rmtree(dest)
+    dest.write_text("in the way")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    sentence = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(sentence) == 1 and "Could not write" in sentence[0], err
+    if with_checkpoint:
+        assert "kept in the checkpoint" in sentence[0]
+        dest.unlink()
+        dest.mkdir()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert load_model(dest / "m.safetensors").metadata["training"]["steps"] == 12
+    else:
+        kept = list(spare.glob("m.unsaved-*.safetensors"))
+        assert len(kept) == 1 and str(kept[0]) in sentence[0]
+        assert load_model(kept[0]).metadata["training"]["steps"] == 12

@@ -714,6 +714,13 @@ def _cmd_train(args) -> int:
     if not out.parent.exists():
         raise CLIError(f"The folder {out.parent} does not exist; create it or choose another --out.")
     class_names = _class_names(args.classes, args.annotation)
+    from .io import remove_stale_scratch
+
+    for folder in {out.parent, Path(args.checkpoint).parent if args.checkpoint else out.parent}:
+        removed = remove_stale_scratch(folder)
+        if removed:
+            print(f"note: removed {len(removed)} scratch item(s) that interrupted runs left in {folder} "
+                  f"(e.g. {removed[0]}).", file=sys.stderr)
     new_model = None
     if args.base is None:
         # seeded, so that re-running the same command finds its checkpoint's starting point
@@ -762,6 +769,9 @@ def _cmd_train(args) -> int:
                   if args.checkpoint else "interrupted; nothing saved (use --checkpoint to resume later)",
                   file=sys.stderr)
             return 130
+        except BaseException:
+            bar.close()  # so that the error's sentence starts on its own line
+            raise
         bar.close()
     except ValueError as exc:
         raise CLIError(str(exc)) from None

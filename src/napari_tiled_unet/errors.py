@@ -35,6 +35,11 @@ class SettingsError(InputError):
     """A setting out of its range (batch size, thresholds, workers, ...)."""
 
 
+class OutputError(InputError):
+    """An output location that cannot take the result (missing, read-only, full); the message
+    says where the result was kept instead, if anywhere."""
+
+
 @contextlib.contextmanager
 def reading(what: str) -> Iterator[None]:
     """Within: an exception raised while reading pixels of ``what`` (a damaged or truncated

@@ -143,10 +143,68 @@ def train_folders_iter(
     trainer = Trainer(bundle, images, labels, names=ids, val_images=val_images, epochs=epochs,
                       minutes=minutes, **options)
     del images, labels  # the trainer keeps what it needs (compact targets, held-out labels)
+    n_params = sum(p.numel() for p in bundle.model.parameters())
+    check_room(Path(out), 4 * n_params + 1_000_000)  # the bundle: float32 weights and a header
+    if options.get("checkpoint_path"):  # weights, two Adam moments, the best weights
+        Path(options["checkpoint_path"]).parent.mkdir(parents=True, exist_ok=True)
+        check_room(Path(options["checkpoint_path"]), 4 * 4 * n_params + 1_000_000)
     result = yield from trainer.iter()
-    result.save(out)
+    save_or_keep(result, Path(out), options.get("checkpoint_path"))
     log.info("Saved the trained model to %s.", out)
     return result
+
+
+def check_room(path: Path, n_bytes: int) -> None:
+    """Before training: ``path``'s folder exists, takes files and has room for ``n_bytes``
+    (twice: the file is written beside its final name first)."""
+    import shutil
+    import tempfile
+
+    from ..errors import OutputError
+
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"The folder {folder} does not exist; create it or save elsewhere.")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise OutputError(f"Cannot write in {folder} ({exc.strerror or exc}); choose another place for "
+                          f"{path.name}.") from None
+    if free < 2 * n_bytes:
+        raise OutputError(f"Only {free / 1e6:.0f} MB are free in {folder}, and {path.name} needs about "
+                          f"{2 * n_bytes / 1e6:.0f} MB while it is written; free space or save elsewhere.")
+
+
+def save_or_keep(bundle: ModelBundle, out: Path, checkpoint: str | os.PathLike | None) -> None:
+    """Save the trained ``bundle`` to ``out``; when that fails (disk full, folder gone), keep the
+    weights and raise one sentence that says where: the run's checkpoint (the same command
+    saves them once there is room), else a file in the temporary folder or the home folder."""
+    import tempfile
+    import time
+
+    from ..errors import OutputError
+
+    try:
+        bundle.save(out)
+        return
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        raise OutputError(f"Could not write {out} ({reason}); the trained weights are kept in the checkpoint "
+                          f"{checkpoint}: make room (or choose another --out) and run the same command again "
+                          "to save them.")
+    name = f"{out.stem}.unsaved-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+    for folder in (Path(tempfile.gettempdir()), Path.home()):
+        try:
+            kept = bundle.save(folder / name)
+        except OSError:
+            continue
+        raise OutputError(f"Could not write {out} ({reason}); the trained model was saved to {kept} "
+                          "instead: move it where you want it.")
+    raise OutputError(f"Could not write {out} ({reason}), nor a copy in the temporary or home folder; "
+                      "the trained weights are lost: make room and train again with --checkpoint.")
 
 
 def train_folders(images_dir: str | os.PathLike, labels_dir: str | os.PathLike, *,

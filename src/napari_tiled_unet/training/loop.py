@@ -60,7 +60,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -941,10 +940,11 @@ class Trainer:
             "bad_steps": self._bad_steps,
             "running": list(self._running),
         }
+        from ..io import temp_beside
+
         path = self.checkpoint_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = temp_beside(path)  # tagged with this process, so a later run removes it if we are killed
         try:
             torch.save(ckpt, tmp)
             os.replace(tmp, path)
