@@ -212,3 +212,31 @@ def test_when_the_final_save_fails_the_weights_are_kept_and_said_where(tmp_path,
         kept = list(spare.glob("m.unsaved-*.safetensors"))
         assert len(kept) == 1 and str(kept[0]) in sentence[0]
         assert load_model(kept[0]).metadata["training"]["steps"] == 12
+
+
+def test_evaluate_refuses_probability_maps_and_impossible_iou_thresholds(tmp_path, capsys):
+    gt = nuclei_labels()
+    _write(tmp_path / "gt", "a", gt)
+    _write(tmp_path / "pred", "a", (gt > 0).astype(np.float32) * 0.8)  # probabilities, not labels
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main(args) == 1
+    assert "not integer labels" in capsys.readouterr().err
+    _write(tmp_path / "pred", "a", gt.astype(np.float32))  # whole numbers in a float file are labels
+    assert main(args) == 0
+    capsys.readouterr()
+    for bad in ("1.5", "-1", "0", "nan", "0.5,x"):
+        assert main([*args, "--thresholds", bad]) == 1, bad
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err and "threshold" in err.lower(), err
+
+
+def test_train_settings_out_of_range_are_one_sentence(tmp_path, capsys):
+    _pairs(tmp_path)
+    base = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+            "--out", str(tmp_path / "m.safetensors"), "--base-channels", "4", "--depth", "2"]
+    for extra, words in [(["--batch-size", "0"], "batch size"), (["--lr", "nan"], "learning rate"),
+                         (["--val-fraction", "1.5"], "validation fraction"), (["--epochs", "-1"], "epochs")]:
+        assert main([*base, *extra]) == 1, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and words in err and "\n" not in err, err
+    assert not (tmp_path / "m.safetensors").exists()

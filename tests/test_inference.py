@@ -307,3 +307,26 @@ def test_a_nested_list_is_an_image_and_a_list_of_words_is_one_sentence():
     np.testing.assert_allclose(from_list, predict(bundle, img, device="cpu"), atol=1e-5)
     with pytest.raises(ImageError, match="not an image"):
         predict(bundle, [["a", "b"], ["c", "d"]], device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"batch_size": -3}, "batch size"), ({"batch_size": 0}, "batch size"), ({"batch_size": 1.5}, "whole"),
+    ({"window": 0}, "tile size"), ({"overlap": 1.0}, "overlap"),
+])
+def test_engine_settings_out_of_range_are_refused_before_running(kwargs, words):
+    from napari_tiled_unet.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=words):
+        predict(_net(depth=2), _image((32, 32)), device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("post, words", [
+    ({"foreground_threshold": 1.5}, "between 0 and 1"), ({"foreground_threshold": float("nan")}, "finite"),
+    ({"seed_threshold": "0.7"}, "a number"), ({"min_size": -4}, "at least 0"),
+])
+def test_postprocessing_settings_out_of_range_are_refused(post, words):
+    from napari_tiled_unet.errors import SettingsError
+    from napari_tiled_unet.segmentation import segment
+
+    with pytest.raises(SettingsError, match=words):
+        segment(_net(depth=2), _image((32, 32)), device="cpu", postprocess=post)

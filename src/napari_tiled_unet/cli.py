@@ -705,9 +705,11 @@ def _stop_on_signals() -> Iterator[None]:
 def _cmd_train(args) -> int:
     from tqdm import tqdm
 
+    from . import settings
     from .events import TrainStep, WarningEvent
     from .training.folders import train_folders_iter
 
+    settings.training(args.batch_size, args.patch_size, args.lr, args.val_fraction, args.epochs, args.minutes)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CLIError(f"--out {out} should end in .safetensors (the model bundle format).")
