@@ -344,3 +344,56 @@ def test_a_huge_tiff_with_tiles_past_the_end_of_the_file_is_one_failure_line(tmp
     assert "huge.tif: Part of the image could not be read" in result.stdout
     assert "Traceback" not in result.stderr and "Task" not in result.stderr, result.stderr[:2000]
     assert [line for line in result.stderr.splitlines() if "huge.tif" in line and "failed" in line]
+
+
+def test_an_unreachable_scheduler_is_one_sentence(tmp_path, folder, model_file, capsys):
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        rc = main(["segment", str(folder), "-o", str(tmp_path / "out"), "-m", str(model_file),
+                   "--scheduler", "tcp://127.0.0.1:1"])
+    assert rc == 1
+    sentence = _one_sentence(capsys.readouterr().err)
+    assert "Could not connect to the dask scheduler at tcp://127.0.0.1:1" in sentence
+
+
+@pytest.mark.slow
+def test_workers_killed_again_and_again_fail_the_image_in_one_sentence(tmp_path, model_file):
+    """SIGKILL to the cluster's worker processes while they compute: the scheduler gives up on
+    the task (after 0 allowed failures here, 3 by default) and the CLI reports the image as
+    failed in one line, exit 1, with no output and no scratch left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import zarr
+
+    img = np.tile(nuclei_image(), (3, 2))[:1500, :1300]
+    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=img.shape, chunks=(512, 512),
+                          dtype=img.dtype)
+    src[:] = img
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(tmp_path / "big.zarr"),
+           "-o", str(out), "-m", str(model_file), "--batch-size", "1", "--workers", "2"]
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    killed = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.is_dir() and list(out.glob(".probabilities-*")):  # the windows are being computed
+            for child in psutil.Process(proc.pid).children():
+                try:
+                    if "resource_tracker" not in " ".join(child.cmdline()):
+                        child.send_signal(signal.SIGKILL)
+                        killed += 1
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.3)
+    stdout, err = proc.communicate(timeout=120)
+    assert killed and proc.returncode == 1, (stdout, err)
+    assert "big.zarr: The dask cluster could not finish big.zarr" in stdout
+    assert "Traceback" not in err, err
+    assert list(out.iterdir()) == []
