@@ -1,6 +1,7 @@
 """The `evaluate` and `train` commands on small folders."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,30 @@ def test_train_settings_out_of_range_are_one_sentence(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and words in err and "\n" not in err, err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_train_removes_the_scratch_of_killed_runs_only(tmp_path, capsys):
+    """A SIGKILLed save leaves `.m.safetensors.<pid>@<host>.*.tmp` (hundreds of MB for a big
+    model): the next train in that folder removes it once its process is gone, and leaves
+    the scratch of a live process (pid 1) and of another host alone."""
+    import subprocess
+    import sys
+
+    from napari_tiled_unet.io import scratch_tag, temp_beside
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = scratch_tag().split("@")[1]
+    stale = tmp_path / f".m.safetensors.{dead.pid}@{host}.abc123.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    live = tmp_path / f".m.safetensors.1@{host}.def456.tmp"
+    live.write_bytes(b"x")
+    elsewhere = tmp_path / f".m.safetensors.{dead.pid}@another_node.ghi789.tmp"
+    elsewhere.write_bytes(b"x")
+    mine = temp_beside(tmp_path / "m.safetensors")  # this process's own, alive
+    _write(tmp_path / "images", "a", nuclei_image()[:64, :64])
+    _write(tmp_path / "labels", "b", nuclei_labels()[:64, :64])
+    assert main(["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--out", str(tmp_path / "m.safetensors")]) == 1  # unpaired: fails after the cleanup
+    assert "removed 1 scratch item(s)" in capsys.readouterr().err
+    assert not stale.exists() and live.exists() and elsewhere.exists() and Path(mine).exists()
