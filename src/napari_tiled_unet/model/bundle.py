@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import BundleError
+from .schema import architecture_error
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -147,12 +148,9 @@ def make_metadata(
 
 def build_model(architecture: dict[str, Any]) -> UNet:
     """Construct the network that ``architecture`` (``{"name": ..., "args": {...}}``) describes."""
-    if not isinstance(architecture, dict) or architecture.get("name") not in ARCHITECTURES:
-        name = architecture.get("name") if isinstance(architecture, dict) else architecture
-        raise BundleError(
-            f"The model file describes an unknown architecture ({name!r}); "
-            f"this version of napari-tiled-unet knows {', '.join(ARCHITECTURES)}."
-        )
+    unknown = architecture_error(architecture, tuple(ARCHITECTURES))
+    if unknown is not None:
+        raise unknown
     args = architecture.get("args")
     try:
         return ARCHITECTURES[architecture["name"]](**args)
@@ -232,8 +230,9 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     # the file's tensors against the network the header describes, built on the meta device
     # (no memory), before the real network is allocated
     with safe_open(str(path), framework="pt") as f:
-        listed = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
-                  for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (not iterable)
+        listed = {k: (tuple(f.get_slice(k).get_shape()), dtypes[k].upper().startswith(("F", "BF")), dtypes[k])
+                  for k in dtypes}
     with torch.device("meta"):
         skeleton = build_model(meta.get("architecture"))
     check_tensors(skeleton, listed, path.name)
@@ -245,26 +244,11 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
 
 
 def _load_state(model: UNet, state: dict[str, torch.Tensor], name: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise BundleError(
-            f"The weights in {name} do not fit the architecture it describes ({what}, "
-            f"{len(missing)} missing and {len(unexpected)} unexpected tensors)."
-        )
+    from .schema import check_tensors
+
+    check_tensors(model, {k: (tuple(v.shape), v.is_floating_point(), str(v.dtype)) for k, v in state.items()},
+                  name)
     for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise BundleError(
-                f"The weights in {name} do not fit the architecture it describes ({key} has shape "
-                f"{tuple(value.shape)}, expected {tuple(expected[key].shape)})."
-            )
-        if expected[key].is_floating_point() and not value.is_floating_point():
-            raise BundleError(
-                f"The weights in {name} are not usable: {key} holds {value.dtype} values where the network "
-                "needs floating-point numbers; the file is damaged or was not written by a training run."
-            )
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise BundleError(
                 f"The weights in {name} are not usable: {key} holds NaN or infinite values (a training "

@@ -60,12 +60,9 @@ def validate_metadata(meta: Any, name: str, format_name: str, format_version: in
     if task not in tasks:
         raise BundleError(f"{name} declares an unknown task {task!r}.")
     arch = meta.get("architecture")
-    if not isinstance(arch, dict) or arch.get("name") not in architectures:
-        shown = arch.get("name") if isinstance(arch, dict) else arch
-        raise BundleError(
-            f"The model file describes an unknown architecture ({shown!r}); "
-            f"this version of napari-tiled-unet knows {', '.join(architectures)}."
-        )
+    unknown = architecture_error(arch, architectures)
+    if unknown is not None:
+        raise unknown
     args = arch.get("args")
     if not isinstance(args, dict) or not {"n_channels", "n_classes"} <= set(args) or set(args) - UNET_ARGS:
         raise fail("its architecture arguments are not those of a U-Net (n_channels, n_classes, bilinear, "
@@ -97,6 +94,15 @@ def validate_metadata(meta: Any, name: str, format_name: str, format_version: in
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise fail(f"its {key} record is not a JSON object")
     return meta
+
+
+def architecture_error(arch: Any, known: tuple[str, ...]) -> BundleError | None:
+    """The error for an architecture entry that is not ``{"name": <one of known>, ...}``, else None."""
+    if isinstance(arch, dict) and arch.get("name") in known:
+        return None
+    shown = arch.get("name") if isinstance(arch, dict) else arch
+    return BundleError(f"The model file describes an unknown architecture ({shown!r}); "
+                       f"this version of napari-tiled-unet knows {', '.join(known)}.")
 
 
 def _check_classes(meta: dict[str, Any], n_classes: int, task: str, fail) -> None:
@@ -149,10 +155,11 @@ def _check_postprocess(post: Any, fail) -> None:
         raise fail(f"in its postprocess defaults, {str(exc)[0].lower()}{str(exc)[1:].rstrip('.')}") from None
 
 
-def check_tensors(model_skeleton: Any, listed: dict[str, tuple[tuple[int, ...], str]], name: str) -> None:
-    """Compare the file's tensors (name -> (shape, safetensors dtype such as ``F32``)) with the
-    network ``model_skeleton`` (built on the meta device): same names, same shapes, floats
-    where the network has floats."""
+def check_tensors(model_skeleton: Any, listed: dict[str, tuple[tuple[int, ...], bool, str]],
+                  name: str) -> None:
+    """Compare the file's tensors (name -> (shape, is floating point, dtype as text)) with the
+    network ``model_skeleton`` (e.g. built on the meta device): same names, same shapes, floats
+    exactly where the network has floats."""
     expected = model_skeleton.state_dict()
     missing = sorted(set(expected) - set(listed))
     unexpected = sorted(set(listed) - set(expected))
@@ -162,15 +169,16 @@ def check_tensors(model_skeleton: Any, listed: dict[str, tuple[tuple[int, ...], 
             f"The weights in {name} do not fit the architecture it describes ({what}, "
             f"{len(missing)} missing and {len(unexpected)} unexpected tensors)."
         )
-    for key, (shape, dtype) in listed.items():
+    for key, (shape, is_float, dtype) in listed.items():
         want = tuple(expected[key].shape)
         if tuple(shape) != want:
             raise BundleError(
                 f"The weights in {name} do not fit the architecture it describes ({key} has shape "
                 f"{tuple(shape)}, expected {want})."
             )
-        if expected[key].is_floating_point() != dtype.upper().startswith(("F", "BF")):
+        if expected[key].is_floating_point() != is_float:
             raise BundleError(
                 f"The weights in {name} are not usable: {key} holds {dtype} values where the network "
-                "needs floating-point numbers; the file is damaged or was not written by a training run."
+                f"needs {'floating-point' if expected[key].is_floating_point() else 'integer'} numbers; the "
+                "file is damaged or was not written by a training run."
             )
