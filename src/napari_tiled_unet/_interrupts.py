@@ -27,6 +27,9 @@ def deferred_signals() -> Iterator[None]:
         return
     caught: list[int] = []
     saved = {s: signal.getsignal(s) for s in _SIGNALS}
+    if any(h is None for h in saved.values()):  # a handler installed outside Python: cannot restore it
+        yield
+        return
 
     def note(signum, frame):
         caught.append(signum)

@@ -242,8 +242,9 @@ def test_a_small_file_claiming_a_huge_network_is_refused_before_allocating(tmp_p
     import sys
 
     p = _tamper(tmp_path, lambda m: m["architecture"]["args"].update(base_channels=512, depth=4))
-    code = ("import resource, sys; from napari_tiled_unet.cli import main; rc = main(['info', sys.argv[1]]); "
-            "print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, from the fork)
+    code = ("import re, sys; from napari_tiled_unet.cli import main; rc = main(['info', sys.argv[1]]); "
+            "print(rc, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     result = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
     rc, max_rss_kb = map(int, result.stdout.split())
     assert rc == 1 and "do not fit" in result.stderr and "Traceback" not in result.stderr
