@@ -398,3 +398,35 @@ def test_workers_killed_again_and_again_fail_the_image_in_one_sentence(tmp_path,
     assert "big.zarr: The dask cluster could not finish big.zarr" in stdout
     assert "Traceback" not in err, err
     assert list(out.iterdir()) == []
+
+
+def test_a_write_that_fails_half_way_leaves_the_earlier_outputs_and_no_fragment(tmp_path, model_file):
+    """The file-size limit (RLIMIT_FSIZE) makes the overlay PNG fail part-way, as a full disk
+    does: that image is reported as failed, its earlier label tif and PNG stay as they were,
+    and no temporary file is left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "images"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", nuclei_image()[:384, :384])
+    out = tmp_path / "out"
+    out.mkdir()
+    old_tif, old_png = b"II*\x00 earlier labels", b"\x89PNG earlier overlay"
+    (out / "a_labels.tif").write_bytes(old_tif)
+    (out / "a_labels.png").write_bytes(old_png)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the labels fit, the PNG does not
+
+    cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(src), "-o", str(out),
+           "-m", str(model_file), "--device", "cpu", "--overwrite", "--overlay"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert result.returncode == 1, result.stderr
+    assert "1 failed" in result.stdout and "File too large" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.png", "a_labels.tif"]
+    assert (out / "a_labels.tif").read_bytes() == old_tif and (out / "a_labels.png").read_bytes() == old_png

@@ -279,6 +279,9 @@ def _cmd_segment(args) -> int:
     if args.workers or args.scheduler:
         from .distributed import make_client
 
+        if not args.verbose:
+            _quiet_dask_logs()
+
         client = make_client(workers=args.workers, scheduler=args.scheduler)
 
     rows, failures = [], []
@@ -308,6 +311,17 @@ def _cmd_segment(args) -> int:
         for f in failures:
             print(f"  {f['input']}: {f['error']}")
     return 1 if failures else 0
+
+
+def _quiet_dask_logs() -> None:
+    """Keep dask.distributed's own log (worker restarts, the tracebacks it logs when workers
+    die) off the terminal, in this process and the worker processes it starts: the command
+    says in one sentence what failed; --verbose shows the log."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")  # read by the worker processes
+    import distributed  # noqa: F401  (it configures its loggers when imported)
+
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="Port .* is already in use")
 
 
 def _inputs_not_outputs(paths: list[Path], out_dir: Path) -> list[Path]:

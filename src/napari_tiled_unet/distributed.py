@@ -197,7 +197,7 @@ def _cluster_failures(name: str) -> Iterator[None]:
     except (KilledWorker, CancelledError, CommClosedError, DaskTimeout) as exc:
         raise RuntimeError(
             f"The dask cluster could not finish {name} ({type(exc).__name__}: its workers died or the "
-            "scheduler went away); check the workers' memory and logs, then run it again."
+            "scheduler went away); check the workers' memory and logs (--verbose), then run it again."
         ) from None
 
 
