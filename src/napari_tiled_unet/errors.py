@@ -44,12 +44,11 @@ class OutputError(InputError):
 def reading(what: str) -> Iterator[None]:
     """Within: an exception raised while reading pixels of ``what`` (a damaged or truncated
     file, a chunk that vanished, a decoder error) becomes one :class:`ReadError` sentence.
-    Input errors pass through unchanged; KeyboardInterrupt and the like are not caught."""
+    Input errors and the operating system's own (``OSError``: a share gone, a disk error, which
+    name their cause) pass through unchanged; KeyboardInterrupt and the like are not caught."""
     try:
         yield
-    except InputError:
-        raise
-    except (MemoryError, RecursionError):
+    except (InputError, OSError, MemoryError, RecursionError):
         raise
     except Exception as exc:
         raise ReadError(
