@@ -405,8 +405,8 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     import time
 
     from ._interrupts import deferred_signals
-    from .io import read_image, scratch_prefix, scratch_tag, stage_png, stage_tif, write_labels
-    from .measure import write_objects_csv
+    from .io import read_image, scratch_prefix, scratch_tag, stage_png, stage_tif, temp_beside, write_labels
+    from .measure import measure_objects, objects_csv_path, write_csv
 
     image = read_image(src)
     dst = _output_path(src, out_dir, args.format, image)
@@ -432,8 +432,12 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             staged.append((work, dst))
         else:
             staged.append((Path(stage_tif(result.labels, dst)), dst))
-        if args.measure and result.task == "instances":  # the CSV is written atomically, just before
-            write_objects_csv(result.labels, image, dst, overwrite=args.overwrite)
+        if args.measure and result.task == "instances":  # the table goes in with its labels
+            csv = objects_csv_path(dst)
+            if csv.exists() and not args.overwrite:
+                raise FileExistsError(f"{csv} already exists; use --overwrite to replace it.")
+            staged.append((Path(write_csv(measure_objects(result.labels, image),
+                                          temp_beside(csv, suffix=".csv"), overwrite=True)), csv))
         if args.overlay:
             png = dst.with_suffix(".png")
             staged.append((Path(stage_png(np.asarray(image), np.asarray(result.labels), png)), png))
@@ -444,7 +448,7 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             print(f"{src}: labels also written into the image as {group}", file=sys.stderr)
         n_objects = result.n_objects  # read before the store moves: result.labels points at work
         fractions = _class_fractions(result.labels, bundle.class_names) if result.task == "semantic" else None
-        with deferred_signals():  # the labels and their overlay are replaced together or not at all
+        with deferred_signals():  # the labels, overlay and table are replaced together or not at all
             for tmp, final in staged:
                 _move_into_place(tmp, final)
     except BaseException:
