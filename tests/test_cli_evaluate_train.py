@@ -126,6 +126,7 @@ def _pairs(tmp_path):
         _write(tmp_path / "labels", f"n{k}", lab[y : y + 256, x : x + 256])
 
 
+@pytest.mark.slow
 def test_a_run_stopped_twice_by_sigterm_and_resumed_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
     """The guarantee in training/loop.py's docstring: a signal never cuts a step in the middle,
     so the checkpoint saved on SIGTERM resumes to exactly the weights of a run never stopped."""
