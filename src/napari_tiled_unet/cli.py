@@ -790,7 +790,10 @@ def _cmd_train(args) -> int:
                   file=sys.stderr)
             return 130
         except BaseException:
-            bar.close()  # so that the error's sentence starts on its own line
+            shown = bar.total is not None  # a bar has been drawn (after its delay)
+            bar.close()
+            if shown:
+                print(file=sys.stderr)  # so that the error's sentence starts on its own line
             raise
         bar.close()
     except ValueError as exc:
