@@ -35,7 +35,7 @@ def settle(seconds: float = 0.5) -> None:
 
 def wait(widget, timeout: float = 600) -> None:
     end = time.monotonic() + timeout
-    while not (widget.job is not None and widget.job.finished):
+    while getattr(widget, "busy", False) or not (widget.job is not None and widget.job.finished):
         if time.monotonic() > end:
             raise TimeoutError("the widget's job did not finish")
         QApplication.processEvents()
@@ -52,16 +52,44 @@ def shot(viewer, name: str) -> None:
 def segment_pictures() -> None:
     viewer = napari.Viewer(title="napari-tiled-unet")
     viewer.window.resize(1400, 850)
-    viewer.add_image(nuclei_image(), name="nuclei")
+    # a calibrated image: the result layer takes its scale and units
+    viewer.add_image(nuclei_image(), name="nuclei", scale=(0.65, 0.65), units=("um", "um"))
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w, name="Segment (U-Net)", area="right")
     w.device_combo.setCurrentText("cpu")
     settle()
     shot(viewer, "segment-before.png")
-    w.run()
+    w.run_button.click()
     wait(w)
-    viewer.layers["nuclei labels"].contour = 2
+    labels = viewer.layers["nuclei labels"]
+    labels.contour = 2
     shot(viewer, "segment-result.png")
+    # a correction painted into the result, then Segment again: the edit is kept
+    labels.contour = 0
+    labels.selected_label = labels.data.max() + 1
+    labels.brush_size = 40
+    labels.paint((120, 200), labels.selected_label, refresh=True)
+    w.run_button.click()
+    wait(w)
+    settle(1.0)
+    shot(viewer, "segment-edits.png")
+    viewer.close()
+
+
+def rgb_picture() -> None:
+    viewer = napari.Viewer(title="napari-tiled-unet")
+    viewer.window.resize(1400, 850)
+    img = nuclei_image()
+    rgb = np.stack([img // 4, img // 3, img], axis=-1)  # a DAPI-blue RGB snapshot
+    viewer.add_image(rgb, name="rgb snapshot", rgb=True)
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment (U-Net)", area="right")
+    w.device_combo.setCurrentText("cpu")
+    w.channel_combo.setCurrentText("2 (blue)")
+    w.run_button.click()
+    wait(w)
+    viewer.layers["rgb snapshot labels"].contour = 2
+    shot(viewer, "segment-rgb.png")
     viewer.close()
 
 
@@ -128,7 +156,8 @@ def objects_picture() -> None:
     viewer.close()
 
 
-PICTURES = {"segment": segment_pictures, "finetune": finetune_picture, "objects": objects_picture}
+PICTURES = {"segment": segment_pictures, "rgb": rgb_picture, "finetune": finetune_picture,
+            "objects": objects_picture}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or PICTURES:

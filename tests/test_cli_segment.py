@@ -435,3 +435,64 @@ def test_a_write_that_fails_half_way_leaves_the_earlier_outputs_and_no_fragment(
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.png", "a_labels.tif"]
     assert (out / "a_labels.tif").read_bytes() == old_tif and (out / "a_labels.png").read_bytes() == old_png
+@pytest.fixture
+def colour_folder(tmp_path):
+    """The same 160x192 crop as gray, RGB tif, RGBA png and a two-colour (Y, X, 2) tif
+    whose nuclei are in channel 1."""
+    from skimage.io import imsave
+
+    d = tmp_path / "colour"
+    d.mkdir()
+    gray = nuclei_image()[:160, :192]
+    tifffile.imwrite(d / "gray.tif", gray)
+    tifffile.imwrite(d / "rgb.tif", np.stack([gray] * 3, axis=-1))
+    imsave(d / "rgba.png", np.stack([gray] * 3 + [np.full_like(gray, 255)], axis=-1), check_contrast=False)
+    tifffile.imwrite(d / "two.tif", np.stack([np.zeros_like(gray), gray], axis=-1))
+    return d
+
+
+def test_rgb_and_rgba_images_are_planes_with_colour_not_stacks(tmp_path, colour_folder, model_file, capsys):
+    """RGB(A) is segmented as the luminance of one plane: labels of the plane's shape, the
+    objects of the gray image (equal channels: luminance = gray)."""
+    out = tmp_path / "out"
+    inputs = [str(colour_folder / n) for n in ("gray.tif", "rgb.tif", "rgba.png")]
+    assert main(["segment", *inputs, "-o", str(out), "-m", str(model_file), "--json"]) == 0
+    rows = {r["input"].rsplit("/", 1)[-1]: r for r in json.loads(capsys.readouterr().out)["segmented"]}
+    gray = tifffile.imread(out / "gray_labels.tif")
+    for name in ("rgb", "rgba"):
+        labels = tifffile.imread(out / f"{name}_labels.tif")
+        assert labels.shape == (160, 192)
+        assert rows[f"{name}.tif" if name == "rgb" else "rgba.png"]["objects"] == gray.max() > 0
+        assert (labels > 0).sum() == pytest.approx((gray > 0).sum(), rel=0.02)
+
+
+def test_a_two_channel_image_needs_the_channel_and_then_uses_it(tmp_path, colour_folder, model_file, capsys):
+    out = tmp_path / "out"
+    two = str(colour_folder / "two.tif")
+    assert main(["segment", two, "-o", str(out), "-m", str(model_file)]) == 1
+    err = capsys.readouterr().out
+    assert "2 channels" in err and "--channel (0 to 1)" in err and not out.joinpath("two_labels.tif").exists()
+    assert main(["segment", two, str(colour_folder / "gray.tif"), "-o", str(out), "-m", str(model_file),
+                 "--channel", "1"]) == 1  # the gray image has no channel 1 ... and says so
+    assert "no channels" in capsys.readouterr().out
+    labels = tifffile.imread(out / "two_labels.tif")
+    assert np.array_equal(labels, tifffile.imread(tmp_path / "out" / "two_labels.tif"))
+    main(["segment", str(colour_folder / "gray.tif"), "-o", str(tmp_path / "g"), "-m", str(model_file)])
+    assert np.array_equal(labels, tifffile.imread(tmp_path / "g" / "gray_labels.tif"))
+
+
+def test_the_api_reads_axes_as_the_cli_does(model_file):
+    """napari_tiled_unet.segment: RGB -> one plane (luminance or a chosen channel), a
+    (Y, X, 2) image asks for its channel, (2, Y, X) with axes='CYX' and a channel."""
+    from napari_tiled_unet import segment
+    from napari_tiled_unet.normalization import ImageError
+
+    gray = nuclei_image()[:128, :160]
+    expected = segment(model_file, gray, device="cpu").labels
+    rgb = np.stack([gray, np.zeros_like(gray), gray], axis=-1)
+    assert segment(model_file, rgb, device="cpu", channel=2).labels.shape == (128, 160)
+    assert np.array_equal(segment(model_file, rgb, device="cpu", channel=0).labels, expected)
+    with pytest.raises(ImageError, match="choose the one that holds the nuclei with the channel argument"):
+        segment(model_file, rgb[..., :2], device="cpu")
+    cyx = np.stack([np.zeros_like(gray), gray])
+    assert np.array_equal(segment(model_file, cyx, axes="CYX", channel=1, device="cpu").labels, expected)

@@ -196,12 +196,19 @@ def _add_segment(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for the label maps")
     p.add_argument("-m", "--model", default=None, help="model file or built-in name (default: built-in)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="fp32 (default), bf16, fp16, or auto: bf16 on CPUs with fast bf16 and on CUDA")
     p.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: automatic)")
     p.add_argument("--mode", default="exact", choices=["exact", "blend"], help="tiling mode")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
     p.add_argument("--tta", action="store_true",
                    help="average over the image's mirror images (4x slower, a little more accurate)")
+    p.add_argument("--channel", default=None,
+                   help="the channel that holds the nuclei (0, 1, ...), or 'luminance' for RGB; default: "
+                        "the luminance of RGB(A) images, all channels when the model takes them")
+    p.add_argument("--axes", default=None,
+                   help="the images' axes, e.g. YXC, CYX, ZYX (default: guessed; (N, Y, X) with N <= 4 is "
+                        "read as N planes, with a warning)")
     p.add_argument("--foreground-threshold", type=float, default=None)
     p.add_argument("--seed-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
@@ -227,12 +234,13 @@ def _image_stem(src: Path) -> str:
     return src.name[: -len(".ome.zarr")] if src.name.endswith(".ome.zarr") else src.stem
 
 
-def _output_path(src: Path, out_dir: Path, fmt: str, image=None) -> Path:
+def _output_path(src: Path, out_dir: Path, fmt: str, plane: tuple[int, int] | None = None) -> Path:
+    """Where the labels of ``src`` go; ``plane`` is its (Y, X) size (auto format: zarr when large)."""
     from .io import ZARR_THRESHOLD_PIXELS, is_zarr
 
     stem = _image_stem(src)
     if fmt == "auto":
-        big = image is not None and image.shape[-1] * image.shape[-2] > ZARR_THRESHOLD_PIXELS
+        big = plane is not None and plane[0] * plane[1] > ZARR_THRESHOLD_PIXELS
         fmt = "zarr" if is_zarr(src) or big else "tif"
     return out_dir / f"{stem}_labels.{'zarr' if fmt == 'zarr' else 'tif'}"
 
@@ -405,11 +413,19 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     import time
 
     from ._interrupts import deferred_signals
+    from .imageview import ambiguity_warning, interpret
     from .io import read_image, scratch_prefix, scratch_tag, stage_png, stage_tif, temp_beside, write_labels
     from .measure import measure_objects, objects_csv_path, write_csv
 
     image = read_image(src)
-    dst = _output_path(src, out_dir, args.format, image)
+    view = interpret(tuple(image.shape), bundle.n_channels, axes=args.axes, channel=args.channel,
+                     option="--channel")
+    message = ambiguity_warning(view, tuple(image.shape), "--axes")
+    if message:
+        print(f"warning: {src.name}: {message}", file=sys.stderr)
+    predict_kwargs = {**predict_kwargs, "axes": view.axes, "channel": args.channel}
+    spatial = tuple(image.shape[view.axes.index(a)] for a in "YX")
+    dst = _output_path(src, out_dir, args.format, spatial)
     zarr_out = dst.suffix == ".zarr"
     work = dst.with_name(f".{dst.stem}.{scratch_tag()}.partial.zarr") if zarr_out else dst
     staged: list[tuple[Path, Path]] = []  # (complete temporary, final name), moved in at the end
@@ -419,7 +435,11 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
         if client is not None:
             from .distributed import segment_distributed
 
-            result = segment_distributed(client, bundle, image, work, postprocess=post, **predict_kwargs)
+            if view.channel is not None:
+                raise ValueError("The cluster path reads whole zarr images, not one channel of them; run "
+                                 "this image without --workers/--scheduler.")
+            cluster_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("axes", "channel")}
+            result = segment_distributed(client, bundle, image, work, postprocess=post, **cluster_kwargs)
         else:
             keep = None
             if args.probabilities:
@@ -466,7 +486,7 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
             for folder in dst.parent.glob(scratch_prefix(kind) + "*"):
                 shutil.rmtree(folder, ignore_errors=True)
         raise
-    npx = int(np.prod(image.shape[-2:])) if image.ndim >= 2 else 0
+    npx = spatial[0] * spatial[1] * (image.shape[view.axes.index("Z")] if "Z" in view.axes else 1)
     row = {"input": str(src), "output": str(dst), "objects": n_objects,
            "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)}
     if fractions is not None:

@@ -7,6 +7,7 @@ bars. They are plain dataclasses: no Qt, no torch tensors.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,35 @@ class TrainStep:
     elapsed: float
     val_loss: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Raised inside the network's forward pass once :attr:`RunControl.stop` is set."""
+
+
+@dataclass
+class RunControl:
+    """Shared by a front end and a running engine generator, across threads.
+
+    The generator yields only between batches of windows, and one window can take many
+    seconds on a CPU; so the engine also looks at this object between the layers of the
+    network: it raises :class:`Cancelled` once ``stop`` is set, and keeps
+    ``windows_done`` (fractional: the share of the current batch's layers already run) up
+    to date for a front end that polls it.
+
+    Attributes:
+        stop: set (from any thread) to cancel within one layer of the network.
+        windows_done: windows finished, plus the running batch's finished share.
+        windows_total: windows in all (0 before the plan is made).
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    windows_done: float = 0.0
+    windows_total: int = 0
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Cancelled("cancelled")
 
 
 def run_to_end(gen, on_event=None):

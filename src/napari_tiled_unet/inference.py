@@ -15,6 +15,7 @@ it would not fit the RAM budget.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -29,7 +30,7 @@ import torch
 from . import normalization, settings, tiling
 from ._readahead import ReadAhead
 from .errors import reading
-from .events import Progress, WarningEvent, run_to_end
+from .events import Progress, RunControl, WarningEvent, run_to_end
 from .model.bundle import ModelBundle, load_model
 from .normalization import ImageError
 
@@ -65,6 +66,36 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if kind not in ("cuda", "mps", "cpu") or not available_devices()[kind]:
         raise ImageError(f"The device {device!r} is not available here; choose 'auto' or 'cpu'.")
     return torch.device(device)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX; Linux flags).
+
+    Without them PyTorch emulates bf16 on the CPU, slower than fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> bf16 on a CPU with fast bf16, bf16 (else fp16) on CUDA, fp32 otherwise.
+
+    bf16 gave the same objects as fp32 on the built-in model (docs/benchmarks.md, part c).
+    """
+    if precision != "auto":
+        if precision not in PRECISIONS:
+            raise ImageError(f"Unknown precision {precision!r}: use auto, fp32, bf16 or fp16.")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def memory_budget(device: torch.device) -> int:
@@ -229,6 +260,7 @@ def predict_iter(
     plan: tiling.TilePlan | None = None,
     stats: np.ndarray | None = None,
     tta: bool = False,
+    control: RunControl | None = None,
 ) -> Generator[Progress | WarningEvent, None, Any]:
     """Predict class probabilities tile by tile, yielding progress events.
 
@@ -246,7 +278,8 @@ def predict_iter(
         blend: blend mode weights, ``"gaussian"`` or ``"cosine"``.
         batch_size: windows per forward pass; None chooses from the memory budget.
         device: ``"auto"`` (cuda, then mps, then cpu), ``"cuda"``, ``"mps"`` or ``"cpu"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast), or ``"auto"``
+            (:func:`resolve_precision`).
         out: None for a numpy result, or a zarr array / path to write into. When None and
             the result would exceed the RAM budget, an error asks for a zarr path.
         ram_budget: bytes for one batch of windows (default: from free GPU memory or RAM).
@@ -260,6 +293,9 @@ def predict_iter(
         tta: test-time augmentation: average the probabilities of the window and its three
             mirror images (up-down, left-right, both). Four times the computation; exact
             tiling stays exact, because windows are whole 2^depth blocks at block offsets.
+        control: a :class:`~napari_tiled_unet.events.RunControl`: cancel between two layers
+            of the network (raises :class:`~napari_tiled_unet.events.Cancelled`) and progress
+            within a batch, for front ends whose windows take seconds.
 
     Yields:
         ``Progress`` after every batch (windows done / total, elapsed, eta) and ``WarningEvent``
@@ -276,11 +312,10 @@ def predict_iter(
     image = as_image(image)
     shape = tuple(int(s) for s in image.shape)
     axes = _check_axes(axes, shape, n_in) if axes else infer_axes(shape, n_in)
-    if precision not in PRECISIONS:
-        raise ImageError(f"Unknown precision {precision!r}: use fp32, bf16 or fp16.")
     if not {"f", "i", "u", "b"} >= {np.dtype(image.dtype).kind}:
         raise ImageError(f"Images of type {image.dtype} cannot be segmented; use an integer or float image.")
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     if channels_last is None:
         channels_last = dev.type in ("cuda", "cpu")  # faster on both (measured 1.3x on CPU)
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
@@ -332,15 +367,19 @@ def predict_iter(
     start = time.perf_counter()
     total = len(plan) * n_planes
     done = 0
+    if control is not None:
+        control.windows_done, control.windows_total = 0.0, total
     for z in range(n_planes):
         source = _PlaneSource(image, axes, z if "Z" in axes else None)
         target = store if "Z" not in axes else _PlaneView(store, z)
         while True:  # re-entered only after an out-of-memory back-off shrinks the plan
             gen = _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision,
-                            batch_size, channels_last, blend, prefetch, tta)
+                            batch_size, channels_last, blend, prefetch, tta, _LayerWatch(net, control, done))
             try:
                 for n in gen:
                     done += n
+                    if control is not None:
+                        control.windows_total = total
                     yield Progress(done, total, time.perf_counter() - start, "predict")
                 break
             except _OutOfMemory as oom:
@@ -363,6 +402,8 @@ def predict_iter(
                             "programs or run on the CPU."
                         ) from oom.__cause__
                     total += (len(plan) - oom.plan_len) * (n_planes - z)
+                    if control is not None:
+                        control.windows_total = total
                     msg = f"Out of GPU memory: continuing with {plan.window[0]}x{plan.window[1]} windows."
                 log.warning(msg)
                 yield WarningEvent(msg, kind="out_of_memory")
@@ -412,8 +453,52 @@ def _read_batch(source: _PlaneSource, wins: list[tiling.Window], stats: np.ndarr
     return batch
 
 
+class _LayerWatch:
+    """Forward pre-hooks on the network's convolutions that act on a :class:`RunControl`:
+    cancel between two layers, and the share of the running batch's layers done.
+
+    Every convolution of a U-Net level costs about the same (each level has a quarter of the
+    pixels and twice the channels, so (1/4) x 2 x 2 the multiply-adds), so the share of
+    convolutions run is a fair share of the work. Costs one Python call per convolution
+    (see docs/benchmarks.md, "Cancel within a window").
+    """
+
+    def __init__(self, net: torch.nn.Module, control: RunControl | None, done: int) -> None:
+        self.control, self.done = control, done
+        self.convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        self.calls, self.per_batch, self.batch = 0, 1, 0
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _LayerWatch:
+        if self.control is not None:
+            self.handles = [m.register_forward_pre_hook(self._hook) for m in self.convs]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def start_batch(self, n_windows: int, passes: int) -> None:
+        self.calls, self.batch = 0, n_windows
+        self.per_batch = max(len(self.convs) * passes, 1)
+
+    def end_batch(self) -> None:
+        self.done += self.batch
+        self.batch = 0
+        if self.control is not None:
+            self.control.windows_done = float(self.done)
+
+    def _hook(self, module: Any, args: Any) -> None:
+        control = self.control
+        control.check()
+        self.calls += 1
+        control.windows_done = self.done + self.batch * min(self.calls / self.per_batch, 1.0)
+
+
 def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision, batch_size,
-              channels_last, blend, prefetch, tta=False) -> Generator[int, None, None]:
+              channels_last, blend, prefetch, tta=False, watch: _LayerWatch | None = None
+              ) -> Generator[int, None, None]:
     """Run every window of ``plan`` for one plane; yields the number of windows finished."""
     height, width = plan.shape
     pin = dev.type == "cuda"
@@ -426,15 +511,18 @@ def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precisi
     reader = ReadAhead(((b, _read_batch(source, b, stats, height, width, pin)) for b in batches),
                        enabled=prefetch and len(batches) > 1, name="tiled-unet-reader")
     done = 0
+    watch = watch or _LayerWatch(net, None, 0)
     try:
         for wins, host in reader:
             x = host.to(dev, non_blocking=pin)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                with torch.inference_mode(), _autocast(dev, precision):
+                watch.start_batch(len(wins), len(TTA_FLIPS) if tta else 1)
+                with watch, torch.inference_mode(), _autocast(dev, precision):
                     probs = _forward(net, x, sigmoid, tta)
                 probs = probs.cpu().numpy()
+                watch.end_batch()
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not _is_oom(exc):
                     raise

@@ -118,6 +118,8 @@ def segment_iter(
     model: ModelBundle | str,
     image: Any,
     *,
+    axes: str | None = None,
+    channel: int | str | None = None,
     postprocess: dict[str, Any] | None = None,
     probabilities_out: Any = None,
     labels_out: Any = None,
@@ -127,13 +129,20 @@ def segment_iter(
 
     Args:
         model: bundle, path or built-in name.
-        image: as for :func:`~napari_tiled_unet.inference.predict_iter`.
+        image: (Y, X), RGB(A) (Y, X, 3|4), (Y, X, C), (C, Y, X) or a stack of those;
+            numpy, dask, zarr or anything with ``shape``, ``dtype`` and slicing.
+        axes: the image's axes (e.g. ``"YXC"``, ``"CYX"``, ``"ZYX"``); None: the rule of
+            :func:`~napari_tiled_unet.imageview.interpret` (the CLI and the widget use it too).
+        channel: the channel that holds the nuclei (an index, or ``"luminance"`` for RGB);
+            None: all channels when the model takes them, the luminance of RGB(A), else an
+            error that asks for it.
         postprocess: overrides of the bundle's post-processing defaults (e.g.
             ``{"min_size": 30}``).
         probabilities_out: zarr path/array for the probabilities (large images).
         labels_out: zarr path/array for the labels (used with ``probabilities_out``).
         **predict_kwargs: passed to ``predict_iter`` (device, precision, window, mode, ...).
     """
+    from .imageview import ambiguity_warning, prepare
     from .io import ChunkWatch
 
     bundle = _as_bundle(model)
@@ -142,7 +151,11 @@ def segment_iter(
     watch = ChunkWatch.of(image)
     if watch is not None and watch.absent_message():
         yield WarningEvent(watch.absent_message())
-    probs = yield from predict_iter(bundle, image, out=probabilities_out, **predict_kwargs)
+    seen, seen_axes, view = prepare(image, bundle.n_channels, axes=axes, channel=channel)
+    message = ambiguity_warning(view, tuple(image.shape))
+    if message:
+        yield WarningEvent(message)
+    probs = yield from predict_iter(bundle, seen, axes=seen_axes, out=probabilities_out, **predict_kwargs)
     if watch is not None:
         watch.check()  # every pixel has been read: a chunk gone since the start means a wrong result
     yield Progress(0, 1, 0.0, "postprocess")

@@ -341,3 +341,104 @@ def test_the_model_last_used_for_segmenting_can_be_the_base(widget, monkeypatch)
     w.model_combo.hidePopup()
     w.model_combo.setCurrentText("Model last used for segmenting")
     assert w._base_model() is used
+
+
+_TRAIN_IN_NAPARI = """
+import json, sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+
+viewer = napari.Viewer(show=False)
+w = FineTuneWidget(viewer)
+w.add_model_file(sys.argv[1])
+w.device_combo.setCurrentText("cpu")
+w.patch_spin.setValue(64)
+w.batch_spin.setValue(2)
+w.budget_spin.setValue(1)
+w.steps_spin.setValue(3)
+viewer.add_image(nuclei_image()[:128, :128], name="img")
+viewer.add_labels(nuclei_labels()[:128, :128], name="my labels")
+w.labels_combo.setCurrentText("my labels")
+w.train_button.click()
+app, start = QApplication.instance(), time.monotonic()
+while w.running and time.monotonic() - start < 120:
+    app.processEvents()
+    time.sleep(0.01)
+print(json.dumps({"trained": w.bundle is not None, "status": w.status.text(),
+                  "triton": "triton" in sys.modules, "dynamo": "torch._dynamo" in sys.modules}))
+viewer.close()
+"""
+
+
+def test_training_in_napari_never_imports_triton_or_dynamo(model_file, tmp_path):
+    """A triton whose import raises (as importing the real one crashes napari drawn by Mesa's
+    software OpenGL): fine-tuning in napari completes without importing it or torch._dynamo,
+    which torch.optim's optimizers import. In a fresh process, so nothing earlier imported them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "triton"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('triton was imported')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    probe = subprocess.run([sys.executable, "-c", "import torch._dynamo"], env=env, capture_output=True)
+    assert probe.returncode != 0 and b"triton was imported" in probe.stderr  # the trap works
+    done = subprocess.run([sys.executable, "-c", _TRAIN_IN_NAPARI, str(model_file)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trained"] and "Done after 3 steps" in result["status"], result
+    assert not result["triton"] and not result["dynamo"]
+
+
+def test_removing_the_image_never_trains_the_labels_against_another_image(widget, notes):
+    """Two images of the same shape; the one the labels were painted on is removed: the
+    widget does not slip to the other one, it asks for an image."""
+    viewer, w = widget
+    _add_nuclei(viewer)
+    viewer.add_image(nuclei_image()[CROP][::-1].copy(), name="other")
+    w.image_combo.setCurrentText("img")
+    w.labels_combo.setCurrentText("my labels")
+    viewer.layers.remove("img")
+    assert w.image_combo.currentText() == ""
+    w.train()
+    assert w.job is None and notes["error"] and "Choose an image layer" in notes["error"][0]
+
+
+def test_the_default_layers_are_the_ones_being_worked_on_and_never_hidden(make_napari_viewer, notes):
+    """The labels the Segment widget made for the image (and the user edited) are chosen, not
+    a hidden ground truth that happens to come first; a whole-image region warns."""
+    from napari_tiled_unet._qt.predict_widget import META_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(nuclei_labels()[CROP].copy(), name="ground truth", visible=False)
+    viewer.add_image(nuclei_image()[CROP].copy(), name="img")
+    result = viewer.add_labels(nuclei_labels()[CROP].copy(), name="img labels")
+    result.metadata[META_KEY] = {"role": "labels", "image": "img", "edited": True}
+    viewer.add_labels(np.zeros((128, 128), np.int32), name="scratch")
+    viewer.layers.selection.active = viewer.layers["img"]
+    w = FineTuneWidget(viewer)
+    assert w.image_combo.currentText() == "img"
+    assert w.labels_combo.currentText() == "img labels"
+    assert w.region_combo.currentText() == "(whole image)" and not w.region_hint.isHidden()
+    assert "every pixel you did not paint is taught as background" in w.region_hint.text()
+    viewer.add_shapes([np.array([[0, 0], [0, 60], [60, 60], [60, 0]])], shape_type="rectangle", name="r")
+    w.region_combo.setCurrentText("r")
+    assert w.region_hint.isHidden()
+
+
+def test_closing_the_viewer_mid_training_raises_nothing(widget, qtbot):
+    viewer, w = widget
+    _add_nuclei(viewer)
+    w.steps_spin.setValue(100_000)
+    _start(w)
+    job = w.job
+    qtbot.waitUntil(lambda: len(w.train_points) >= 1, timeout=60_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: job.finished, timeout=60_000)
+    qtbot.wait(200)
+    assert job.cancelled

@@ -28,7 +28,7 @@ def widget(make_napari_viewer, tiny_model_file):
 def _segment(qtbot, w, name):
     w.image_combo.setCurrentText(name)
     qtbot.mouseClick(w.run_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=60_000)
+    qtbot.waitUntil(lambda: w.job is not None and not w.busy, timeout=60_000)  # run and display done
 
 
 def _choose(monkeypatch, w, path):

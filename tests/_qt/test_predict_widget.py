@@ -34,7 +34,7 @@ def test_the_widget_opens_from_napari_plugins_menu(make_napari_viewer):
 
 
 def _wait(qtbot, w, timeout=60_000):
-    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 
 
 def test_segment_adds_a_labels_layer_of_the_image_shape(widget, qtbot):
@@ -77,13 +77,18 @@ def test_mirror_test_option_reaches_the_engine(widget, qtbot, tiny_model):
     w.image_combo.setCurrentText("img")
     w.show_probs.setChecked(True)
     w.tta_check.setChecked(True)
+    w.precision_combo.setCurrentText("fp32")
     w.run()
     _wait(qtbot, w)
-    shown = np.asarray(viewer.layers["img probabilities"].data)
     bundle = load_model(tiny_model)
-    expected = predict(bundle, img, device="cpu", tta=True)
+    names = bundle.class_names
+    shown = np.stack([np.asarray(viewer.layers[f"img {n} probability"].data) for n in names[1:]])
+    expected = predict(bundle, img, device="cpu", tta=True)[1:]
     assert np.abs(shown - expected).max() <= 1e-5
-    assert np.abs(shown - predict(bundle, img, device="cpu")).max() > 1e-4
+    assert np.abs(shown - predict(bundle, img, device="cpu")[1:]).max() > 1e-4
+    # one layer per foreground class, below the labels (which they must not cover)
+    assert [layer.name for layer in viewer.layers] == ["img", *(f"img {n} probability" for n in names[1:]),
+                                                        "img labels"]
 
 
 def test_cancel_mid_run_leaves_no_layer_and_ends_the_worker(widget, qtbot):
@@ -104,30 +109,60 @@ def test_cancel_mid_run_leaves_no_layer_and_ends_the_worker(widget, qtbot):
     assert "Cancelled" in w.status.text()
 
 
-def test_event_loop_is_never_blocked_for_200_ms_during_a_run(widget, qtbot, monkeypatch):
-    """All computing happens in the worker: from Run until the result is handed to napari,
-    a 20 ms timer keeps ticking. (napari's own add_labels, which builds vispy visuals, is
-    excluded: it takes several hundred ms under software rendering whatever the plugin does.)"""
+def test_the_event_loop_stays_free_while_a_4096_image_is_segmented_and_shown(widget, qtbot):
+    """Click on Segment until the labels and both probability layers are on screen, 4096x4096.
+
+    A 20 ms timer keeps ticking through the run: no gap of 200 ms, on the wall clock or in the
+    main thread's CPU time, until the result is handed over. Then the result appears one layer
+    per event-loop turn, and no turn costs the main thread more than napari's own price of
+    adding a 64x64 layer of the same kind to this viewer first (measured here, before the run)
+    plus 100 ms: the image's size costs nothing there. (napari 0.9 spends 0.05-0.4 s of CPU on
+    each new layer on this busy machine, most of it the first time a kind of layer is drawn;
+    that part no plugin can slice.)"""
     from qtpy.QtCore import QTimer
 
     viewer, w = widget
-    viewer.add_image(np.tile(nuclei_image(), (2, 2)), name="img")
+
+    def napari_price(add):
+        cpu = time.thread_time()
+        layer = add()
+        cost = time.thread_time() - cpu
+        viewer.layers.remove(layer)
+        return cost
+
+    price = {"_show_labels": napari_price(lambda: viewer.add_labels(np.zeros((64, 64), np.uint16))),
+             "_add_probability": napari_price(lambda: viewer.add_image(np.zeros((64, 64), np.float32)))}
+    viewer.add_image(np.tile(nuclei_image(), (8, 8))[:4096, :4096], name="img")
     w.image_combo.setCurrentText("img")
-    w.window_spin.setValue(256)
+    w.show_probs.setChecked(True)
+    qtbot.wait(200)
     ticks, handed_over = [], []
-    show = w._show_result
-    monkeypatch.setattr(w, "_show_result", lambda r: handed_over.append(time.perf_counter()) or show(r))
     timer = QTimer()
     timer.setInterval(20)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    pump = w._pump
+
+    def first_display_step():
+        handed_over.append(time.perf_counter())
+        pump()
+
+    w._pump = first_display_step
     timer.start()
-    w.run()
-    _wait(qtbot, w)
+    w.run_button.click()
+    _wait(qtbot, w, timeout=300_000)
+    qtbot.wait(300)  # the layers are drawn
     timer.stop()
-    assert handed_over, "no result was shown"
-    gaps = np.diff([t for t in ticks if t <= handed_over[0]])
-    assert len(gaps) > 10
-    assert gaps.max() < 0.2, f"event loop blocked for {gaps.max() * 1000:.0f} ms"
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["img", "img interior probability", "img boundary probability", "img labels"], names
+    ticks = np.array(ticks)
+    before = ticks[ticks[:, 0] <= handed_over[0]]
+    wall, cpu = np.diff(before, axis=0).T
+    assert len(wall) > 10
+    assert max(wall.max(), cpu.max()) < 0.2, f"blocked {wall.max():.3f} s, CPU {cpu.max():.3f} s"
+    steps = [(name, c) for name, _, c in w.step_times]
+    assert [n for n, _ in steps].count("_add_probability") == 2
+    for name, cost in steps:
+        assert cost < price.get(name, 0.0) + 0.1, (name, cost, price, w.step_times)
 
 
 def test_resegment_changes_labels_without_running_the_model(widget, qtbot, monkeypatch):
@@ -150,11 +185,17 @@ def test_resegment_changes_labels_without_running_the_model(widget, qtbot, monke
     assert not np.array_equal(before, after)
 
 
-def test_a_stack_runs_plane_by_plane(widget, qtbot):
+def test_a_stack_runs_plane_by_plane(widget, qtbot, monkeypatch):
     viewer, w = widget
     stack = np.stack([nuclei_image()[:128, :160]] * 3)
     viewer.add_image(stack, name="stack")
     w.image_combo.setCurrentText("stack")
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    w.run()  # three planes or three channels? the widget asks
+    assert errors and "holds channels or planes" in errors[0] and w.job is None
+    assert not w.channel_row.isHidden()
+    w.channel_axis_combo.setCurrentText("none (3 planes)")
     w.run()
     _wait(qtbot, w)
     assert viewer.layers["stack labels"].data.shape == stack.shape
@@ -346,3 +387,192 @@ def test_a_semantic_model_shows_its_class_names_on_the_labels_layer(widget, qtbo
     value = int(layer.data[40, 40])
     status = layer.get_status((40, 40), world=True)
     assert ["background", "membrane", "cell"][value] in str(status)  # the name under the mouse
+
+
+def test_a_new_run_never_discards_edits_of_the_result_layer(widget, qtbot):
+    """The user corrects the result layer; Segment again: the corrections are still there
+    (the new result goes to a new layer, and the user is told), and a result nobody edited
+    is replaced in place."""
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:128, :128], name="img")
+    w.image_combo.setCurrentText("img")
+    infos = []
+    import napari.utils.notifications as n
+
+    original_info = n.show_info
+    n.show_info = infos.append
+    try:
+        w.run_button.click()
+        _wait(qtbot, w)
+        labels = viewer.layers["img labels"]
+        labels.paint((20, 20), 999, refresh=True)  # the brush, as napari's paint tool does
+        painted = np.array(labels.data, copy=True)
+        assert (painted == 999).sum() > 0
+        w.run_button.click()
+        _wait(qtbot, w)
+    finally:
+        n.show_info = original_info
+    assert np.array_equal(labels.data, painted) and labels in viewer.layers
+    assert [layer.name for layer in viewer.layers] == ["img", "img labels", "img labels [1]"]
+    assert any("edits of 'img labels' are kept" in m for m in infos)
+    new = viewer.layers["img labels [1]"]
+    assert not (np.asarray(new.data) == 999).any()
+    w.run_button.click()  # the new layer was not edited: replaced in place
+    _wait(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == ["img", "img labels", "img labels [1]"]
+
+
+def test_two_images_with_their_own_placement_get_two_aligned_result_layers(widget, qtbot):
+    viewer, w = widget
+    img = nuclei_image()[:96, :128]
+    viewer.add_image(img, name="a", scale=(2.0, 2.0), translate=(10.0, 20.0), units=("um", "um"),
+                     axis_labels=("y", "x"))
+    viewer.add_image(img, name="b", scale=(0.5, 0.25), translate=(-5.0, 300.0), rotate=30)
+    for name in ("a", "b"):
+        w.image_combo.setCurrentText(name)
+        w.run_button.click()
+        _wait(qtbot, w)
+    assert [layer.name for layer in viewer.layers] == ["a", "b", "a labels", "b labels"]
+    for name in ("a", "b"):
+        image, labels = viewer.layers[name], viewer.layers[f"{name} labels"]
+        assert np.allclose(labels.scale, image.scale) and np.allclose(labels.translate, image.translate)
+        assert np.allclose(labels.rotate, image.rotate)
+        assert np.allclose(labels.extent.world, image.extent.world)  # drawn on top of its image
+    assert tuple(str(u) for u in viewer.layers["a labels"].units) == ("micrometer", "micrometer")
+    assert tuple(viewer.layers["a labels"].axis_labels) == ("y", "x")
+
+
+def test_a_run_keeps_its_image_when_a_same_named_layer_replaces_it(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:96, :128], name="img", scale=(2.0, 2.0))
+    w.image_combo.setCurrentText("img")
+    w.run_button.click()
+    viewer.layers.remove("img")  # during the run
+    viewer.add_image(nuclei_image()[:96, :128], name="img", scale=(5.0, 5.0))
+    _wait(qtbot, w)
+    assert np.allclose(viewer.layers["img labels"].scale, (2.0, 2.0))
+
+
+def _gray_result(w, qtbot, viewer, img):
+    viewer.add_image(img, name="gray")
+    w.image_combo.setCurrentText("gray")
+    w.run_button.click()
+    _wait(qtbot, w)
+    return np.array(viewer.layers["gray labels"].data)
+
+
+def test_rgb_and_channel_first_images_run_with_the_users_channel_choice(widget, qtbot, monkeypatch):
+    viewer, w = widget
+    w.precision_combo.setCurrentText("fp32")
+    img = nuclei_image()[:96, :128]
+    expected = _gray_result(w, qtbot, viewer, img)
+
+    # RGB with the nuclei in green only: luminance by default, or the green channel
+    viewer.add_image(np.stack([np.zeros_like(img), img, np.zeros_like(img)], axis=-1), name="rgb", rgb=True)
+    w.image_combo.setCurrentText("rgb")
+    assert not w.channel_row.isHidden() and w.channel_combo.currentText() == "luminance"
+    w.channel_combo.setCurrentText("1 (green)")
+    w.run_button.click()
+    _wait(qtbot, w)
+    assert np.array_equal(viewer.layers["rgb labels"].data, expected)
+    assert "channel 1" in w.status.text() or "objects found" in w.status.text()
+
+    # (C, Y, X), two channels, nuclei in channel 1: the widget asks, then uses the choice
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer.add_image(np.stack([img[::-1], img]), name="cyx", scale=(1.0, 3.0, 3.0))
+    w.image_combo.setCurrentText("cyx")
+    w.run_button.click()
+    assert errors and "channels or planes" in errors[0] and w.job.finished
+    w.channel_axis_combo.setCurrentText("axis 0 (2 channels)")
+    w.channel_combo.setCurrentText("1")
+    w.run_button.click()
+    _wait(qtbot, w)
+    labels = viewer.layers["cyx labels"]
+    assert np.array_equal(labels.data, expected) and np.allclose(labels.scale, (3.0, 3.0))
+
+
+def test_the_advanced_panel_shows_the_models_own_defaults_from_the_start(make_napari_viewer):
+    from napari_tiled_unet.model import zoo
+
+    w = SegmentWidget(make_napari_viewer())
+    post = zoo.load().postprocess
+    assert w.fg_spin.value() == pytest.approx(post["foreground_threshold"])
+    assert w.seed_spin.value() == pytest.approx(post["seed_threshold"])
+    assert w.min_size_spin.value() == post["min_size"]
+
+
+@pytest.mark.slow
+def test_cancel_in_the_middle_of_one_large_window_returns_within_2_s(make_napari_viewer, qtbot):
+    """The built-in model on one 2048x2048 window in fp32 (several seconds on a CPU): the bar
+    counts the window's progress, and Cancel in its middle ends the run within 2 s."""
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    w.device_combo.setCurrentText("cpu")
+    w.precision_combo.setCurrentText("fp32")
+    viewer.add_image(np.tile(nuclei_image(), (4, 4))[:2048, :2048], name="img")
+    w.image_combo.setCurrentText("img")
+    started = []
+    net = w.load_selected_model().model
+    net.inc.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+    w.run_button.click()
+    qtbot.waitUntil(lambda: bool(started), timeout=60_000)
+    qtbot.waitUntil(lambda: 0 < w.progress.value() < w.progress.maximum() == 1000, timeout=30_000)
+    assert w.status.text().startswith("0.") and "/1 tiles" in w.status.text()  # part of one window
+    clicked = time.perf_counter()
+    w.cancel_button.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
+    took = time.perf_counter() - clicked
+    assert took < 2.0, f"cancel took {took:.1f} s"
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert w.status.text() == "Cancelled: nothing was added." and w.progress.value() == 0
+
+
+def test_closing_the_viewer_mid_run_raises_nothing(make_napari_viewer, qtbot, tiny_model):
+    """As from a script or Jupyter: the event loop goes on after the viewer is closed; the
+    run stops, and nothing touches the deleted widget."""
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model)
+    w.device_combo.setCurrentText("cpu")
+    viewer.add_image(np.tile(nuclei_image(), (3, 3)), name="img")
+    w.image_combo.setCurrentText("img")
+    w.window_spin.setValue(256)
+    w.run_button.click()
+    job = w.job
+    qtbot.waitUntil(lambda: job.control.windows_done > 0, timeout=30_000)
+    viewer.close()
+    qtbot.waitUntil(lambda: job.finished, timeout=30_000)
+    qtbot.wait(200)  # anything queued after the end runs now, and must not raise
+    assert job.cancelled
+
+
+def test_an_image_of_exactly_the_large_size_is_kept_on_disk(widget, qtbot, monkeypatch):
+    """The on-disk path starts at LARGE_PIXELS, not above it (an 8192x8192 image used to stay
+    in RAM)."""
+    import napari_tiled_unet._qt.predict_widget as pw
+
+    monkeypatch.setattr(pw, "LARGE_PIXELS", 128 * 160)
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:128, :160], name="img")
+    w.image_combo.setCurrentText("img")
+    w.run_button.click()
+    _wait(qtbot, w)
+    assert isinstance(viewer.layers["img labels"].data, da.Array)
+
+
+def test_a_full_bar_never_stays_beside_a_new_error(widget, qtbot, _capture_error_notifications):
+    viewer, w = widget
+    viewer.add_image(nuclei_image()[:96, :128], name="img")
+    viewer.add_image(np.full((64, 64), 3, np.uint8), name="flat")
+    w.image_combo.setCurrentText("img")
+    w.run_button.click()
+    _wait(qtbot, w)
+    assert w.progress.value() == w.progress.maximum() == 1
+    errors = _capture_error_notifications()
+    w.image_combo.setCurrentText("flat")
+    w.run_button.click()
+    _wait(qtbot, w)
+    assert errors and "constant" in w.status.text()
+    assert w.progress.value() == 0

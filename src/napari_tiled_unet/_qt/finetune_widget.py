@@ -38,7 +38,14 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from .predict_widget import LOAD_FILE, DockControls, _fmt_seconds, last_used_bundle, layer_image_and_axes
+from .predict_widget import (
+    LOAD_FILE,
+    DockControls,
+    _fmt_seconds,
+    last_used_bundle,
+    layer_image_and_axes,
+    layer_origin,
+)
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -205,6 +212,7 @@ class FineTuneWidget(DockControls, QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self._track_lifetime()
         self.job: EngineJob | None = None
         self.trainer = None
         self.bundle = None
@@ -218,6 +226,7 @@ class FineTuneWidget(DockControls, QWidget):
         self._failed = False  # the last job ended with an error
         self._last_draw = 0.0
         self._kind = ""  # what the running job does: "train", "evaluate", "preview", "export"
+        self._first_step_at: tuple[int, float] | None = None  # (step, elapsed) of the first step seen
 
         self.image_combo = QComboBox()
         self.labels_combo = QComboBox()
@@ -237,6 +246,11 @@ class FineTuneWidget(DockControls, QWidget):
         self.region_combo = QComboBox()
         self.region_combo.setToolTip("Rectangles of a Shapes layer: only pixels inside them count "
                                      "(other shapes count by their bounding box).")
+        self.region_hint = QLabel("The whole image counts: every pixel you did not paint is taught as "
+                                  "background. Unless you painted every object, draw rectangles around "
+                                  "what you painted (a Shapes layer) and choose it as the region.")
+        self.region_hint.setWordWrap(True)
+        self.region_hint.setStyleSheet("color: #e0a030;")
         self.model_combo = _PickerComboBox(self._fill_models)
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.1, 100000)
@@ -301,6 +315,7 @@ class FineTuneWidget(DockControls, QWidget):
         form.addRow("annotation", self.annotation_combo)
         form.addRow("class names", self.classes_edit)
         form.addRow("region", self.region_combo)
+        form.addRow(self.region_hint)
         form.addRow("base model", self.model_combo)
         budget = QHBoxLayout()
         budget.addWidget(self.budget_spin)
@@ -342,6 +357,8 @@ class FineTuneWidget(DockControls, QWidget):
         self._fill_devices()
         self._fill_models()
         self._refresh_layers()
+        self.region_combo.currentIndexChanged.connect(self._show_region_hint)
+        self.annotation_combo.currentIndexChanged.connect(self._show_region_hint)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         self.model_combo.activated.connect(self._on_model_chosen)
@@ -370,22 +387,51 @@ class FineTuneWidget(DockControls, QWidget):
         self.model_combo.blockSignals(False)
 
     def _refresh_layers(self, *_: Any) -> None:
+        """Offer the viewer's layers; a first choice prefers what the user is working on:
+        the selected image, and the labels the Segment widget made for it (the edited ones
+        first), never a hidden layer."""
         import napari
 
-        def fill(combo: QComboBox, kind: type, first: str | None = None) -> None:
-            current = combo.currentText()
-            combo.clear()
-            if first:
-                combo.addItem(first)
-            for layer in self.viewer.layers:
-                if isinstance(layer, kind) and layer is not self._preview:
-                    combo.addItem(layer.name)
-            if current:
-                combo.setCurrentText(current)
+        if not self._is_alive():
+            return
+        layers = [layer for layer in self.viewer.layers if layer is not self._preview]
+        images = [layer for layer in layers if isinstance(layer, napari.layers.Image)]
+        labels = [layer for layer in layers if isinstance(layer, napari.layers.Labels)]
+        shapes = [layer for layer in layers if isinstance(layer, napari.layers.Shapes)]
+        active = self.viewer.layers.selection.active
+        self._fill_layer_combo(self.image_combo, images, default=self._default_image(images, labels, active))
+        image = self._combo_layer(self.image_combo)
+        self._fill_layer_combo(self.labels_combo, labels, default=self._default_labels(labels, image, active))
+        self._fill_layer_combo(self.region_combo, shapes, first=WHOLE_IMAGE)
+        self._show_region_hint()
 
-        fill(self.image_combo, napari.layers.Image)
-        fill(self.labels_combo, napari.layers.Labels)
-        fill(self.region_combo, napari.layers.Shapes, WHOLE_IMAGE)
+    @staticmethod
+    def _default_image(images: list[Any], labels: list[Any], active: Any) -> Any:
+        if active in images:
+            return active
+        for layer in reversed(labels):  # the image of the labels the plugin made (edited first)
+            origin = layer_origin(layer)
+            if origin.get("role") == "labels" and origin.get("edited"):
+                match = [im for im in images if im.name == origin.get("image")]
+                if match:
+                    return match[-1]
+        visible = [im for im in images if im.visible]
+        return (visible or images or [None])[-1]
+
+    @staticmethod
+    def _default_labels(labels: list[Any], image: Any, active: Any) -> Any:
+        def score(layer) -> tuple[int, ...]:
+            origin = layer_origin(layer)
+            mine = origin.get("role") == "labels" and image is not None and origin.get("image") == image.name
+            return (layer.visible, layer is active, mine and bool(origin.get("edited")), mine)
+
+        candidates = [layer for layer in labels if layer.visible]
+        return max(reversed(candidates), key=score) if candidates else None
+
+    def _show_region_hint(self, *_: Any) -> None:
+        whole = self.region_combo.currentText() == WHOLE_IMAGE
+        instances = ANNOTATIONS.get(self.annotation_combo.currentText()) == "instances"
+        self.region_hint.setVisible(whole and instances)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
@@ -419,8 +465,7 @@ class FineTuneWidget(DockControls, QWidget):
     # -- reading the layers (main thread) -------------------------------------------------------
 
     def _layer(self, combo: QComboBox):
-        name = combo.currentText()
-        return self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401
+        return self._combo_layer(combo)
 
     def training_plane(self, image_layer, labels_shape: tuple[int, ...] | None = None) -> TrainingPlane:
         """The 2D plane of ``image_layer`` to train on or preview: the one on display for stacks.
@@ -471,7 +516,9 @@ class FineTuneWidget(DockControls, QWidget):
 
     def _region(self, image_layer, plane: TrainingPlane) -> list[np.ndarray] | None:
         """The rectangles of the chosen Shapes layer in the image's pixel coordinates (2D)."""
-        shapes = self._layer(self.region_combo) if self.region_combo.currentText() != WHOLE_IMAGE else None
+        if self.region_combo.currentIndex() < 0:
+            raise ValueError("The region layer was removed; choose a region again (or the whole image).")
+        shapes = self._layer(self.region_combo)
         if shapes is None:
             return None
         rects = []
@@ -569,15 +616,25 @@ class FineTuneWidget(DockControls, QWidget):
         self.before, self.after = {}, {}
         self.table.hide()
         self._refresh_plot()
-        self.progress.setRange(0, trainer.planned_steps())
+        if trainer.minutes and not trainer.epochs:  # a time budget: the bar counts time, not steps
+            self.progress.setRange(0, 1000)
+        else:
+            self.progress.setRange(0, trainer.planned_steps())
         self.progress.setValue(0)
+        self._first_step_at = None
         self.status.setText(f"Training ({trainer.val_description}) …")
+        if self._layer(self.region_combo) is None and trainer.annotation == "instances":
+            from napari.utils.notifications import show_warning
+
+            show_warning("No region chosen: every pixel you did not paint counts as background. If you "
+                         "painted only some objects, draw rectangles around them and use them as the region.")
         self._start("train", trainer.iter, self._on_trained)
 
     def _start(self, kind: str, make_generator, on_result) -> None:
         self._kind, self._failed = kind, False
         self.job = EngineJob(make_generator, on_event=self._on_event, on_result=on_result,
                              on_error=self._on_error, on_done=self._on_done)
+        self.job.owner_alive = self._is_alive
         self._set_running(True)
         self.job.start()
 
@@ -608,18 +665,34 @@ class FineTuneWidget(DockControls, QWidget):
             if not self.before:  # the first validation is the starting model's
                 self.before = {k: float(v) for k, v in ev.metrics.items() if k != "best_val_loss"}
                 self.before["validation loss"] = float(ev.val_loss)
-        self.progress.setRange(0, max(ev.total, 1))
-        self.progress.setValue(min(ev.step, ev.total))
         trainer = self.trainer
-        if trainer is not None and trainer.minutes and not trainer.epochs:
-            left: float | None = max(0.0, trainer.minutes * 60 - ev.elapsed)
+        timed = trainer is not None and trainer.minutes and not trainer.epochs
+        if timed:  # the planned step count is an estimate that moves: show the time instead
+            budget = trainer.minutes * 60
+            self.progress.setValue(int(1000 * min(ev.elapsed / budget, 1.0)))
+            left: float | None = max(0.0, budget - ev.elapsed)
         else:
-            left = ev.elapsed / ev.step * max(ev.total - ev.step, 0) if ev.step else None
+            self.progress.setRange(0, max(ev.total, 1))
+            self.progress.setValue(min(ev.step, ev.total))
+            left = self._steps_left_time(ev)
         loss = f"loss {ev.loss:.3f}" if math.isfinite(ev.loss) else "validating the starting model"
-        self.status.setText(f"step {ev.step}/{ev.total} (epoch {ev.epoch:.1f}), {loss}, "
+        steps = f"step {ev.step}" if timed else f"step {ev.step}/{ev.total}"
+        self.status.setText(f"{steps} (epoch {ev.epoch:.1f}), {loss}, "
                             f"{_fmt_seconds(ev.elapsed)} elapsed, {_fmt_seconds(left)} left")
         if time.monotonic() - self._last_draw >= PLOT_INTERVAL:
             self._refresh_plot()
+
+    def _steps_left_time(self, ev: Any) -> float | None:
+        """Seconds left from the pace since the first step (the start-up and the starting
+        model's validation do not count); None ("…") until 3 % of the steps are done."""
+        if ev.step >= 1 and self._first_step_at is None:
+            self._first_step_at = (ev.step, ev.elapsed)
+        if self._first_step_at is None or ev.total <= 0:
+            return None
+        step0, t0 = self._first_step_at
+        if ev.step - step0 < max(2, 0.03 * ev.total):
+            return None
+        return (ev.elapsed - t0) / (ev.step - step0) * max(ev.total - ev.step, 0)
 
     def _on_trained(self, bundle) -> None:
         self.bundle = bundle
@@ -634,7 +707,7 @@ class FineTuneWidget(DockControls, QWidget):
         kind, job = self._kind, self.job
         self._kind = ""
         self.progress.setRange(0, 1)
-        self.progress.setValue(0 if job.cancelled else 1)
+        self.progress.setValue(0 if job.cancelled or self._failed else 1)  # no "100 %" beside an error
         if kind == "train":
             self._finish_training(job)
         elif kind == "evaluate":

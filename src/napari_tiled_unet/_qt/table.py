@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QAbstractTableModel, QSortFilterProxyModel, Qt
+from qtpy.QtCore import QAbstractTableModel, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -78,10 +78,20 @@ class _TableModel(QAbstractTableModel):
     def columnCount(self, parent=None) -> int:
         return 0 if parent is not None and parent.isValid() else len(self.names)
 
+    def sort(self, column: int, order=Qt.SortOrder.AscendingOrder) -> None:
+        """Reorder the rows by ``column`` with numpy: a proxy model's sort asks ``data`` for
+        every comparison in Python (2.4 s of the main thread for 30,000 objects)."""
+        if not self.columns:
+            return
+        self.layoutAboutToBeChanged.emit()
+        order_ = np.argsort(self.columns[column], kind="stable")
+        if order == Qt.SortOrder.DescendingOrder:
+            order_ = order_[::-1]
+        self.columns = [c[order_] for c in self.columns]
+        self.layoutChanged.emit()
+
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
         value = self.columns[index.column()][index.row()]
-        if role == Qt.ItemDataRole.UserRole:  # for sorting
-            return float(value)
         if role == Qt.ItemDataRole.DisplayRole:
             return f"{value:.4g}" if isinstance(value, np.floating) else str(value)
         if role == Qt.ItemDataRole.TextAlignmentRole:
@@ -110,9 +120,7 @@ class ObjectsTable(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.verticalHeader().setVisible(False)
         self.view.setMinimumHeight(240)  # a dozen rows, beside the Segment widget
-        self.proxy = QSortFilterProxyModel()
-        self.proxy.setSortRole(Qt.ItemDataRole.UserRole)
-        self.view.setModel(self.proxy)
+        self.model = self.proxy = None  # the rows as shown (the model sorts itself)
         self.view.clicked.connect(self._go_to_row)
         self.again_button = QPushButton("Measure again")
         self.again_button.setToolTip("Measure the layer's current labels (after your corrections).")
@@ -125,8 +133,8 @@ class ObjectsTable(QWidget):
     def show_layer(self, layer, stale: bool = False) -> None:
         self.layer = layer
         table = table_of(layer)
-        self.model = _TableModel(table)
-        self.proxy.setSourceModel(self.model)
+        self.model = self.proxy = _TableModel(table)
+        self.view.setModel(self.model)
         self.view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         note = " (labels edited since: press Measure again)" if stale else ""
         self.title.setText(f"{layer.name}: {self.model.n} objects{note}")
@@ -134,7 +142,7 @@ class ObjectsTable(QWidget):
     def _go_to_row(self, index) -> None:
         if self.layer is None or self.layer not in self.viewer.layers:
             return
-        row = self.proxy.mapToSource(index).row()
+        row = index.row()
         col = dict(zip(self.model.names, self.model.columns))
         self.layer.selected_label = int(col["label"][row])
         point = [col["centroid_y_px"][row], col["centroid_x_px"][row]]

@@ -17,9 +17,12 @@ class EngineJob:
     """One engine generator running in a worker thread.
 
     ``cancel()`` asks the worker to stop at the generator's next yield (one batch of windows
-    or one training step); the generator is then closed so that its ``finally`` blocks free
-    buffers and stop reader threads. ``on_done`` runs exactly once, on the main thread,
-    after success, error or cancel.
+    or one training step) and sets :attr:`control`'s ``stop``, which the engine checks between
+    two layers of the network (so a long window stops within one layer); the generator is then
+    closed so that its ``finally`` blocks free buffers and stop reader threads. ``on_done``
+    runs exactly once, on the main thread, after success, error or cancel; after a cancel
+    the engine's :class:`~napari_tiled_unet.events.Cancelled` is not reported as an error.
+    Once the widget is gone (viewer closed mid-run), nothing more is called.
     """
 
     def __init__(
@@ -29,12 +32,18 @@ class EngineJob:
         on_result: Callable[[Any], None],
         on_error: Callable[[BaseException], None],
         on_done: Callable[[], None],
+        control: Any = None,
     ) -> None:
         from napari.qt.threading import thread_worker
+
+        from ..events import Cancelled, RunControl
 
         self._gen: Generator | None = None
         self.cancelled = False
         self.finished = False
+        self.control = control if control is not None else RunControl()
+        self.succeeded = False
+        self.owner_alive: Callable[[], bool] = lambda: True
 
         def run():
             self._gen = make_generator()
@@ -43,22 +52,42 @@ class EngineJob:
 
         # errors go to on_error (a notification), not re-raised in the Qt event loop
         self.worker = thread_worker(run, start_thread=False, ignore_errors=True)()
-        self.worker.yielded.connect(on_event)
-        self.worker.returned.connect(on_result)
-        self.worker.errored.connect(on_error)
+        self.worker.yielded.connect(self._guard(on_event))
+        def returned(value: Any) -> None:
+            self.succeeded = True
+            on_result(value)
+
+        self.worker.returned.connect(self._guard(returned))
+
+        def error(exc: BaseException) -> None:
+            if not (self.cancelled and isinstance(exc, Cancelled)):
+                on_error(exc)
+
+        self.worker.errored.connect(self._guard(error))
 
         def done():
             self._close()
             self.finished = True
-            on_done()
+            if self.owner_alive():
+                on_done()
 
         self.worker.finished.connect(done)
+
+    def _guard(self, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+        """``callback``, skipped once the owner (the widget) has been deleted."""
+
+        def call(value: Any) -> None:
+            if self.owner_alive():
+                callback(value)
+
+        return call
 
     def start(self) -> None:
         self.worker.start()
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.control.stop.set()
         self.worker.quit()
 
     def _close(self) -> None:

@@ -78,6 +78,7 @@ from ..model.unet import UNet
 from ..postprocess import labels_from_probabilities
 from . import losses
 from .data import IGNORE, Augmentation, PatchSampler, Prefetcher, TrainingImage, cover_windows
+from .optim import AdamW  # not torch.optim's: that one imports torch._dynamo (and triton)
 from .targets import ANNOTATIONS, check_annotation, check_labels, make_targets
 
 log = logging.getLogger(__name__)
@@ -692,7 +693,7 @@ class Trainer:
         self._precision_used = precision
         model = self.model.to(dev)
         model.use_checkpointing(self.checkpointing)
-        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
         if self.checkpoint_path is not None and self.resume and self.checkpoint_path.exists():
             message = self._load_checkpoint(opt, scaler)
@@ -783,7 +784,7 @@ class Trainer:
                  self.stop_reason, self.step, self.elapsed, self.best_val)
         return self.best_bundle()
 
-    def _train_step(self, model: UNet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+    def _train_step(self, model: UNet, opt: AdamW, scaler: torch.amp.GradScaler,
                     batch: Any, precision: str) -> tuple[str, float]:
         """One optimisation step -> (status, loss).
 
@@ -911,7 +912,7 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _save_checkpoint(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def _save_checkpoint(self, opt: AdamW, scaler: torch.amp.GradScaler) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         if not _finite(state):
             log.warning("Not saving a checkpoint: the current weights are not finite.")
@@ -953,7 +954,7 @@ class Trainer:
             raise
         log.debug("Checkpoint saved at step %d to %s.", self.step, path)
 
-    def _load_checkpoint(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> str | None:
+    def _load_checkpoint(self, opt: AdamW, scaler: torch.amp.GradScaler) -> str | None:
         path = self.checkpoint_path
         try:
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
