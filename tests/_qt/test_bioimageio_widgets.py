@@ -31,12 +31,13 @@ def test_the_segment_widget_segments_with_a_bioimageio_package(make_napari_viewe
     viewer.window.add_dock_widget(w)
     w.add_model_file(tiny_package)
     w.device_combo.setCurrentText("cpu")
+    w.precision_combo.setCurrentText("fp32")  # as segment() below (the widget's default is auto)
     image = nuclei_image()[:128, :160].copy()
     viewer.add_image(image, name="nuclei")
     w.image_combo.setCurrentText("nuclei")
     assert w.model_combo.currentText() == "tiny.zip"
     w.run()
-    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=60_000)
+    qtbot.waitUntil(lambda: w.job is not None and not w.busy, timeout=60_000)  # run and display done
     got = viewer.layers["nuclei labels"].data
     assert got.max() > 0
     assert np.array_equal(got, segment(load_model(tiny_model_file), image).labels)
