@@ -259,7 +259,6 @@ def _cmd_segment(args) -> int:
     post = settings.postprocess({"foreground_threshold": args.foreground_threshold,
                                  "seed_threshold": args.seed_threshold, "min_size": args.min_size})
     paths = _inputs_not_outputs(expand_inputs(args.inputs), out_dir)
-    _check_output_folder(out_dir)
     if not args.overwrite:
         existing = [p for src in paths for fmt in ("tif", "zarr")
                     if (p := _output_path(src, out_dir, fmt)).exists()
@@ -284,6 +283,7 @@ def _cmd_segment(args) -> int:
     if args.probabilities and (args.workers or args.scheduler):
         raise CLIError("--probabilities is not available on a dask cluster yet; leave out "
                        "--workers/--scheduler or --probabilities.")
+    _check_output_folder(out_dir)  # every refusal above leaves nothing behind; the model has not run
     if args.workers or args.scheduler:
         from .distributed import make_client
 
