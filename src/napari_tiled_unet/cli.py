@@ -661,8 +661,19 @@ def _add_train(sub) -> None:
         description="Train on image/label pairs with matching file names (images/<id>.tif, "
                     "labels/<id>.tif). With --checkpoint, an interrupted run resumes where it stopped.",
     )
-    p.add_argument("--images", required=True, help="folder of images")
-    p.add_argument("--labels", required=True, help="folder of label maps with the same file names")
+    p.add_argument("--images", default=None, help="folder of images")
+    p.add_argument("--labels", default=None, help="folder of label maps with the same file names")
+    mix = p.add_argument_group("several sets (instead of --images/--labels; see docs/models.md)")
+    mix.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "LABELS[:WEIGHT]"),
+                     help="one image/label folder pair, its share of the patches after ':' (default 1); repeat")
+    mix.add_argument("--data-list", default=None,
+                     help="text file, one set per line: IMAGES LABELS [WEIGHT] [HELD_OUT_IDS]")
+    mix.add_argument("--monitor-per-set", type=int, default=2,
+                     help="images of each set held out to watch the validation loss (default 2)")
+    mix.add_argument("--normalization-high", type=float, default=None,
+                     help="high percentile of the trained model's normalization (default: the base's)")
+    mix.add_argument("--exclude-saturated", action="store_true",
+                     help="leave pixels at the image's maximum out of the normalization percentiles")
     p.add_argument("--out", required=True, help="where to save the trained model (.safetensors)")
     p.add_argument("--base", default=None,
                    help="model to fine-tune (file or built-in name); default: a new model from scratch")
@@ -740,6 +751,27 @@ def _stop_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, saved[1])
 
 
+def _mixture_gen(args, out: Path, new_model, options: dict):
+    """The training generator of ``train --data ...`` / ``--data-list`` (training/mixture.py)."""
+    from .training.mixture import parse_data_arg, read_list_file, train_mixture_iter
+
+    sets = [parse_data_arg(pair) for pair in args.data or []]
+    if args.data_list:
+        sets += read_list_file(args.data_list)
+    if args.val_ids is not None:
+        raise CLIError("--val-ids holds out ids of one folder; with several sets, give each set's held-out "
+                       "ids in the --data-list file.")
+    options.pop("val_fraction", None)
+    recipe = None
+    if args.normalization_high is not None or args.exclude_saturated:
+        recipe = {"kind": "percentile", "low": 1.0, "high": args.normalization_high or 99.8}
+        if args.exclude_saturated:
+            recipe["exclude_saturated"] = True
+    return train_mixture_iter(sets, out=out, base=args.base, new_model=new_model, normalization=recipe,
+                              monitor_per_set=args.monitor_per_set, epochs=args.epochs, minutes=args.minutes,
+                              **options)
+
+
 def _cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -776,10 +808,19 @@ def _cmd_train(args) -> int:
     }
     if args.val_ids is None:
         options["val_fraction"] = args.val_fraction
+    several = args.data is not None or args.data_list is not None
+    if several == (args.images is not None or args.labels is not None):
+        raise CLIError("Give either --images and --labels, or one or more --data IMAGES LABELS (or "
+                       "--data-list FILE).")
+    if not several and (args.images is None or args.labels is None):
+        raise CLIError("Give both --images and --labels.")
     try:
-        gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
-                                 epochs=args.epochs, minutes=args.minutes, new_model=new_model,
-                                 class_names=class_names, **options)
+        if several:
+            gen = _mixture_gen(args, out, new_model, options)
+        else:
+            gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
+                                     epochs=args.epochs, minutes=args.minutes, new_model=new_model,
+                                     class_names=class_names, **options)
         bar = tqdm(unit="step", dynamic_ncols=True, delay=1.0)  # a refusal at the start prints no bar
         try:
             while True:

@@ -1,6 +1,8 @@
 """Intensity normalization from global statistics, never per tile.
 
-A bundle carries a *recipe* (``{"kind": "percentile", "low": 1.0, "high": 99.8}`` or
+A bundle carries a *recipe* (``{"kind": "percentile", "low": 1.0, "high": 99.8}``, optionally
+with ``"exclude_saturated": true``: the pixels at the image's maximum value are left out of
+the percentiles, so the flat tops of saturated objects cannot set the scale; or
 ``{"kind": "scale", "divide": 255.0}``); :func:`compute_stats` turns it into per-channel
 ``(offset, scale)`` pairs from the whole image (or an evenly spread sample of a lazy
 one), and :func:`apply` maps any window with those same numbers, so every tile sees
@@ -67,6 +69,8 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
                 "The image contains NaN or infinite values; replace them (e.g. with 0) before segmenting."
             )
         kind = recipe.get("kind", "percentile")
+        if kind == "percentile" and recipe.get("exclude_saturated"):
+            sample = _drop_saturated(sample)
         if kind == "percentile":
             lo, hi = np.percentile(sample, [float(recipe.get("low", 1.0)), float(recipe.get("high", 99.8))])
             if hi <= lo:
@@ -83,6 +87,18 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
         else:
             raise ImageError(f"Unknown normalization {kind!r} in the model file.")
     return stats
+
+
+def _drop_saturated(sample: np.ndarray) -> np.ndarray:
+    """The sample without its pixels at the maximum value (a saturated camera's plateau).
+
+    Kept whole when that would drop half of it or more (an image that is mostly at its
+    maximum has no plateau to ignore).
+    """
+    top = sample.max()
+    keep = sample < top
+    n_keep = int(np.count_nonzero(keep))
+    return sample[keep] if 2 * n_keep > sample.size else sample
 
 
 def apply(window: np.ndarray, stats: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -73,6 +73,41 @@ class Augmentation:
     gamma: float = 0.3
     noise: float = 0.05
     image_order: int = 1
+    # -- for a generalist model (all off by default; see :meth:`generalist`) ---------------
+    scale_range: tuple[float, float] | None = None
+    diameter_range: tuple[float, float] = (8.0, 96.0)
+    object_brightness: float = 0.0
+    object_brightness_range: tuple[float, float] = (0.2, 3.0)
+    saturate: float = 0.0
+    background: float = 0.0
+    blur: float = 0.0
+    blur_sigma: float = 1.5
+    shot_noise: float = 0.0
+    bit_depth: float = 0.0
+
+    @classmethod
+    def generalist(cls) -> Augmentation:
+        """Everything a model for images from other microscopes should see (docs/models.md).
+
+        - ``scale_range`` 0.5-2x (log-uniform zoom of the patch; objects kept between
+          ``diameter_range`` px where the image's object diameter is known): labs image
+          the same nuclei at 10x-63x;
+        - ``object_brightness``: each object's signal above the background multiplied by its
+          own factor (0.2-3x, log-uniform), so dim and bright nuclei lie side by side as in
+          mitotic, apoptotic or unevenly stained fields;
+        - ``saturate``: the brightest part of the patch clipped flat, as on an over-exposed
+          camera (a few saturated nuclei per field);
+        - ``background``: a constant offset and a linear gradient (uneven illumination,
+          out-of-focus glow, camera offset);
+        - ``blur``: gaussian blur up to 1.5 px (defocus, lower-NA objectives);
+        - ``shot_noise`` beside the gaussian noise: photon noise grows with the signal;
+        - ``bit_depth``: the intensities rounded to 16-256 levels (8-bit exports and dim
+          16-bit acquisitions that use few grey levels);
+        - gamma and contrast (``scale``, ``shift``, ``gamma``) wider than the default.
+        """
+        return cls(elastic=0.3, intensity=0.5, scale=(0.6, 1.6), shift=0.15, gamma=0.5, noise=0.08,
+                   scale_range=(0.5, 2.0), object_brightness=0.5, saturate=0.15, background=0.3,
+                   blur=0.25, shot_noise=0.3, bit_depth=0.15)
 
     @classmethod
     def none(cls) -> Augmentation:
@@ -108,6 +143,10 @@ class TrainingImage:
         self.image = image
         self.stats = stats
         self.name = name
+        #: relative chance of drawing this image (times its counted pixels)
+        self.sample_weight = 1.0
+        #: median object diameter (px) when known, for scale augmentation
+        self.diameter: float | None = None
         self.n_classes = targets.n_classes
         mask = targets.mask if mask is None else (mask & targets.mask)
         self.classes = np.where(mask, targets.classes, IGNORE).astype(np.uint8)
@@ -253,7 +292,7 @@ class PatchSampler:
         self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.augmentation = augmentation if augmentation is not None else Augmentation()
         self.annotated_fraction = float(annotated_fraction)
-        counts = np.array([it.n_counted for it in self.items], dtype=np.float64)
+        counts = np.array([it.n_counted * it.sample_weight for it in self.items], dtype=np.float64)
         self._p = counts / counts.sum()
 
     def patch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -261,18 +300,24 @@ class PatchSampler:
         rng, aug, P = self.rng, self.augmentation, self.patch_size
         item = self.items[int(rng.choice(len(self.items), p=self._p))]
         H, W = item.shape
+        zoom = self._zoom(item)
+        S = math.ceil(P / zoom)  # the patch's extent in image pixels
         if rng.random() < self.annotated_fraction:
             cy, cx = item.random_counted_pixel(rng)
         else:
             cy, cx = int(rng.integers(H)), int(rng.integers(W))
         # place the patch around the pixel, kept inside the image when the image is large enough
-        y0 = int(np.clip(cy - P // 2 + rng.integers(-(P // 4), P // 4 + 1), min(0, H - P), max(0, H - P)))
-        x0 = int(np.clip(cx - P // 2 + rng.integers(-(P // 4), P // 4 + 1), min(0, W - P), max(0, W - P)))
+        y0 = int(np.clip(cy - S // 2 + rng.integers(-(S // 4), S // 4 + 1), min(0, H - S), max(0, H - S)))
+        x0 = int(np.clip(cx - S // 2 + rng.integers(-(S // 4), S // 4 + 1), min(0, W - S), max(0, W - S)))
+        field = None
         if aug.elastic > 0 and rng.random() < aug.elastic:
-            field = elastic_field(rng, P, aug.elastic_sigma, aug.elastic_grid)
-            m = math.ceil(np.abs(field).max()) + 1
-            img, cls, wt = item.window(y0 - m, x0 - m, P + 2 * m, P + 2 * m)
-            coords = np.mgrid[0:P, 0:P].astype(np.float64) + m + field
+            field = elastic_field(rng, P, aug.elastic_sigma, aug.elastic_grid) / zoom
+        if field is not None or zoom != 1.0:
+            m = (math.ceil(np.abs(field).max()) if field is not None else 0) + 1
+            img, cls, wt = item.window(y0 - m, x0 - m, S + 2 * m, S + 2 * m)
+            coords = (np.mgrid[0:P, 0:P].astype(np.float64) + 0.5) / zoom - 0.5 + m
+            if field is not None:
+                coords += field
             img = np.stack([ndi.map_coordinates(ch, coords, order=aug.image_order, mode="mirror",
                                                 prefilter=False, output=np.float32) for ch in img])
             cls = ndi.map_coordinates(cls, coords, order=0, mode="constant", cval=IGNORE, output=np.uint8)
@@ -282,8 +327,49 @@ class PatchSampler:
         k = int(rng.integers(4)) if aug.rotations else 0
         flip = bool(aug.flips and rng.random() < 0.5)
         img, cls, wt = (_orient(a, k, flip) for a in (img, cls, wt))
+        img = self._appearance(img, cls)
         img = self._intensity(img)
         return img, cls, wt
+
+    def _zoom(self, item: TrainingImage) -> float:
+        """The patch's zoom factor (1 without scale augmentation)."""
+        aug = self.augmentation
+        if aug.scale_range is None:
+            return 1.0
+        lo, hi = np.log(aug.scale_range)
+        zoom = float(np.exp(self.rng.uniform(lo, hi)))
+        if item.diameter:  # keep the objects inside the diameter range the model is meant for
+            lo, hi = aug.diameter_range[0] / item.diameter, aug.diameter_range[1] / item.diameter
+            zoom = float(np.clip(zoom, lo, max(lo, hi)))
+        return zoom
+
+    def _appearance(self, img: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        """Per-object brightness, saturation, background and blur (the generalist augmentations)."""
+        aug, rng = self.augmentation, self.rng
+        if aug.object_brightness > 0 and rng.random() < aug.object_brightness:
+            objects, n = ndi.label(cls == 1)  # interiors; boundaries (class 2) separate touching objects
+            if n:
+                lo, hi = np.log(aug.object_brightness_range)
+                factor = np.exp(rng.uniform(lo, hi, size=n + 1)).astype(np.float32)
+                factor[0] = 1.0
+                # each object's factor also covers its outline: the nearest object within 3 px
+                dist, (iy, ix) = ndi.distance_transform_edt(objects == 0, return_indices=True)
+                near = objects[iy, ix]
+                near[dist > 3] = 0
+                fmap = ndi.gaussian_filter(factor[near], 1.0)
+                floor = np.percentile(img, 5, axis=(-2, -1), keepdims=True).astype(np.float32)
+                img = floor + (img - floor) * fmap
+        if aug.saturate > 0 and rng.random() < aug.saturate:
+            img = np.minimum(img, np.float32(np.quantile(img, rng.uniform(0.9, 0.995))))
+        if aug.background > 0 and rng.random() < aug.background:
+            h, w = img.shape[-2:]
+            gy, gx = rng.uniform(-0.2, 0.2, size=2)
+            ramp = gy * (np.arange(h)[:, None] / h - 0.5) + gx * (np.arange(w)[None, :] / w - 0.5)
+            img = img + np.float32(rng.uniform(-0.05, 0.3)) + ramp.astype(np.float32)
+        if aug.blur > 0 and rng.random() < aug.blur:
+            sigma = rng.uniform(0.3, aug.blur_sigma)
+            img = np.stack([ndi.gaussian_filter(ch, sigma) for ch in img])
+        return img.astype(np.float32, copy=False)
 
     def _intensity(self, img: np.ndarray) -> np.ndarray:
         aug, rng = self.augmentation, self.rng
@@ -299,6 +385,12 @@ class PatchSampler:
         if rng.random() < aug.intensity:
             std = rng.uniform(0.0, aug.noise)
             img = img + rng.normal(0.0, std, size=img.shape).astype(np.float32)
+        if aug.shot_noise > 0 and rng.random() < aug.shot_noise:
+            k = rng.uniform(0.0, 0.02)
+            img = img + (np.sqrt(np.maximum(img, 0) * k) * rng.normal(size=img.shape)).astype(np.float32)
+        if aug.bit_depth > 0 and rng.random() < aug.bit_depth:
+            levels = float(rng.choice([16, 32, 64, 256]))
+            img = np.round(img * levels) / levels
         return img.astype(np.float32, copy=False)
 
     def batch(self, batch_size: int) -> Batch:

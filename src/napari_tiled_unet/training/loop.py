@@ -342,6 +342,10 @@ class Trainer:
         balance: class-balancing weights.
         dice_weight: weight of the soft Dice term added to the cross-entropy.
         should_stop: optional callable checked every step (e.g. ``threading.Event.is_set``).
+        sample_weights: per image, a relative chance of drawing its patches (times its
+            annotated area); used to mix training sets in chosen proportions (mixture.py).
+        diameters: per image, its median object diameter (px) or None, for scale augmentation.
+        record_extra: more entries for the training record (e.g. the sets of a mixture).
 
     Raises:
         ValueError: bad input, with one sentence that says what to do (labels of another
@@ -383,6 +387,9 @@ class Trainer:
         balance: bool = True,
         dice_weight: float = 1.0,
         should_stop: Callable[[], bool] | None = None,
+        sample_weights: Sequence[float] | None = None,
+        diameters: Sequence[float | None] | None = None,
+        record_extra: dict[str, Any] | None = None,
     ) -> None:
         base = load_model(bundle)
         if annotation not in ANNOTATIONS:
@@ -422,6 +429,12 @@ class Trainer:
         self.should_stop = should_stop
         self.device = _resolve_device(device)
         self.augmentation = augmentation if augmentation is not None else Augmentation()
+        self.record_extra = dict(record_extra or {})
+        for what, values in (("sample_weights", sample_weights), ("diameters", diameters)):
+            if values is not None and len(values) != len(images):
+                raise ValueError(f"Give one of {what} per image ({len(values)} for {len(images)} images).")
+        self._sampling = (list(sample_weights) if sample_weights is not None else None,
+                          list(diameters) if diameters is not None else None)
 
         n_ch, n_classes = base.n_channels, int(base.model.n_classes)
         recipe = base.normalization
@@ -446,6 +459,10 @@ class Trainer:
                 except normalization.ImageError as exc:
                     raise normalization.ImageError(f"{self.names[i]}: {exc}") from None
                 item = TrainingImage(chw, t, stats, name=self.names[i])
+                if sample_weights is not None:
+                    item.sample_weight = float(sample_weights[i])
+                if diameters is not None:
+                    item.diameter = diameters[i]
             del t
             items.append(item)
             labs.append(lab)
@@ -549,6 +566,8 @@ class Trainer:
         h = hashlib.sha256()
         parts = [self.annotation, self.patch_size, self.batch_size, self.seed, self.base.model.config,
                  [d["sha256"] for d in self.data_record], self.val_record, repr(regions)]
+        if self._sampling != (None, None) or self.augmentation != Augmentation():
+            parts += [repr(self._sampling), repr(self.augmentation)]
         h.update(repr(parts).encode())
         h.update(_state_hash(self.base.model).encode())
         return h.hexdigest()
@@ -662,6 +681,7 @@ class Trainer:
         }
         if scratch and self.base.metadata.get("classes_from"):
             rec["classes_from"] = self.base.metadata["classes_from"]
+        rec.update(self.record_extra)
         if base_training:
             rec["base_training"] = base_training
         return rec
