@@ -85,7 +85,8 @@ def main() -> None:
                         rows[h]["dim"].extend((med[name] - bg).tolist())
                         rows[h]["bg"].append(bg)
                 ok = med["plain"] > 0
-                rows[h]["keep"].append(float(np.median(med["sat"][ok] / med["plain"][ok])) if ok.any() else 1.0)
+                ratio = med["sat"][ok] / med["plain"][ok]
+                rows[h]["keep"].append(float(np.median(ratio)) if ok.any() else 1.0)
         res[folder] = {str(h): {"keep": round(float(np.median(r["keep"])), 3),
                                 "dim": round(float(np.percentile(r["dim"], 10)), 3),
                                 "bg>0.5": round(float(np.mean(np.array(r["bg"]) > 0.5)), 3)}

@@ -665,7 +665,7 @@ def _add_train(sub) -> None:
     p.add_argument("--labels", default=None, help="folder of label maps with the same file names")
     mix = p.add_argument_group("several sets (instead of --images/--labels; see docs/models.md)")
     mix.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "LABELS[:WEIGHT]"),
-                     help="one image/label folder pair, its share of the patches after ':' (default 1); repeat")
+                     help="an image/label folder pair; share of patches after ':' (default 1); repeat")
     mix.add_argument("--data-list", default=None,
                      help="text file, one set per line: IMAGES LABELS [WEIGHT] [HELD_OUT_IDS]")
     mix.add_argument("--monitor-per-set", type=int, default=2,
