@@ -77,7 +77,7 @@ class Augmentation:
     scale_range: tuple[float, float] | None = None
     diameter_range: tuple[float, float] = (8.0, 96.0)
     object_brightness: float = 0.0
-    object_brightness_range: tuple[float, float] = (0.2, 3.0)
+    object_brightness_range: tuple[float, float] = (0.35, 3.0)
     saturate: float = 0.0
     background: float = 0.0
     blur: float = 0.0
@@ -93,7 +93,7 @@ class Augmentation:
           ``diameter_range`` px where the image's object diameter is known): labs image
           the same nuclei at 10x-63x;
         - ``object_brightness``: each object's signal above the background multiplied by its
-          own factor (0.2-3x, log-uniform), so dim and bright nuclei lie side by side as in
+          own factor (0.35-3x, log-uniform), so dim and bright nuclei lie side by side as in
           mitotic, apoptotic or unevenly stained fields;
         - ``saturate``: the brightest part of the patch clipped flat, as on an over-exposed
           camera (a few saturated nuclei per field);
