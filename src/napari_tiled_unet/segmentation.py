@@ -32,6 +32,8 @@ class Segmentation:
         seconds: wall time of prediction and post-processing.
         objects: per-object measurements (columns, see :mod:`~napari_tiled_unet.measure`) once
             measured; None before.
+        diameter: the object diameter (px of the input) the image was rescaled for, or None.
+        estimated_diameter: with ``diameter="auto"``, the estimate from the first pass.
     """
 
     labels: Any
@@ -41,6 +43,8 @@ class Segmentation:
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     objects: dict[str, Any] | None = None
+    diameter: float | None = None
+    estimated_diameter: float | None = None
 
     @property
     def n_objects(self) -> int:
@@ -123,6 +127,7 @@ def segment_iter(
     postprocess: dict[str, Any] | None = None,
     probabilities_out: Any = None,
     labels_out: Any = None,
+    diameter: float | str | None = None,
     **predict_kwargs: Any,
 ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """Segment ``image``: yields the engine's events, returns a :class:`Segmentation`.
@@ -140,6 +145,10 @@ def segment_iter(
             ``{"min_size": 30}``).
         probabilities_out: zarr path/array for the probabilities (large images).
         labels_out: zarr path/array for the labels (used with ``probabilities_out``).
+        diameter: the objects' diameter in pixels of ``image`` (or ``"auto"``: estimated from a
+            first pass): the image is rescaled so that they match the diameter the model was
+            trained at, and the labels come back at the input's shape (see
+            :mod:`~napari_tiled_unet.objectsize`). None: no rescaling.
         **predict_kwargs: passed to ``predict_iter`` (device, precision, window, mode, ...).
     """
     from .imageview import ambiguity_warning, prepare
@@ -147,6 +156,9 @@ def segment_iter(
 
     bundle = _as_bundle(model)
     params = postprocess_params(bundle, postprocess)  # checked before the network runs
+    if diameter is not None:
+        return (yield from _segment_at_diameter(bundle, image, diameter, postprocess, probabilities_out,
+                                                labels_out, {**predict_kwargs, "axes": axes}))
     start = time.perf_counter()
     watch = ChunkWatch.of(image)
     if watch is not None and watch.absent_message():
@@ -162,6 +174,52 @@ def segment_iter(
     labels = yield from labels_from_iter(probs, bundle.task, params, out=labels_out)
     elapsed = time.perf_counter() - start
     return Segmentation(labels, probs, bundle.task, bundle.class_names, params, elapsed)
+
+
+def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str, postprocess: Any,
+                         probabilities_out: Any, labels_out: Any, predict_kwargs: dict[str, Any],
+                         ) -> Generator[Progress | WarningEvent, None, Segmentation]:
+    """:func:`segment_iter` with the image rescaled to the model's object diameter."""
+    from . import objectsize
+    from .inference import infer_axes
+
+    start = time.perf_counter()
+    diameter = objectsize.check_diameter(diameter)
+    trained = objectsize.model_diameter(bundle)
+    if probabilities_out is not None or labels_out is not None:
+        raise objectsize.ImageError("With an object diameter the results stay in memory; leave out the zarr "
+                                    "outputs or the diameter.")
+    arr = objectsize.in_memory(image)
+    axes = (predict_kwargs.get("axes") or infer_axes(arr.shape, bundle.n_channels)).upper().replace("T", "Z")
+    estimated = None
+    if diameter == "auto":
+        first = yield from segment_iter(bundle, arr, postprocess=postprocess, **predict_kwargs)
+        estimated = objectsize.estimate_diameter(first.labels)
+        if estimated is None:
+            yield WarningEvent("No object was found in the first pass, so the object diameter could not be "
+                               "estimated; the image was segmented at its own scale.")
+            return first
+        diameter = estimated
+        if abs(trained / diameter - 1) < 0.1:  # close enough: the first pass stands
+            first.diameter, first.estimated_diameter = diameter, estimated
+            return first
+    factor = trained / float(diameter)
+    y, x = objectsize.spatial_axes(axes)
+    shape_yx = (arr.shape[y], arr.shape[x])
+    small = objectsize.resize(arr, axes, objectsize.scaled_shape(shape_yx, factor))
+    probs = yield from predict_iter(bundle, small, **{**predict_kwargs, "axes": axes})
+    del small
+    # probabilities are (C, Y, X) or (Z, C, Y, X): back to the input's grid
+    probs = objectsize.resize(np.asarray(probs), "CYX" if probs.ndim == 3 else "ZCYX", shape_yx)
+    params = postprocess_params(bundle, postprocess)
+    if "min_size" in bundle.postprocess and not (postprocess or {}).get("min_size"):
+        # the model's default is in pixels of its own scale; the labels are in the input's
+        params["min_size"] = max(1, round(bundle.postprocess["min_size"] / factor**2))
+    yield Progress(0, 1, 0.0, "postprocess")
+    labels = yield from labels_from_iter(probs, bundle.task, params)
+    seconds = time.perf_counter() - start
+    return Segmentation(labels, probs, bundle.task, bundle.class_names, params, seconds,
+                        diameter=float(diameter), estimated_diameter=estimated)
 
 
 def segment(model: ModelBundle | str, image: Any, on_event=None, **kwargs: Any) -> Segmentation:

@@ -1,0 +1,111 @@
+"""Object size: rescale an image so that its objects match the diameter a model was trained at.
+
+A bundle records ``metadata["object_diameter"]``: the median equivalent diameter (px) of the
+objects in its training patches before scale augmentation. Given the diameter of the
+user's objects ``d``, :func:`~napari_tiled_unet.segmentation.segment_iter` resizes the
+image by ``D / d`` (linear interpolation, with a gaussian anti-aliasing filter when it
+shrinks), runs the tiled engine on the resized image (exact tiling holds there), brings the
+class probabilities back to the input's size (linear) and post-processes them there, so the
+labels have the input's shape and pixel grid.
+
+``"auto"`` estimates ``d`` from a first pass at the input's own scale: the median
+equivalent diameter ``sqrt(4 A / pi)`` of the objects it finds (:func:`estimate_diameter`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .normalization import ImageError
+
+#: diameters of built-in models whose files predate ``object_diameter`` (the area-weighted
+#: median of their training images' median nucleus diameters; DSB2018 training ids: 27.5 px)
+KNOWN_DIAMETERS = {"nuclei-dsb2018": 27.5}
+#: the rescaled image may not be more than this many times larger than the input (in pixels)
+MAX_UPSCALE_PIXELS = 16.0
+
+
+def model_diameter(bundle: Any) -> float:
+    """The object diameter (px) the bundle was trained at.
+
+    Raises:
+        ImageError: the bundle does not say (a model trained before this was recorded).
+    """
+    value = bundle.metadata.get("object_diameter") or KNOWN_DIAMETERS.get(bundle.metadata.get("name"))
+    if not value:
+        raise ImageError(f"The model {bundle.name!r} does not record the object diameter it was trained at; "
+                         "segment without a diameter, or use a model that records it.")
+    return float(value)
+
+
+def estimate_diameter(labels: np.ndarray) -> float | None:
+    """Median equivalent diameter (px) of the objects in ``labels``; None without objects."""
+    areas = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        return None
+    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+
+
+def check_diameter(diameter: Any) -> float | str:
+    """A diameter argument -> a positive float or ``"auto"``.
+
+    Raises:
+        ValueError: anything else, in one sentence.
+    """
+    if isinstance(diameter, str):
+        if diameter.strip().lower() == "auto":
+            return "auto"
+        try:
+            diameter = float(diameter)
+        except ValueError:
+            raise ValueError(f"The object diameter must be a number of pixels or 'auto', got {diameter!r}.") \
+                from None
+    value = float(diameter)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"The object diameter must be a positive number of pixels, got {diameter}.")
+    return value
+
+
+def in_memory(image: Any) -> np.ndarray:
+    """The image as a numpy array, refusing lazy (zarr/dask) images with what to do instead."""
+    if isinstance(image, np.ndarray):
+        return image
+    if hasattr(image, "chunks") or hasattr(image, "attrs"):
+        raise ImageError("Object-diameter rescaling works on images held in memory; segment this large "
+                         "image without a diameter, or rescale it beforehand.")
+    return np.asarray(image)
+
+
+def spatial_axes(axes: str) -> tuple[int, int]:
+    """Positions of Y and X in an axes string such as ``"YX"``, ``"ZCYX"``."""
+    return axes.index("Y"), axes.index("X")
+
+
+def resize(array: np.ndarray, axes: str, shape_yx: tuple[int, int], *, order: int = 1) -> np.ndarray:
+    """``array`` with its Y and X axes resized to ``shape_yx`` (float32; other axes untouched).
+
+    Shrinking smooths first (anti-aliasing, ``sigma = (in/out - 1) / 2`` per axis).
+    """
+    from skimage.transform import resize as _resize
+
+    y, x = spatial_axes(axes)
+    out_shape = list(array.shape)
+    out_shape[y], out_shape[x] = int(shape_yx[0]), int(shape_yx[1])
+    shrinking = out_shape[y] < array.shape[y] or out_shape[x] < array.shape[x]
+    return _resize(array.astype(np.float32, copy=False), tuple(out_shape), order=order, mode="reflect",
+                   anti_aliasing=shrinking and order > 0, preserve_range=True).astype(np.float32)
+
+
+def scaled_shape(shape_yx: tuple[int, int], factor: float) -> tuple[int, int]:
+    """``shape_yx`` times ``factor``, rounded, at least 1 px.
+
+    Raises:
+        ImageError: the result would hold more than :data:`MAX_UPSCALE_PIXELS` times the input's pixels.
+    """
+    if factor * factor > MAX_UPSCALE_PIXELS:
+        raise ImageError(f"An object diameter this small would enlarge the image {factor:.1f} times per "
+                         "side; check the diameter (in pixels of this image).")
+    return max(1, round(shape_yx[0] * factor)), max(1, round(shape_yx[1] * factor))
