@@ -72,3 +72,21 @@ def test_a_bad_diameter_is_one_sentence(builtin):
     for bad in (0, -3, "big", float("nan")):
         with pytest.raises(ValueError, match="diameter"):
             segment(builtin, image, device="cpu", diameter=bad)
+
+
+def test_cli_segment_with_auto_diameter_shows_the_estimate(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from napari_tiled_unet.cli import main
+
+    image, _ = disc_field(shape=(200, 260), diameter=44, seed=2)
+    tifffile.imwrite(tmp_path / "discs.tif", image)
+    assert main(["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "out"), "--device", "cpu",
+                 "--diameter", "auto", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["segmented"][0]
+    assert abs(row["estimated_diameter"] / 44 - 1) <= 0.2
+    assert tifffile.imread(row["output"]).shape == image.shape
+    assert main(["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "o2"), "--diameter", "big"]) == 1
+    assert "diameter" in capsys.readouterr().err

@@ -212,6 +212,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--foreground-threshold", type=float, default=None)
     p.add_argument("--seed-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
+    p.add_argument("--diameter", default=None, metavar="PX|auto",
+                   help="the objects' diameter in pixels, or 'auto' (estimated from a first pass): each "
+                        "image is rescaled to the model's object size; labels keep the image's size")
     p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
                    help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
@@ -279,6 +282,17 @@ def _cmd_segment(args) -> int:
             check_target(src, args.ome_labels, args.overwrite)
     predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
                       "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
+    if args.diameter is not None:
+        from .objectsize import check_diameter, model_diameter
+
+        if args.workers or args.scheduler:
+            raise CLIError("--diameter works on one machine; leave out --workers/--scheduler, or rescale the "
+                           "images beforehand.")
+        try:
+            predict_kwargs["diameter"] = check_diameter(args.diameter)
+            model_diameter(bundle)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     client = None
     if args.probabilities and (args.workers or args.scheduler):
         raise CLIError("--probabilities is not available on a dask cluster yet; leave out "
@@ -312,8 +326,12 @@ def _cmd_segment(args) -> int:
         for r in rows:
             found = (f"{r['objects']} objects" if "classes" not in r else
                      ", ".join(f"{name} {100 * f:.1f} %" for name, f in r["classes"].items()))
+            size = ""
+            if "diameter" in r:
+                size = (f", object diameter {r['diameter']} px"
+                        + (" (estimated)" if "estimated_diameter" in r else ""))
             print(f"{r['input']}: {found} in {r['seconds']} s "
-                  f"({r['megapixels_per_s']} MP/s) -> {r['output']}")
+                  f"({r['megapixels_per_s']} MP/s{size}) -> {r['output']}")
         print(f"{len(rows)} image(s) segmented in {total:.1f} s"
               + (f", {len(failures)} failed:" if failures else "."))
         for f in failures:
@@ -491,6 +509,10 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
            "seconds": round(seconds, 2), "megapixels_per_s": round(npx / 1e6 / seconds, 3)}
     if fractions is not None:
         row["classes"] = fractions
+    if getattr(result, "diameter", None):
+        row["diameter"] = round(result.diameter, 1)
+        if result.estimated_diameter is not None:
+            row["estimated_diameter"] = round(result.estimated_diameter, 1)
     return row
 
 
