@@ -279,6 +279,18 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 100000)
         self.min_size_spin.setValue(16)
+        self.diameter_spin = QDoubleSpinBox()  # object diameter: 0 = the image's own scale
+        self.diameter_spin.setRange(0, 2000)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSpecialValueText("as is")
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setToolTip("The diameter of your objects in pixels: the image is rescaled so "
+                                      "that they match the size the model was trained at; the labels keep "
+                                      "the image's size. 'as is': no rescaling.")
+        self.diameter_auto = QCheckBox("auto")
+        self.diameter_auto.setToolTip("Estimate the diameter from a first pass (the median diameter of the "
+                                      "objects it finds), then segment at that scale.")
+        self.diameter_auto.toggled.connect(lambda on: self.diameter_spin.setEnabled(not on))
         self.show_probs = QCheckBox("also show probabilities")
         self.show_probs.setToolTip("One layer per class of the model (below the labels).")
         self.tta_check = QCheckBox("mirror test (4x slower, a little more accurate)")
@@ -315,6 +327,10 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         form.addRow("model", self.model_combo)
         form.addRow("device", self.device_combo)
         form.addRow("precision", self.precision_combo)
+        diameter_row = QHBoxLayout()
+        diameter_row.addWidget(self.diameter_spin, 1)
+        diameter_row.addWidget(self.diameter_auto)
+        form.addRow("object diameter", diameter_row)
 
         advanced = QCollapsible("Advanced")
         adv = QWidget()
@@ -569,6 +585,10 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             "tta": self.tta_check.isChecked(),
             "postprocess": self.postprocess_overrides(),
         }
+        if self.diameter_auto.isChecked():
+            kwargs["diameter"] = "auto"
+        elif self.diameter_spin.value() > 0:
+            kwargs["diameter"] = self.diameter_spin.value()
         store = self._disk_outputs(image, view)
         if store is not None:
             kwargs["probabilities_out"] = str(store / "probabilities.zarr")
@@ -691,9 +711,14 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         result.seconds = seconds
         self.result, self._result_run = result, run
         self._queue.extend(self._display_steps(result, run, levels))
+        size = ""
+        if getattr(result, "estimated_diameter", None):
+            size = f" Estimated object diameter: {result.estimated_diameter:.1f} px."
+        elif getattr(result, "diameter", None):
+            size = f" Rescaled for objects of {result.diameter:.1f} px."
         self._queue.append(lambda: self.status.setText(
-            f"{n_objects} objects found in {_fmt_seconds(seconds)}." if result.task == "instances"
-            else f"Done in {_fmt_seconds(seconds)}."))
+            (f"{n_objects} objects found in {_fmt_seconds(seconds)}." if result.task == "instances"
+             else f"Done in {_fmt_seconds(seconds)}.") + size))
         self._pump()
 
     def _on_done(self) -> None:
