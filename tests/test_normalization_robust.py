@@ -35,9 +35,9 @@ def test_saturated_plateau_is_left_out_unless_it_is_most_of_the_image():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 40, size=(200, 200)).astype(np.uint16)
     img[:20, :20] = 65535  # 1 % of the pixels saturated
-    lo, scale = normalization.compute_stats(img, NEW)[0]
+    _, scale = normalization.compute_stats(img, NEW)[0]
     assert 1 / scale < 100  # the scale comes from the unsaturated pixels
-    lo_old, scale_old = normalization.compute_stats(img, OLD)[0]
+    _, scale_old = normalization.compute_stats(img, OLD)[0]
     assert 1 / scale_old > 60000
     mostly = np.full((50, 50), 255, np.uint8)
     mostly[:10] = 3

@@ -55,14 +55,14 @@ def saturated_field(shape: tuple[int, int] = (320, 320), diameter: float = 24.0,
     return np.clip(image, 0, top).astype(dtype), labels
 
 
-def chromocentre_field(shape: tuple[int, int] = (384, 384), diameter: float = 60.0, seed: int = 0,
+def chromocentre_field(shape: tuple[int, int] = (384, 384), diameter: float = 90.0, seed: int = 0,
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Large nuclei with several small, very bright spots inside each (mouse-cell chromocentres)
     -> (uint8 image, int32 labels of the nuclei)."""
     rng = np.random.default_rng(seed)
     labels = _grid_discs(shape, diameter, 1.3, rng)
     n = int(labels.max())
-    signal = np.where(labels > 0, 60.0, 12.0)
+    signal = np.where(labels > 0, 40.0, 12.0)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     for k in range(1, n + 1):
         ys, xs = np.nonzero(labels == k)
@@ -70,6 +70,6 @@ def chromocentre_field(shape: tuple[int, int] = (384, 384), diameter: float = 60
         for _ in range(rng.integers(4, 8)):
             r, a = rng.uniform(0, diameter / 3), rng.uniform(0, 2 * np.pi)
             sy, sx = cy + r * np.sin(a), cx + r * np.cos(a)
-            signal += 190 * np.exp(-((yy - sy) ** 2 + (xx - sx) ** 2) / (2 * rng.uniform(2, 3.5) ** 2))
+            signal += 200 * np.exp(-((yy - sy) ** 2 + (xx - sx) ** 2) / (2 * rng.uniform(3, 5) ** 2))
     image = ndi.gaussian_filter(signal, 1.0) + rng.normal(0, 3, shape)
     return np.clip(image, 0, 255).astype(np.uint8), labels
