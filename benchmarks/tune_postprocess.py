@@ -1,12 +1,17 @@
 """Choose a model's post-processing defaults on training images (never on validation ones).
 
     python benchmarks/tune_postprocess.py MODEL.safetensors [--n 96] [--write]
+    python benchmarks/tune_postprocess.py MODEL.safetensors --mix benchmarks/training/nuclei_v2_sets.txt
 
 Runs the network once on ``--n`` images drawn (seed 0) from the training part of
 ../shared/data/dsb2018-fluo-train (the ids of benchmarks/data/dsb2018_val_ids.txt are left
 out), then tries a grid of foreground threshold, seed threshold and minimum size on the
 cached probabilities and reports pooled AP@0.5 for each. ``--write`` stores the best setting
 in the model file's metadata (``postprocess``), atomically.
+
+With ``--mix LIST`` (a ``train --data-list`` file), the images come from every set of the
+list in proportion to its weight (``--n`` in all, at least 6 per set), each set's held-out
+ids left out, so the defaults follow the annotation convention of the whole training mix.
 """
 
 from __future__ import annotations
@@ -37,16 +42,30 @@ def main() -> None:
     ap.add_argument("model", type=Path)
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--mix", type=Path, default=None, help="a train --data-list file (see above)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     bundle = load_model(args.model)
-    val = set(read_ids(DEFAULT_IDS))
-    train = sorted(p.stem for p in (args.data / "images").glob("*.tif") if p.stem not in val)
-    ids = sorted(np.random.default_rng(0).choice(train, min(args.n, len(train)), replace=False).tolist())
+    if args.mix is not None:
+        from napari_tiled_unet.training.mixture import read_list_file
+
+        sets = read_list_file(args.mix)
+        total = sum(s.weight for s in sets)
+        sources = [(s.images.parent, set(read_ids(s.held_out)) if s.held_out else set(),
+                    max(6, round(args.n * s.weight / total))) for s in sets]
+        origin = f"training parts of {', '.join(s.name for s in sets)} (held-out ids excluded)"
+    else:
+        sources = [(args.data, set(read_ids(DEFAULT_IDS)), args.n)]
+        origin = "training part of DSB2018 (validation ids excluded)"
+    ids = []
+    for folder, held, n in sources:
+        train = sorted(p.stem for p in (folder / "images").glob("*.tif") if p.stem not in held)
+        picked = np.random.default_rng(0).choice(train, min(n, len(train)), replace=False).tolist()
+        ids += [(folder, i) for i in sorted(picked)]
     cached = []
-    for i in ids:
-        img = tifffile.imread(args.data / "images" / f"{i}.tif")
-        gt = tifffile.imread(args.data / "labels" / f"{i}.tif")
+    for folder, i in ids:
+        img = tifffile.imread(folder / "images" / f"{i}.tif")
+        gt = tifffile.imread(folder / "labels" / f"{i}.tif")
         cached.append((predict(bundle, img, device="cpu", precision="bf16"), gt))
     rows = []
     for fg, seed, size in itertools.product(*GRID.values()):
@@ -64,7 +83,7 @@ def main() -> None:
     if args.write:
         bundle.metadata["postprocess"] = {**current, **{k: best[k] for k in GRID}}
         bundle.metadata["postprocess_tuning"] = {
-            "images": len(ids), "from": "training part of DSB2018 (validation ids excluded)",
+            "images": len(ids), "from": origin,
             "grid": GRID, "ap@0.5": best["ap@0.5"],
         }
         bundle.save(args.model)
