@@ -43,7 +43,7 @@ def test_per_object_brightness_makes_dim_and_bright_objects_side_by_side():
     img, cls, _ = sampler.patch()
     parts, n = ndi.label(cls == 1)
     means = np.asarray(ndi.mean(img[0], parts, np.arange(1, n + 1)))
-    plain_img, plain_cls, _ = PatchSampler([_item()], 128, 1, Augmentation.none()).patch()
+    _, plain_cls, _ = PatchSampler([_item()], 128, 1, Augmentation.none()).patch()
     assert n >= 4
     assert means.max() / max(means.min(), 1e-3) > 2.0  # the discs are 120-200 before: ratio < 1.7
     assert set(np.unique(cls)) == set(np.unique(plain_cls))  # targets untouched by intensity changes
