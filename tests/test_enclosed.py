@@ -10,19 +10,17 @@ from napari_tiled_unet.segmentation import segment
 
 
 def enclosed_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
-    """(inner, outer) pairs where object `inner` lies inside the outline of object `outer`
-    (within `outer` with its holes filled)."""
+    """(inner, outer) pairs where every path from object `inner` to the image's edge crosses
+    object `outer` (checked on the whole image, object by object)."""
     from scipy import ndimage as ndi
 
     pairs = []
-    for outer, box in enumerate(ndi.find_objects(labels), 1):
-        if box is None:
-            continue
-        window = labels[box]
-        mine = window == outer
-        inside = ndi.binary_fill_holes(mine) & ~mine
-        for inner in np.unique(window[inside]):
-            if inner and inner != outer and (labels[box][window == inner].size == (labels == inner).sum()):
+    for outer in range(1, int(labels.max()) + 1):
+        regions, _ = ndi.label(labels != outer)
+        edge = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+        shut_in = ~np.isin(regions, edge) & (regions > 0)
+        for inner in np.unique(labels[shut_in]):
+            if inner:
                 pairs.append((int(inner), outer))
     return pairs
 
