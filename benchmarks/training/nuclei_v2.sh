@@ -2,20 +2,24 @@
 # Built-in nuclei model v2 (issue 13): fine-tunes nuclei-dsb2018 on the four sets of
 # nuclei_v2_sets.txt (held-out ids excluded), generalist augmentation, normalization
 # percentiles 1-99.0 with saturated pixels left out, bf16 on the CPU.
-# Starts, or resumes from benchmarks/training/checkpoints/nuclei_v2.ckpt (the same command);
+# Starts, or resumes from benchmarks/training/checkpoints/$NAME.ckpt (the same command);
 # the checkpoint is tracked in git so that the run continues on another machine. A resume
 # needs the same data, settings and code of the augmentation (the checkpoint's fingerprint).
 # Budget: --minutes of training time in all sessions together (the cosine schedule spans it).
 #   nohup nice -n 10 benchmarks/training/nuclei_v2.sh > runs/nuclei_v2/train.log 2>&1 &
 # Stop with `kill -TERM <pid>` (the checkpoint is saved first).
+# Leave-one-dataset-out run (the same recipe without Aitslab; scored on Aitslab's held-out ids):
+#   NAME=nuclei_v2_lodo_aitslab SETS=nuclei_v2_lodo_aitslab_sets.txt benchmarks/training/nuclei_v2.sh
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${NTU:-$ROOT/.venv/bin/napari-tiled-unet}
-mkdir -p "$ROOT/runs/nuclei_v2" "$HERE/checkpoints"
-cd "$ROOT/runs/nuclei_v2"
-exec "$BIN" -v train --data-list "$HERE/nuclei_v2_sets.txt" --base nuclei-dsb2018 \
+NAME=${NAME:-nuclei_v2}
+SETS=${SETS:-nuclei_v2_sets.txt}
+mkdir -p "$ROOT/runs/$NAME" "$HERE/checkpoints"
+cd "$ROOT/runs/$NAME"
+exec "$BIN" -v train --data-list "$HERE/$SETS" --base nuclei-dsb2018 \
   --normalization-high 99.0 --exclude-saturated --monitor-per-set 2 \
   --patch-size 128 --batch-size 8 --lr 5e-4 --precision bf16 --device cpu \
   --minutes ${MINUTES:-900} --val-every 300 --patience 0 --seed 13 \
-  --checkpoint "$HERE/checkpoints/nuclei_v2.ckpt" --checkpoint-minutes 4 \
-  --out nuclei-v2.safetensors
+  --checkpoint "$HERE/checkpoints/$NAME.ckpt" --checkpoint-minutes 4 \
+  --out "${NAME//_/-}.safetensors"
