@@ -33,7 +33,7 @@ class Segmentation:
         objects: per-object measurements (columns, see :mod:`~napari_tiled_unet.measure`) once
             measured; None before.
         diameter: the object diameter (px of the input) the image was rescaled for, or None.
-        estimated_diameter: with ``diameter="auto"``, the estimate from the first pass.
+        estimated_diameter: with ``diameter="auto"``, the estimated diameter (the one used).
     """
 
     labels: Any
@@ -179,7 +179,12 @@ def segment_iter(
 def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str, postprocess: Any,
                          probabilities_out: Any, labels_out: Any, predict_kwargs: dict[str, Any],
                          ) -> Generator[Progress | WarningEvent, None, Segmentation]:
-    """:func:`segment_iter` with the image rescaled to the model's object diameter."""
+    """:func:`segment_iter` with the image rescaled to the model's object diameter.
+
+    ``"auto"``: a first pass at the image's own scale, then up to two more, each at the
+    diameter estimated from the previous one, until the estimate agrees with the scale it was
+    made at within 15 % (a model that splits large nuclei underestimates them at first).
+    """
     from . import objectsize
     from .inference import infer_axes
 
@@ -191,19 +196,34 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
                                     "outputs or the diameter.")
     arr = objectsize.in_memory(image)
     axes = (predict_kwargs.get("axes") or infer_axes(arr.shape, bundle.n_channels)).upper().replace("T", "Z")
-    estimated = None
-    if diameter == "auto":
-        first = yield from segment_iter(bundle, arr, postprocess=postprocess, **predict_kwargs)
-        estimated = objectsize.estimate_diameter(first.labels)
-        if estimated is None:
-            yield WarningEvent("No object was found in the first pass, so the object diameter could not be "
-                               "estimated; the image was segmented at its own scale.")
-            return first
-        diameter = estimated
-        if abs(trained / diameter - 1) < 0.1:  # close enough: the first pass stands
-            first.diameter, first.estimated_diameter = diameter, estimated
-            return first
-    factor = trained / float(diameter)
+    if diameter != "auto":
+        result = yield from _rescaled_pass(bundle, arr, axes, trained / float(diameter), postprocess,
+                                           predict_kwargs)
+        result.diameter = float(diameter)
+    else:
+        result = yield from segment_iter(bundle, arr, postprocess=postprocess, **predict_kwargs)
+        current = trained  # the first pass takes the objects to be of the model's size
+        for _ in range(objectsize.AUTO_PASSES - 1):
+            estimated = objectsize.estimate_diameter(result.labels)
+            if estimated is None:
+                yield WarningEvent("No object was found, so the object diameter could not be estimated; "
+                                   "the image was segmented at its own scale.")
+                return result
+            if abs(estimated / current - 1) < 0.15:
+                break
+            current = estimated
+            result = yield from _rescaled_pass(bundle, arr, axes, trained / current, postprocess,
+                                               predict_kwargs)
+        result.diameter = result.estimated_diameter = float(current)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _rescaled_pass(bundle: ModelBundle, arr: np.ndarray, axes: str, factor: float, postprocess: Any,
+                   predict_kwargs: dict[str, Any]) -> Generator[Progress | WarningEvent, None, Segmentation]:
+    """Segment ``arr`` resized by ``factor``; probabilities and labels at ``arr``'s size."""
+    from . import objectsize
+
     y, x = objectsize.spatial_axes(axes)
     shape_yx = (arr.shape[y], arr.shape[x])
     small = objectsize.resize(arr, axes, objectsize.scaled_shape(shape_yx, factor))
@@ -217,9 +237,7 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
         params["min_size"] = max(1, round(bundle.postprocess["min_size"] / factor**2))
     yield Progress(0, 1, 0.0, "postprocess")
     labels = yield from labels_from_iter(probs, bundle.task, params)
-    seconds = time.perf_counter() - start
-    return Segmentation(labels, probs, bundle.task, bundle.class_names, params, seconds,
-                        diameter=float(diameter), estimated_diameter=estimated)
+    return Segmentation(labels, probs, bundle.task, bundle.class_names, params)
 
 
 def segment(model: ModelBundle | str, image: Any, on_event=None, **kwargs: Any) -> Segmentation:
