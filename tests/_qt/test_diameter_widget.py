@@ -4,7 +4,10 @@ from napari_tiled_unet._qt.predict_widget import SegmentWidget
 from napari_tiled_unet._synthetic import disc_field
 
 
-def test_auto_diameter_shows_the_estimate_and_keeps_the_image_shape(make_napari_viewer, qtbot):
+def test_auto_diameter_shows_the_estimate_and_keeps_the_image_shape(make_napari_viewer, qtbot, monkeypatch):
+    from napari_tiled_unet._qt import predict_widget
+
+    monkeypatch.setattr(predict_widget, "_last_used", [None])  # this session's "last used" stays as it was
     viewer = make_napari_viewer()
     w = SegmentWidget(viewer)
     viewer.window.add_dock_widget(w)
