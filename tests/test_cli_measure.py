@@ -14,14 +14,15 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_measure_writes_one_row_per_object_beside_each_label_file(tmp_path, tiny_model_file, capsys):
+def test_measure_writes_one_row_per_object_beside_each_label_file(tmp_path, capsys):
+    # the built-in model: the tiny untrained one finds one object enclosing a few (merged into it)
     images = tmp_path / "images"
     images.mkdir()
     img = nuclei_image()
     tifffile.imwrite(images / "a.tif", img[:200, :260])
     tifffile.imwrite(images / "b.tif", img[250:, 300:])
     out = tmp_path / "out"
-    assert main(["segment", str(images), "-o", str(out), "-m", str(tiny_model_file), "--measure"]) == 0
+    assert main(["segment", str(images), "-o", str(out), "-m", "nuclei-dsb2018", "--measure"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "a_objects.csv", "b_labels.tif",
                                                      "b_objects.csv"]
     for name, part in (("a", img[:200, :260]), ("b", img[250:, 300:])):
@@ -35,7 +36,7 @@ def test_measure_writes_one_row_per_object_beside_each_label_file(tmp_path, tiny
         assert float(rows[0]["intensity_mean"]) == part[first].mean()
     # a second run keeps the CSV unless --overwrite, like the label files
     before = (out / "a_objects.csv").read_bytes()
-    assert main(["segment", str(images / "a.tif"), "-o", str(out), "-m", str(tiny_model_file),
+    assert main(["segment", str(images / "a.tif"), "-o", str(out), "-m", "nuclei-dsb2018",
                  "--measure"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "a_objects.csv").read_bytes() == before
