@@ -158,7 +158,7 @@ def segment_iter(
     params = postprocess_params(bundle, postprocess)  # checked before the network runs
     if diameter is not None:
         return (yield from _segment_at_diameter(bundle, image, diameter, postprocess, probabilities_out,
-                                                labels_out, {**predict_kwargs, "axes": axes}))
+                                                labels_out, axes, channel, predict_kwargs))
     start = time.perf_counter()
     watch = ChunkWatch.of(image)
     if watch is not None and watch.absent_message():
@@ -177,7 +177,8 @@ def segment_iter(
 
 
 def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str, postprocess: Any,
-                         probabilities_out: Any, labels_out: Any, predict_kwargs: dict[str, Any],
+                         probabilities_out: Any, labels_out: Any, axes: str | None,
+                         channel: int | str | None, predict_kwargs: dict[str, Any],
                          ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """:func:`segment_iter` with the image rescaled to the model's object diameter.
 
@@ -186,7 +187,7 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
     made at within 15 % (a model that splits large nuclei underestimates them at first).
     """
     from . import objectsize
-    from .inference import infer_axes
+    from .imageview import ambiguity_warning, prepare
 
     start = time.perf_counter()
     diameter = objectsize.check_diameter(diameter)
@@ -194,8 +195,13 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
     if probabilities_out is not None or labels_out is not None:
         raise objectsize.ImageError("With an object diameter the results stay in memory; leave out the zarr "
                                     "outputs or the diameter.")
-    arr = objectsize.in_memory(image)
-    axes = (predict_kwargs.get("axes") or infer_axes(arr.shape, bundle.n_channels)).upper().replace("T", "Z")
+    seen, axes, view = prepare(objectsize.in_memory(image), bundle.n_channels, axes=axes, channel=channel)
+    message = ambiguity_warning(view, tuple(image.shape))
+    if message:
+        yield WarningEvent(message)
+    arr = np.asarray(seen[...]) if not isinstance(seen, np.ndarray) else seen  # the chosen channel(s)
+    axes = axes.upper().replace("T", "Z")
+    predict_kwargs = {**predict_kwargs, "axes": axes}
     if diameter != "auto":
         result = yield from _rescaled_pass(bundle, arr, axes, trained / float(diameter), postprocess,
                                            predict_kwargs)
@@ -227,7 +233,7 @@ def _rescaled_pass(bundle: ModelBundle, arr: np.ndarray, axes: str, factor: floa
     y, x = objectsize.spatial_axes(axes)
     shape_yx = (arr.shape[y], arr.shape[x])
     small = objectsize.resize(arr, axes, objectsize.scaled_shape(shape_yx, factor))
-    probs = yield from predict_iter(bundle, small, **{**predict_kwargs, "axes": axes})
+    probs = yield from predict_iter(bundle, small, **predict_kwargs)
     del small
     # probabilities are (C, Y, X) or (Z, C, Y, X): back to the input's grid
     probs = objectsize.resize(np.asarray(probs), "CYX" if probs.ndim == 3 else "ZCYX", shape_yx)

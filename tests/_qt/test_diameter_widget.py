@@ -19,7 +19,7 @@ def test_auto_diameter_shows_the_estimate_and_keeps_the_image_shape(make_napari_
     w.diameter_auto.setChecked(True)
     assert not w.diameter_spin.isEnabled()
     w.run()
-    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=120_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=120_000)
     assert viewer.layers["discs labels"].data.shape == image.shape
     assert "Estimated object diameter" in w.status.text()
     assert abs(w.result.estimated_diameter / 48 - 1) <= 0.2

@@ -132,7 +132,10 @@ def _check_normalization(norm: Any, fail) -> None:
     if kind not in NORMALIZATIONS:
         raise fail(f"normalization kind {kind!r} is unknown; use {', '.join(NORMALIZATIONS)}")
     for key, value in norm.items():
-        if key != "kind" and not _real(value):
+        if key == "exclude_saturated":  # leave the pixels at the image's maximum out (normalization.py)
+            if not isinstance(value, bool):
+                raise fail(f"normalization exclude_saturated is {value!r}, not true or false")
+        elif key != "kind" and not _real(value):
             raise fail(f"normalization {key} is {value!r}, not a finite number")
     if kind == "percentile":
         low, high = norm.get("low", 1.0), norm.get("high", 99.8)
