@@ -10,9 +10,8 @@ Instances (3 classes: background, interior, boundary), for probabilities ``p`` (
 3. seeds grow by watershed inside the foreground over the elevation p[2] - p[1], so touching
    objects meet where the boundary is most probable; foreground components that hold no seed
    become objects of their own;
-4. holes (background enclosed by a single object) take that object's id, and so does any
-   object that lies inside another (fragments grown from bright spots inside a nucleus);
-   objects smaller than ``min_size`` pixels are dropped; ids are numbered 1..N.
+4. holes (background enclosed by a single object) take that object's id; objects smaller than
+   ``min_size`` pixels are dropped; ids are numbered 1..N.
 
 Why the blockwise result equals the in-memory one
 -------------------------------------------------
@@ -162,35 +161,6 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     return np.where(fill[hole_ids] > 0, fill[hole_ids], labels)
 
 
-def _absorb_enclosed(labels: np.ndarray) -> np.ndarray:
-    """Give everything an object encloses (other objects, background) that object's id.
-
-    A bright spot inside a nucleus (a chromocentre, a nucleolus edge) can grow a seed and a
-    boundary ring of its own, and so become an object inside the nucleus; no biological
-    object lies fully inside another nucleus, so such fragments are merged into the object
-    that encloses them. Per object, its mask is hole-filled within its bounding box; what
-    the filling adds changes to its id. Works in place on ``labels`` and returns it.
-    """
-    local = labels
-    ids = None
-    if labels.size and int(labels.max()) > labels.size:  # global ids of a block: number them locally
-        ids, local = np.unique(labels, return_inverse=True)
-        local = local.reshape(labels.shape)
-        if ids[0] != 0:  # local 0 must stay the background
-            ids, local = np.concatenate([[0], ids]), local + 1
-    for i, box in enumerate(ndi.find_objects(local), 1):
-        if box is None:
-            continue
-        window = local[box]
-        mine = window == i
-        inside = ndi.binary_fill_holes(mine) & ~mine
-        if inside.any():
-            window[inside] = i
-    if ids is not None:
-        labels[...] = ids[local]
-    return labels
-
-
 def _numbering(sizes: np.ndarray, min_size: int) -> np.ndarray:
     """Lookup table old id -> new id that drops objects below ``min_size`` and numbers the rest 1..N."""
     keep = sizes >= max(int(min_size), 1)
@@ -234,8 +204,7 @@ def instances_from_probabilities(
     min_size : int
         Objects smaller than this many pixels (after hole filling) are removed.
     fill_holes : bool
-        Give background regions enclosed by a single object to that object, and merge every
-        object that lies inside another into it.
+        Give background regions enclosed by a single object to that object.
 
     Returns
     -------
@@ -250,7 +219,7 @@ def instances_from_probabilities(
     shape = prob.shape[1:]
     labels = _objects(_levels(prob[1], prob[2]), markers, components, n_seeds, (0, 0), shape)
     if fill_holes:
-        labels = _absorb_enclosed(_fill_holes(labels))
+        labels = _fill_holes(labels)
     sizes = np.bincount(labels.ravel(), minlength=n_seeds + n_components + 1)
     return _numbering(sizes, min_size)[labels]
 
@@ -576,7 +545,7 @@ def _instances_block(levels, seeds, components, target, core, overlap, fill_hole
     inner = _grow(core, overlap, shape)
     labels = labels[tuple(slice(i.start - w.start, i.stop - w.start) for i, w in zip(inner, window))]
     if fill_holes:
-        labels = _absorb_enclosed(_fill_holes(labels))
+        labels = _fill_holes(labels)
     block = labels[tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(core, inner))]
     target[core] = block.astype(np.int32)
     edges = [edge for edge, inside in (
