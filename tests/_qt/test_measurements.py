@@ -6,23 +6,11 @@ returns the path a user would have chosen.
 
 import numpy as np
 import pandas as pd
-import pytest
 import tifffile
 from qtpy.QtCore import Qt
 
-from napari_tiled_unet._qt.predict_widget import SegmentWidget
 from napari_tiled_unet._sample_data import nuclei_image
 from napari_tiled_unet.measure import measure_objects
-
-
-@pytest.fixture
-def widget(make_napari_viewer, tiny_model_file):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model_file)
-    w.device_combo.setCurrentText("cpu")
-    return viewer, w
 
 
 def _segment(qtbot, w, name):

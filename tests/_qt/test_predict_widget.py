@@ -16,16 +16,6 @@ def tiny_model(tiny_model_file):
     return tiny_model_file
 
 
-@pytest.fixture
-def widget(make_napari_viewer, tiny_model):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model)
-    w.device_combo.setCurrentText("cpu")
-    return viewer, w
-
-
 def test_the_widget_opens_from_napari_plugins_menu(make_napari_viewer):
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment (U-Net)")
