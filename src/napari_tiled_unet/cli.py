@@ -773,7 +773,7 @@ def _stop_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, saved[1])
 
 
-def _mixture_gen(args, out: Path, new_model, options: dict):
+def _mixture_gen(args, out: Path, new_model, config):
     """The training generator of ``train --data ...`` / ``--data-list`` (training/mixture.py)."""
     from .training.mixture import parse_data_arg, read_list_file, train_mixture_iter
 
@@ -783,25 +783,29 @@ def _mixture_gen(args, out: Path, new_model, options: dict):
     if args.val_ids is not None:
         raise CLIError("--val-ids holds out ids of one folder; with several sets, give each set's held-out "
                        "ids in the --data-list file.")
-    options.pop("val_fraction", None)
     recipe = None
     if args.normalization_high is not None or args.exclude_saturated:
         recipe = {"kind": "percentile", "low": 1.0, "high": args.normalization_high or 99.8}
         if args.exclude_saturated:
             recipe["exclude_saturated"] = True
-    return train_mixture_iter(sets, out=out, base=args.base, new_model=new_model, normalization=recipe,
-                              monitor_per_set=args.monitor_per_set, epochs=args.epochs, minutes=args.minutes,
-                              **options)
+    return train_mixture_iter(sets, config, out=out, base=args.base, new_model=new_model,
+                              normalization=recipe, monitor_per_set=args.monitor_per_set)
 
 
 def _cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from . import settings
     from .events import TrainStep, WarningEvent
+    from .training.config import TrainConfig
     from .training.folders import train_folders_iter
 
-    settings.training(args.batch_size, args.patch_size, args.lr, args.val_fraction, args.epochs, args.minutes)
+    config = TrainConfig(
+        annotation=args.annotation, epochs=args.epochs, minutes=args.minutes, lr=args.lr,
+        patch_size=args.patch_size, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+        val_every=args.val_every, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
+        precision=args.precision, early_stopping_patience=args.patience or None,
+        checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+    )  # checks the settings' ranges first
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise CLIError(f"--out {out} should end in .safetensors (the model bundle format).")
@@ -821,15 +825,6 @@ def _cmd_train(args) -> int:
         new_model = {"base_channels": args.base_channels, "depth": args.depth, "seed": args.seed}
         if args.name:
             new_model["name"] = args.name
-    options = {
-        "annotation": args.annotation, "lr": args.lr, "patch_size": args.patch_size,
-        "batch_size": args.batch_size, "steps_per_epoch": args.steps_per_epoch, "val_every": args.val_every,
-        "seed": args.seed, "device": args.device, "precision": args.precision,
-        "early_stopping_patience": args.patience or None, "checkpoint_path": args.checkpoint,
-        "checkpoint_minutes": args.checkpoint_minutes,
-    }
-    if args.val_ids is None:
-        options["val_fraction"] = args.val_fraction
     several = args.data is not None or args.data_list is not None
     if several == (args.images is not None or args.labels is not None):
         raise CLIError("Give either --images and --labels, or one or more --data IMAGES LABELS (or "
@@ -838,11 +833,10 @@ def _cmd_train(args) -> int:
         raise CLIError("Give both --images and --labels.")
     try:
         if several:
-            gen = _mixture_gen(args, out, new_model, options)
+            gen = _mixture_gen(args, out, new_model, config)
         else:
-            gen = train_folders_iter(args.images, args.labels, out=out, base=args.base, val_ids=args.val_ids,
-                                     epochs=args.epochs, minutes=args.minutes, new_model=new_model,
-                                     class_names=class_names, **options)
+            gen = train_folders_iter(args.images, args.labels, config, out=out, base=args.base,
+                                     val_ids=args.val_ids, new_model=new_model, class_names=class_names)
         bar = tqdm(unit="step", dynamic_ncols=True, delay=1.0)  # a refusal at the start prints no bar
         try:
             while True:
@@ -886,6 +880,8 @@ def _cmd_train(args) -> int:
     print(f"Saved {out} ({classes}) after {record.get('steps', '?')} steps in "
           f"{record.get('time_s', 0) / 60:.1f} min ({record.get('stopped')}); best weights from step "
           f"{record.get('best_step')}.")
+    if record.get("selection"):
+        print(f"Weights returned: {record['selection']}.")
     metrics = {k: v for k, v in (record.get("metrics") or {}).items() if v is not None}
     if metrics:
         print("Validation (best weights): "

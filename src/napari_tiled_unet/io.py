@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,70 @@ def read_image(path: str | os.PathLike) -> Any:
     except Exception as exc:
         raise ReadError(f"{path.name} could not be read as an image ({type(exc).__name__}: {exc}).") from exc
     raise ReadError(f"{path.name}: unsupported file type; use .tif, .tiff, .png or .zarr.")
+
+
+# -- label folders (the one reader for `evaluate` and `train`) --------------------------------
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+#: name endings that label files may add to their image's name (``img_labels.tif`` pairs ``img.tif``)
+PAIRING_TAILS = ("_labels", "_label", "_masks", "_mask", "_pred", "_prediction")
+
+
+def pairing_key(path: Path, strip_tails: bool = True) -> str:
+    """A file's name without its extension and (``strip_tails``) a trailing _labels / _mask(s) / _pred."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    for tail in PAIRING_TAILS if strip_tails else ():
+        if stem.lower().endswith(tail):
+            return stem[: -len(tail)]
+    return stem
+
+
+def files_by_name(folder: str | os.PathLike, what: str, *, strip_tails: bool = True,
+                  required: bool = True) -> dict[str, Path]:
+    """The .tif, .tiff and .png files of ``folder`` by :func:`pairing_key`, sorted by name.
+
+    Raises:
+        ValueError: ``folder`` is not a folder, or (``required``) it holds no such file;
+            ``what`` names the folder in the sentence (``"ground-truth"``, ``"images"`` ...).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"The {what} folder {folder} does not exist: give the folder that holds the files.")
+    files = {pairing_key(p, strip_tails): p for p in sorted(folder.iterdir())
+             if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES}
+    if required and not files:
+        raise ValueError(f"The {what} folder {folder} holds no .tif, .tiff or .png label maps: check the "
+                         "path.")
+    return files
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """An integer label map from a .tif/.tiff/.png file, in memory; a float map is accepted
+    only when every value is a whole number >= 0 (a probability or intensity image is refused,
+    it is not labels). Integer maps keep their dtype.
+
+    Raises:
+        ReadError: fractional, negative or NaN values, or a non-numeric type.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        labels = tifffile.imread(path)
+    else:
+        from skimage.io import imread
+
+        labels = imread(path)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any() or (labels < 0).any():
+            raise ReadError(
+                f"{path.name} holds fractional (or negative, or NaN) values, not integer labels: give "
+                "label maps (0 = background, 1, 2, ... one id per object), not probabilities."
+            )
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "biu":
+        raise ReadError(f"{path.name} holds {labels.dtype} values, not integer labels.")
+    return labels
 
 
 def _read_zarr(path: Path) -> Any:
@@ -196,6 +261,27 @@ def publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def stage(path: Path, write: Callable[[str], Any], suffix: str = "") -> str:
+    """Run ``write(tmp)`` on a new temporary file beside ``path`` (:func:`temp_beside`) and
+    return its name, for :func:`publish`; nothing is left behind when ``write`` fails."""
+    tmp = temp_beside(path, suffix)
+    try:
+        write(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Write a file the atomic way: ``write(tmp)`` beside ``path``, then rename it into place
+    (:func:`stage` + :func:`publish`). The folder is created when missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    publish(stage(path, write), path)
+    return path
+
+
 def write_labels(labels: Any, path: str | os.PathLike) -> Path:
     """Write a label map to ``.tif`` (zlib-compressed, atomically) or copy it into ``.zarr``."""
     path = Path(path)
@@ -247,24 +333,13 @@ def stage_tif(labels: Any, path: Path) -> str:
     import tifffile
 
     data = np.asarray(labels)
-    tmp = temp_beside(path)
-    try:
-        tifffile.imwrite(tmp, data, compression="zlib", metadata=dict(OUTPUT_MARK))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
+    mark = dict(OUTPUT_MARK)
+    return stage(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", metadata=mark))
 
 
 def stage_png(image: np.ndarray, labels: np.ndarray, path: Path) -> str:
     """:func:`overlay_png` into a temporary file beside ``path``; returns its name."""
-    tmp = temp_beside(path, suffix=".png")
-    try:
-        _draw_overlay(image, labels, tmp)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tmp
+    return stage(path, lambda tmp: _draw_overlay(image, labels, tmp), suffix=".png")
 
 
 def overlay_png(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike) -> Path:

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from .io import files_by_name, read_labels
+
 log = logging.getLogger(__name__)
 
 DSB_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 @dataclass(frozen=True)
@@ -301,61 +302,13 @@ def rand_error(pred: np.ndarray, gt: np.ndarray) -> float:
 # -- folders ----------------------------------------------------------------------------------
 
 
-def _read_labels(path: Path) -> np.ndarray:
-    """An integer label map from ``path``; a float map is accepted only when every value is a
-    whole number (a probability or intensity image is refused, it is not labels)."""
-    from .errors import ReadError
-
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        labels = tifffile.imread(path)
-    else:
-        from skimage.io import imread
-
-        labels = imread(path)
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any() or (labels < 0).any():
-            raise ReadError(
-                f"{path.name} holds fractional (or negative, or NaN) values, not integer labels: give "
-                "label maps (0 = background, 1, 2, ... one id per object), not probabilities."
-            )
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "biu":
-        raise ReadError(f"{path.name} holds {labels.dtype} values, not integer labels.")
-    return labels
-
-
-def _pairing_key(path: Path) -> str:
-    """File name without extension and without a trailing _labels / _mask(s) / _pred."""
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    for tail in ("_labels", "_label", "_masks", "_mask", "_pred", "_prediction"):
-        if stem.lower().endswith(tail):
-            return stem[: -len(tail)]
-    return stem
-
-
-def _label_files(folder: Path, what: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise ValueError(
-            f"The {what} folder {folder} does not exist: give the folder that holds the label maps."
-        )
-    files = {_pairing_key(p): p for p in sorted(folder.iterdir())
-             if p.is_file() and p.suffix.lower() in LABEL_SUFFIXES}
-    if not files:
-        raise ValueError(
-            f"The {what} folder {folder} holds no .tif, .tiff or .png label maps: check the path."
-        )
-    return files
-
-
 def _paired(pred_dir: str | Path, gt_dir: str | Path):
     """Pair the label maps of two folders by name -> (names, iterator of (name, pred, gt), unpaired).
 
     The iterator reads one pair at a time and refuses a pair whose shapes differ.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    preds, gts = _label_files(pred_dir, "prediction"), _label_files(gt_dir, "ground-truth")
+    preds, gts = files_by_name(pred_dir, "prediction"), files_by_name(gt_dir, "ground-truth")
     names = sorted(set(preds) & set(gts))
     if not names:
         raise ValueError(
@@ -371,7 +324,7 @@ def _paired(pred_dir: str | Path, gt_dir: str | Path):
 
     def read():
         for name in names:
-            gt, pred = _read_labels(gts[name]), _read_labels(preds[name])
+            gt, pred = read_labels(gts[name]), read_labels(preds[name])
             if gt.shape != pred.shape:
                 raise ValueError(
                     f"{preds[name].name} has shape {pred.shape} but {gts[name].name} has {gt.shape}: "

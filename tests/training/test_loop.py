@@ -164,15 +164,16 @@ def test_stop_mid_run_returns_the_best_weights_so_far_and_they_are_finite(data):
             result = stop.value
             break
         if isinstance(ev, TrainStep) and ev.val_loss is not None:
-            vals.append((ev.val_loss, ev.step))
+            vals.append((ev.val_loss, ev.step, ev.metrics["f1@0.5"]))
         if isinstance(ev, TrainStep) and ev.step == 7 and ev.val_loss is None:
             trainer.stop()
     assert trainer.step == 7 and trainer.stop_reason == "stopped by user"
-    assert [s for _, s in vals] == [0, 3, 6, 7]  # a last validation of the weights at the stop
-    best_loss, best_step = min(vals)
+    assert [s for _, s, _ in vals] == [0, 3, 6, 7]  # a last validation of the weights at the stop
+    # the best: the highest F1, the lowest loss among equal F1s (the first of equals)
+    best_loss, best_step, _ = max(vals, key=lambda v: (v[2], -v[0]))
     assert result.metadata["training"]["best_step"] == best_step
     assert result.metadata["training"]["metrics"]["best_val_loss"] == best_loss
-    assert _same(_state(result.model), trainer._best_state)
+    assert _same(_state(result.model), trainer.best_state)
     assert _finite(result.model)
 
 

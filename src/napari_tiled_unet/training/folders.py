@@ -16,24 +16,22 @@ from typing import Any
 import numpy as np
 
 from ..events import TrainStep, WarningEvent, run_to_end
+from ..io import files_by_name, read_image, read_labels
 from ..model.bundle import ModelBundle, load_model
-from .loop import Trainer, check_class_names, new_bundle_for_annotation
+from .config import TrainConfig
+from .loop import Trainer
+from .new_model import check_class_names, new_bundle_for_annotation
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".tif", ".tiff", ".png")
+def image_files(folder: Path, what: str = "images") -> dict[str, Path]:
+    """The .tif, .tiff and .png files of ``folder`` by file name without extension."""
+    return files_by_name(folder, what, strip_tails=False, required=False)
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; give the folder that holds the files.")
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in SUFFIXES and p.is_file()}
-
-
-def _read(path: Path) -> np.ndarray:
-    from ..io import read_image
-
-    return np.asarray(read_image(path))
+def read_pair(image: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its label map, in memory (the labels by :func:`napari_tiled_unet.io.read_labels`)."""
+    return np.asarray(read_image(image)), read_labels(labels)
 
 
 def read_ids(val_ids: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -61,7 +59,7 @@ def read_folder_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLi
     Raises:
         ValueError: no file name appears in both folders.
     """
-    images, labels = _files(Path(images_dir)), _files(Path(labels_dir))
+    images, labels = image_files(Path(images_dir)), image_files(Path(labels_dir), "labels")
     ids = sorted(set(images) & set(labels))
     if not ids:
         raise ValueError(
@@ -71,18 +69,18 @@ def read_folder_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLi
     missing = len(images) - len(ids)
     if missing:
         log.warning("%d image(s) in %s have no label file and are left out.", missing, images_dir)
-    return ids, [_read(images[i]) for i in ids], [_read(labels[i]) for i in ids]
+    pairs = [read_pair(images[i], labels[i]) for i in ids]
+    return ids, [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def train_folders_iter(
     images_dir: str | os.PathLike,
     labels_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
     *,
     out: str | os.PathLike,
     base: ModelBundle | str | os.PathLike | None = None,
     val_ids: str | os.PathLike | Sequence[str] | None = None,
-    epochs: float | None = None,
-    minutes: float | None = None,
     new_model: dict[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
     **options: Any,
@@ -93,20 +91,20 @@ def train_folders_iter(
         images_dir: folder of images, ``<id>.tif``.
         labels_dir: folder of instance labels (or scribbles with ``annotation="scribbles"``),
             ``<id>.tif``.
+        config: the settings (:class:`~.config.TrainConfig`); or give its fields as ``options``.
         out: where to save the trained bundle (``.safetensors``, written atomically).
         base: model to fine-tune; None trains a new one from scratch.
         val_ids: ids held out for validation (a list, or a text file with one id per line);
             None: ``val_fraction`` of the images, drawn with ``seed``.
-        epochs: epochs to train; minutes: time budget (see :class:`~.loop.Trainer`).
-        new_model: arguments of :func:`~.loop.new_bundle` for a model from scratch
+        new_model: arguments of :func:`~.new_model.new_bundle` for a model from scratch
             (e.g. ``{"base_channels": 32, "depth": 4}``); ``n_channels`` is taken from the
             first image when not given. With ``annotation="scribbles"`` the new model is
             ``semantic``, with one class per label value (see
-            :func:`~.loop.new_bundle_for_annotation`).
+            :func:`~.new_model.new_bundle_for_annotation`).
         class_names: names of the scribble classes, for label values 1, 2, ...: a new model
             gets as many classes; a base model must have exactly these.
-        **options: other keyword arguments of :class:`~.loop.Trainer` (``lr``,
-            ``patch_size``, ``batch_size``, ``device``, ``precision``, ``checkpoint_path`` ...).
+        **options: the fields of :class:`~.config.TrainConfig` (without ``config``), and
+            ``should_stop`` / ``record_extra`` of :class:`~.loop.Trainer`.
 
     Yields:
         :class:`TrainStep` and :class:`WarningEvent` events.
@@ -118,6 +116,8 @@ def train_folders_iter(
         ValueError: no matching file names, unknown validation ids, and the input errors of
             :class:`~.loop.Trainer`.
     """
+    if config is None:
+        config, options = TrainConfig.split(options)
     ids, images, labels = read_folder_pairs(images_dir, labels_dir)
     val_images = None
     if val_ids is not None:
@@ -133,23 +133,22 @@ def train_folders_iter(
         if "n_channels" not in args:
             first = images[0]
             args["n_channels"] = 1 if first.ndim == 2 else 3
-        bundle = new_bundle_for_annotation(options.get("annotation", "instances"), labels, class_names,
-                                           **args)
+        bundle = new_bundle_for_annotation(config.annotation, labels, class_names, **args)
     else:
         bundle = load_model(base)
         check_class_names(bundle, class_names)
     log.info("Training on %d pairs from %s (%s).", len(ids), images_dir,
              f"{len(val_images)} held out" if val_images is not None else "automatic hold-out")
-    trainer = Trainer(bundle, images, labels, names=ids, val_images=val_images, epochs=epochs,
-                      minutes=minutes, **options)
+    trainer = Trainer(bundle, images, labels, config, names=ids, val_images=val_images, **options)
     del images, labels  # the trainer keeps what it needs (compact targets, held-out labels)
     n_params = sum(p.numel() for p in bundle.model.parameters())
     check_room(Path(out), 4 * n_params + 1_000_000)  # the bundle: float32 weights and a header
-    if options.get("checkpoint_path"):  # weights, two Adam moments, the best weights
-        Path(options["checkpoint_path"]).parent.mkdir(parents=True, exist_ok=True)
-        check_room(Path(options["checkpoint_path"]), 4 * 4 * n_params + 1_000_000)
+    checkpoint = config.checkpoint_path
+    if checkpoint is not None:  # weights, two Adam moments, the best weights
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        check_room(checkpoint, 4 * 4 * n_params + 1_000_000)
     result = yield from trainer.iter()
-    save_or_keep(result, Path(out), options.get("checkpoint_path"))
+    save_or_keep(result, Path(out), checkpoint)
     log.info("Saved the trained model to %s.", out)
     return result
 

@@ -5,36 +5,33 @@ is changed), then drive :meth:`Trainer.iter`, a generator that yields
 :class:`~napari_tiled_unet.events.TrainStep` and :class:`~napari_tiled_unet.events.WarningEvent`
 events and returns the best :class:`~napari_tiled_unet.model.bundle.ModelBundle`::
 
-    trainer = Trainer(bundle, [image], [labels], epochs=20)
+    config = TrainConfig(epochs=20)                # or Trainer(bundle, images, labels, epochs=20)
+    trainer = Trainer(bundle, [image], [labels], config)
     for event in trainer.iter():      # e.g. inside napari's thread_worker
         ...
-    # a Stop button calls trainer.stop(): the generator then returns the best bundle normally
+    # a Stop button calls trainer.stop(): the generator then runs a last validation and
+    # returns the best bundle normally
     best = trainer.best_bundle()      # also valid after gen.close() or an exception
 
-:func:`finetune_iter` / :func:`finetune` are the one-call forms (generator and synchronous
-twin); :func:`new_bundle` makes a randomly initialised bundle that the same loop trains
-from scratch.
+The parts: the settings (:class:`~.config.TrainConfig`), the data and its split
+(:class:`~.dataset.TrainingSet`), validation and the rule that picks the weights
+(:class:`~.validate.Validator`), checkpoints (:class:`~.checkpoint.Checkpoint`), device
+and precision (:mod:`.device`). :func:`finetune_iter` / :func:`finetune` are the one-call
+forms; :func:`~.new_model.new_bundle` makes a randomly initialised bundle that the same loop
+trains from scratch.
 
-**Validation** is held out by area, never by random pixels: with enough images (``n *
-val_fraction >= 1``, or ``val_images`` given) whole images are held out; otherwise each
-annotated image gives up a strip at the far end of its annotated area (across its longer
-side) holding ``val_fraction`` of its annotated pixels, and training patches never count
-pixels of that strip. The starting model is validated first (step 0), so the returned
-weights are never worse on the held-out area than the ones fine-tuning started from.
+**Never worse than the start.** The starting model is validated first (step 0) and is the
+candidate to beat: weights are kept only when they beat it on the held-out part by object
+F1 (instance labels) or mean class IoU (scribbles), the loss deciding ties
+(:meth:`~.validate.ValidationResult.beats`); :attr:`Trainer.selection` says which and why.
 
 **Robustness**: a NaN or infinite loss or gradient skips the step, restores the BatchNorm
 statistics of that forward pass, halves the learning rate and yields a warning; weights
 that are not finite are never kept, returned or saved.
 
-**Checkpoints** (``checkpoint_path``) are private ``torch.save`` files holding only
-tensors, dicts, lists, numbers and strings (model, optimizer, scaler, step, elapsed time,
-learning-rate back-off, best weights and their validation loss, early-stopping counters,
-the patch sampler's numpy generator state after the last batch used, the RNG states of
-torch (CPU and CUDA), numpy's global generator and Python's ``random``, and a fingerprint
-of the data and settings). They are written atomically (temporary file + ``os.replace``)
-every ``checkpoint_every`` steps or ``checkpoint_minutes``, on stop, on close and at the
-end, and read back with ``torch.load(weights_only=True)``. With ``resume=True`` a run
-whose fingerprint matches continues from the saved step and draws the same patches the
+**Checkpoints** (``checkpoint_path``) are saved every ``checkpoint_every`` steps or
+``checkpoint_minutes``, on stop, on close and at the end. With ``resume=True`` a run whose
+fingerprint matches continues from the saved step and draws the same patches the
 interrupted run would have drawn.
 
 **What a resumed run guarantees.** A Ctrl-C or SIGTERM never cuts an optimisation step or
@@ -48,251 +45,70 @@ versions. With a *minutes* budget the learning-rate schedule and the end follow 
 clock, so a resumed run ends close to, but not exactly at, the uninterrupted one. A run
 killed outright (SIGKILL, power cut) resumes from its last periodic checkpoint, exactly as
 well.
+
+**Live data.** :meth:`Trainer.update_annotation` (any thread) hands new labels of an image
+to the running loop, which takes them between two steps (:meth:`.dataset.TrainingSet.update`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
+import enum
 import hashlib
 import logging
 import math
 import os
-import random
+import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import normalization, settings
+from .. import __version__
 from .._interrupts import deferred_signals
 from ..events import TrainStep, WarningEvent, run_to_end
-from ..metrics import class_overlap_counts, match_instances
-from ..model.bundle import INSTANCE_CLASSES, ModelBundle, load_model, make_metadata
+from ..model.bundle import ModelBundle, load_model
 from ..model.unet import UNet
-from ..postprocess import labels_from_probabilities
 from . import losses
-from .data import IGNORE, Augmentation, PatchSampler, Prefetcher, TrainingImage, cover_windows
+from .checkpoint import Checkpoint, Progress
+from .config import TrainConfig
+from .data import Prefetcher
+from .dataset import TrainingSet
+from .device import autocast, resolve, resolve_device
+from .new_model import check_class_names, new_bundle, new_bundle_for_annotation  # noqa: F401 (API)
 from .optim import AdamW  # not torch.optim's: that one imports torch._dynamo (and triton)
-from .targets import ANNOTATIONS, check_annotation, check_labels, make_targets
+from .validate import ValidationResult, Validator, selection_reason
 
 log = logging.getLogger(__name__)
 
-from ..inference import PRECISIONS, _autocast  # one autocast policy for inference and training  # noqa: E402
-
-CHECKPOINT_FORMAT = "napari-tiled-unet-training-checkpoint"
-CHECKPOINT_VERSION = 1
-#: epochs when neither ``epochs`` nor ``minutes`` is given
-DEFAULT_EPOCHS = 10
 #: consecutive non-finite steps after which training gives up (keeping the best weights)
 MAX_BAD_STEPS = 8
-#: the learning rate decays to this fraction of its peak at the end of the cosine
-LR_FLOOR = 0.05
-#: fewest held-out pixels for a validation that means anything
-MIN_VAL_PIXELS = 64
 #: gradient norm clip
 CLIP_NORM = 5.0
-#: scribbles with more label values than this, and no class names, look like instance labels
-MAX_SCRIBBLE_CLASSES = 32
+#: keyword arguments of :class:`Trainer` that go to its :class:`TrainingSet`
+DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters")
 
 
-# -- input preparation ---------------------------------------------------------------------
+class StopReason(str, enum.Enum):
+    """Why a run ended (the training record's ``stopped``)."""
+
+    COMPLETED = "completed"
+    TIME_BUDGET = "time budget"
+    STOPPED = "stopped by user"
+    PATIENCE = "early stopping"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def as_channels_first(image: Any, n_channels: int, channel_axis: int | None = None) -> np.ndarray:
-    """An image as (C, Y, X) for a model with ``n_channels`` inputs (a view when possible).
-
-    Args:
-        image: (Y, X) grayscale; (Y, X, 3|4) RGB(A) when ``channel_axis`` is None (alpha
-            is dropped for a 3-channel model); any 3D layout when ``channel_axis`` says
-            which axis holds the channels.
-        n_channels: input channels of the model.
-        channel_axis: axis of the channels in ``image``, or None (see above).
-
-    Returns:
-        (C, Y, X) array of the image's dtype.
-
-    Raises:
-        ValueError: wrong dimensionality, ambiguous layout, or a channel count the model
-            cannot take.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 2 and channel_axis is None:
-        chw = arr[None]
-    elif arr.ndim == 3:
-        if channel_axis is not None:
-            chw = np.moveaxis(arr, channel_axis, 0)
-        elif arr.shape[-1] in (3, 4):
-            chw = np.moveaxis(arr[..., :3] if n_channels == 3 else arr, -1, 0)
-        else:
-            raise ValueError(
-                f"The image has shape {arr.shape}: say which axis holds the channels (channel_axis), "
-                "or give one 2D plane of a stack."
-            )
-    else:
-        raise ValueError(
-            f"Training images must be 2D (Y, X) or 2D with channels, got shape {arr.shape}; "
-            "give one plane of a stack at a time."
-        )
-    if chw.shape[0] != n_channels:
-        raise ValueError(
-            f"The image has {chw.shape[0]} channel(s) but the model expects {n_channels}; choose a model "
-            f"made for {chw.shape[0]}-channel images, train a new one, or set channel_axis."
-        )
-    return chw
-
-
-def _data_hash(image: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in (image, labels):
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from ..inference import resolve_device  # the engine's rule: "auto" -> cuda, mps, cpu
-
-    return resolve_device(device)
-
-
-def new_bundle(
-    task: str = "instances",
-    n_classes: int | None = None,
-    n_channels: int = 1,
-    base_channels: int = 32,
-    depth: int = 4,
-    class_names: list[str] | None = None,
-    normalization: dict[str, Any] | None = None,
-    name: str | None = None,
-    seed: int | None = None,
-) -> ModelBundle:
-    """A randomly initialised U-Net bundle, to be trained from scratch.
-
-    Args:
-        task: ``"instances"`` (3 classes: background, interior, boundary) or ``"semantic"``.
-        n_classes: output classes (semantic; taken from ``class_names`` when omitted).
-        n_channels: input channels (1 grayscale, 3 RGB).
-        base_channels: channels of the first level (the paper uses 64).
-        depth: number of poolings (4 in the paper).
-        class_names: names of the semantic classes.
-        normalization: intensity normalization recipe (default: percentiles 1-99.8).
-        name: model name stored in the bundle.
-        seed: seed of the initial weights (None: torch's global generator).
-
-    Returns:
-        A :class:`ModelBundle` with a model in eval mode on the CPU.
-    """
-    if task == "instances":
-        if n_classes not in (None, 3):
-            raise ValueError(
-                f"An instances model has 3 classes (background, interior, boundary), not {n_classes}."
-            )
-        n_classes, class_names = 3, class_names or list(INSTANCE_CLASSES)
-    elif task == "semantic":
-        if n_classes is None:
-            if not class_names:
-                raise ValueError("Say how many classes the semantic model has (n_classes or class_names).")
-            n_classes = len(class_names)
-        if n_classes < 2:
-            raise ValueError(f"A semantic model needs at least 2 classes, got {n_classes}.")
-    else:
-        raise ValueError(f"Unknown task {task!r}: use 'instances' or 'semantic'.")
-    ctx = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with ctx:
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = UNet(n_channels=n_channels, n_classes=n_classes, base_channels=base_channels, depth=depth)
-    model.eval()
-    meta = make_metadata(model, task=task, class_names=class_names, normalization=normalization,
-                         name=name, description="Trained from scratch with napari-tiled-unet.")
-    return ModelBundle(model, meta)
-
-
-def largest_label(labels: Sequence[Any]) -> int:
-    """The largest value in a list of label arrays (0 when all are empty)."""
-    return max((int(np.max(lab)) for lab in labels if np.size(lab)), default=0)
-
-
-def new_bundle_for_annotation(
-    annotation: str,
-    labels: Sequence[Any],
-    class_names: Sequence[str] | None = None,
-    **kwargs: Any,
-) -> ModelBundle:
-    """A new bundle for training from scratch on ``labels`` painted as ``annotation``.
-
-    Instance labels make an ``instances`` model (background, interior, boundary). Scribbles
-    make a ``semantic`` model: one class per label value (value k is class k - 1), as many as
-    ``class_names`` name, or else as many as the largest value painted (named ``class 1``
-    ... ``class n`` after the values). The training record of the trained bundle says which
-    (``classes_from``).
-
-    Args:
-        annotation: ``"instances"`` or ``"scribbles"``.
-        labels: the label arrays the model will be trained on.
-        class_names: names of the scribble classes, for label values 1, 2, ...
-        **kwargs: other arguments of :func:`new_bundle` (``n_channels``, ``base_channels``,
-            ``depth``, ``name``, ``seed`` ...).
-
-    Raises:
-        ValueError: class names with instance labels, a label value without a name, fewer
-            than two classes, or (without names) more label values than
-            :data:`MAX_SCRIBBLE_CLASSES`, which looks like instance labels.
-    """
-    if annotation == "instances":
-        if class_names:
-            raise ValueError("Class names are for scribbles: instance labels always train the classes "
-                             "background, interior and boundary; leave the class names out.")
-        return new_bundle("instances", **kwargs)
-    if annotation != "scribbles":
-        raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
-    top = largest_label(labels)
-    if class_names:
-        names = [str(n) for n in class_names]
-        if top > len(names):
-            raise ValueError(f"Label value {top} has no class: {len(names)} class names are given "
-                             f"({', '.join(names)}); name one class per label value 1 to {top}.")
-        source = "class names given"
-    else:
-        if top == 0:
-            raise ValueError("No pixel is annotated: paint scribbles (values 1, 2, ...) to train on.")
-        if top > MAX_SCRIBBLE_CLASSES:
-            raise ValueError(
-                f"The scribbles use label values up to {top}, one class each: if they are objects, train "
-                f"with instance annotation; if you want {top} classes, give their names."
-            )
-        names = [f"class {k}" for k in range(1, top + 1)]
-        source = f"largest label value ({top})"
-    if len(names) < 2:
-        raise ValueError("Only label value 1 is painted: paint scribbles of at least two classes "
-                         "(values 1, 2, ...) so the network can learn to tell them apart.")
-    bundle = new_bundle("semantic", class_names=names, **kwargs)
-    bundle.metadata["classes_from"] = source
-    return bundle
-
-
-def check_class_names(bundle: ModelBundle, class_names: Sequence[str] | None) -> None:
-    """Refuse class names that are not the classes of the model to fine-tune.
-
-    Raises:
-        ValueError: ``class_names`` given and different from ``bundle.class_names``.
-    """
-    if class_names and [str(n) for n in class_names] != bundle.class_names:
-        raise ValueError(
-            f"The model {bundle.name} has the classes {', '.join(bundle.class_names)}, not "
-            f"{', '.join(map(str, class_names))}; leave the class names out to fine-tune it, or train a "
-            "new model from scratch for these classes."
-        )
-
-
-# -- the run -------------------------------------------------------------------------------
+def _progress(name: str) -> property:
+    return property(lambda self: getattr(self.progress, name), doc=f"The run's {name} (see ``Progress``).")
 
 
 class Trainer:
@@ -301,327 +117,127 @@ class Trainer:
     Args:
         bundle: the starting model (a :class:`ModelBundle`, a built-in name or a file); it
             is copied and never modified.
-        images: one array per image: (Y, X), (Y, X, 3|4) RGB(A), or any 3D layout with
-            ``channel_axis``. Read once into memory; each is normalized with the bundle's
-            recipe from statistics of the whole image.
-        labels: one integer (Y, X) array per image: instance ids (``annotation="instances"``)
-            or scribbles (``"scribbles"``: value k >= 1 is class k - 1, 0 is not annotated).
-        annotation: ``"instances"`` or ``"scribbles"``.
-        regions: None, or one entry per image: None (whole image) or a list of rectangles
-            ``(y0, x0, y1, x1)`` / corner arrays from a napari Shapes layer; only pixels
-            inside count.
-        channel_axis: channel axis of 3D images (see :func:`as_channels_first`).
-        names: names of the images for the training record (default ``image 0`` ...).
-        val_images: indices of images to hold out whole for validation (overrides the
-            automatic split).
-        epochs: epochs to train (an epoch is ``steps_per_epoch`` steps). With ``minutes``
-            too, whichever ends first; with neither, :data:`DEFAULT_EPOCHS`.
-        minutes: training-time budget (wall clock, validation included).
-        steps_per_epoch: steps per epoch; default: the annotated area (bounding boxes, at
-            least one patch per image) divided by the pixels of a batch, at least 10.
-        lr: peak learning rate of AdamW (linear warm-up, then cosine decay to 5 %).
-        weight_decay: AdamW weight decay.
-        patch_size: side of the square training patches (px), rounded up to a multiple of
-            ``2**depth`` and shrunk to the largest image.
-        batch_size: patches per step.
-        val_fraction: fraction held out for validation (0 disables validation; the last
-            weights are then returned).
-        val_every: steps between validations (default: one epoch).
-        seed: seed of the patch sampling, augmentation and split.
-        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with a gradient
-            scaler); falls back to fp32 with a warning where the device cannot.
-        checkpointing: gradient checkpointing (less memory, about 30 % more compute).
-        early_stopping_patience: validations without improvement before stopping (None: never).
-        checkpoint_path: file for resumable checkpoints (None: none).
-        checkpoint_every: steps between checkpoints (default: ``val_every``).
-        checkpoint_minutes: also save when this many minutes passed since the last save.
-        resume: continue from ``checkpoint_path`` when it holds a matching run.
-        augmentation: :class:`~napari_tiled_unet.training.data.Augmentation` (default: all on).
-        w0, sigma: U-Net border weight (instances).
-        balance: class-balancing weights.
-        dice_weight: weight of the soft Dice term added to the cross-entropy.
+        images, labels: the data (see :class:`~.dataset.TrainingSet`); or give ``data``.
+        config: the settings (:class:`~.config.TrainConfig`); without it, ``options`` are
+            its fields and the :data:`DATA_OPTIONS` of the training set.
+        data: a ready :class:`~.dataset.TrainingSet` (instead of images and labels).
         should_stop: optional callable checked every step (e.g. ``threading.Event.is_set``).
-        sample_weights: per image, a relative chance of drawing its patches (times its
-            annotated area); used to mix training sets in chosen proportions (mixture.py).
-        diameters: per image, its median object diameter (px) or None, for scale augmentation.
         record_extra: more entries for the training record (e.g. the sets of a mixture).
 
     Raises:
-        ValueError: bad input, with one sentence that says what to do (labels of another
-            shape, nothing annotated, one scribble class only, channel mismatch, ...).
+        ValueError: bad input, with one sentence that says what to do.
+        TypeError: an unknown keyword argument.
     """
 
-    def __init__(
-        self,
-        bundle: ModelBundle | str | os.PathLike,
-        images: Sequence[Any],
-        labels: Sequence[np.ndarray],
-        *,
-        annotation: str = "instances",
-        regions: Sequence[Any] | None = None,
-        channel_axis: int | None = None,
-        names: Sequence[str] | None = None,
-        val_images: Sequence[int] | None = None,
-        epochs: float | None = None,
-        minutes: float | None = None,
-        steps_per_epoch: int | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        patch_size: int = 256,
-        batch_size: int = 4,
-        val_fraction: float = 0.15,
-        val_every: int | None = None,
-        seed: int = 0,
-        device: str | torch.device = "cpu",
-        precision: str = "fp32",
-        checkpointing: bool = False,
-        early_stopping_patience: int | None = 5,
-        checkpoint_path: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None,
-        checkpoint_minutes: float = 5.0,
-        resume: bool = True,
-        augmentation: Augmentation | None = None,
-        w0: float = 10.0,
-        sigma: float = 5.0,
-        balance: bool = True,
-        dice_weight: float = 1.0,
-        should_stop: Callable[[], bool] | None = None,
-        sample_weights: Sequence[float] | None = None,
-        diameters: Sequence[float | None] | None = None,
-        record_extra: dict[str, Any] | None = None,
-    ) -> None:
+    step, elapsed, best_step, best_val, best_metrics, lr_backoff = (
+        _progress(n) for n in ("step", "elapsed", "best_step", "best_val", "best_metrics", "lr_backoff"))
+
+    def __init__(self, bundle: ModelBundle | str | os.PathLike, images: Sequence[Any] | None = None,
+                 labels: Sequence[np.ndarray] | None = None, config: TrainConfig | None = None, *,
+                 data: TrainingSet | None = None, should_stop: Callable[[], bool] | None = None,
+                 record_extra: dict[str, Any] | None = None, **options: Any) -> None:
         base = load_model(bundle)
-        if annotation not in ANNOTATIONS:
-            raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
-        if precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {precision!r}: use fp32, bf16 or fp16.")
-        if annotation == "instances" and base.task != "instances":
-            raise ValueError("Instance labels need an instances model (3 classes); paint scribbles for a "
-                             "semantic model, or start a new instances model.")
-        settings.training(batch_size, patch_size, lr, val_fraction, epochs, minutes)
-        if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
-            raise ValueError("Give images and labels as lists (one array per image).")
-        if len(images) != len(labels) or not images:
-            raise ValueError(f"Give one labels array per image ({len(images)} images, {len(labels)} labels).")
-        if annotation == "scribbles":
-            _check_scribbles_fit(base, largest_label(labels))
-        if regions is not None and len(regions) != len(images):
-            raise ValueError(f"Give one region entry per image (None for the whole image), "
-                             f"got {len(regions)} for {len(images)} images.")
-        self.base = base
-        self.annotation = annotation
-        self.names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-        if len(self.names) != len(images):
-            raise ValueError("Give one name per image.")
-        self.lr, self.weight_decay, self.batch_size = float(lr), float(weight_decay), int(batch_size)
-        self.seed = int(seed)
-        self.epochs, self.minutes = epochs, minutes
-        if epochs is None and minutes is None:
-            self.epochs = DEFAULT_EPOCHS
-        self.precision = precision
-        self.checkpointing = bool(checkpointing)
-        self.patience = early_stopping_patience
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        self.checkpoint_minutes = float(checkpoint_minutes)
-        self.resume = resume
-        self.dice_weight = float(dice_weight)
+        config, rest = (config, dict(options)) if config is not None else TrainConfig.split(options)
+        data_options = {k: rest.pop(k) for k in DATA_OPTIONS if k in rest}
+        if rest:
+            raise TypeError(f"Trainer got unknown keyword argument(s): {', '.join(sorted(rest))}.")
+        self.base, self.config = base, config
+        self.data = data if data is not None else TrainingSet(base, images, labels, config, **data_options)
+        self.device = resolve_device(config.device)
         self.should_stop = should_stop
-        self.device = _resolve_device(device)
-        self.augmentation = augmentation if augmentation is not None else Augmentation()
         self.record_extra = dict(record_extra or {})
-        for what, values in (("sample_weights", sample_weights), ("diameters", diameters)):
-            if values is not None and len(values) != len(images):
-                raise ValueError(f"Give one of {what} per image ({len(values)} for {len(images)} images).")
-        self._sampling = (list(sample_weights) if sample_weights is not None else None,
-                          list(diameters) if diameters is not None else None)
-
-        n_ch, n_classes = base.n_channels, int(base.model.n_classes)
-        recipe = base.normalization
-        # Targets are made one image at a time and kept only in compact form (see data.py).
-        items: list[TrainingImage | None] = []
-        labs: list[np.ndarray] = []
-        self.data_record = []
-        n_annotated, present, has_object = 0, set(), False
-        for i, (img, lab) in enumerate(zip(images, labels)):
-            chw = as_channels_first(img, n_ch, channel_axis)
-            lab = check_labels(chw.shape[1:], lab)
-            region = regions[i] if regions is not None else None
-            t = make_targets(chw.shape[1:], lab, annotation, region, n_classes=n_classes, w0=w0, sigma=sigma,
-                             balance=balance)
-            n_annotated += t.n_annotated
-            present.update(t.present_classes())
-            has_object = has_object or bool(annotation == "instances" and (lab[t.mask] > 0).any())
-            item = None
-            if t.n_annotated:
-                try:
-                    stats = normalization.compute_stats(chw, recipe, channel_axis=0)
-                except normalization.ImageError as exc:
-                    raise normalization.ImageError(f"{self.names[i]}: {exc}") from None
-                item = TrainingImage(chw, t, stats, name=self.names[i])
-                if sample_weights is not None:
-                    item.sample_weight = float(sample_weights[i])
-                if diameters is not None:
-                    item.diameter = diameters[i]
-            del t
-            items.append(item)
-            labs.append(lab)
-            self.data_record.append({"name": self.names[i], "sha256": _data_hash(chw, lab)})
-        check_annotation(n_annotated, present, has_object, annotation)
-
-        m = base.model.size_multiple
-        largest = max(max(it.shape) for it in items if it is not None)
-        p = min(int(patch_size), largest)
-        self.patch_size = -(-p // m) * m
-        self._split(items, labs, val_images, float(val_fraction))
-        area = 0
-        for it in self.train_items:
-            y0, x0, y1, x1 = it.counted_bbox()
-            area += max(y1 - y0, self.patch_size) * max(x1 - x0, self.patch_size)
-        self.steps_per_epoch = int(steps_per_epoch) if steps_per_epoch else max(
-            10, math.ceil(area / (self.batch_size * self.patch_size**2)))
-        self.val_every = int(val_every) if val_every else self.steps_per_epoch
-        self.checkpoint_every = int(checkpoint_every) if checkpoint_every else self.val_every
-        self.fingerprint = self._fingerprint(regions)
-
+        self.steps_per_epoch = int(config.steps_per_epoch or self.data.steps_per_epoch(config.batch_size))
+        self.val_every = int(config.val_every or self.steps_per_epoch)
+        self.checkpoint_every = int(config.checkpoint_every or self.val_every)
+        self.fingerprint = self.data.fingerprint()
+        self.validator = Validator(self.data, config.dice_weight)
         self.model: UNet = copy.deepcopy(base.model).cpu()
-        self.step = 0
-        self.elapsed = 0.0
-        self.lr_backoff = 1.0
-        self.best_val: float | None = None
-        self.best_step: int | None = None
-        self.best_metrics: dict[str, Any] = {}
-        self._best_state: dict[str, torch.Tensor] | None = None
-        self._bad_validations = 0
-        self._last_val_step: int | None = None
-        self._bad_steps = 0  # non-finite steps in a row
-        self._running: list[float] = []  # training losses since the last validation
+        self.progress = Progress()
+        self.stop_reason: StopReason | None = None
         self._stop = threading.Event()
-        self.stop_reason: str | None = None
-        self.sampler = PatchSampler(self.train_items, self.patch_size, np.random.default_rng(self.seed),
-                                    self.augmentation)
-        self.sampler_state = self.sampler.rng.bit_generator.state
+        self._updates: queue.SimpleQueue = queue.SimpleQueue()
+        self.sampler = config.make_sampler(self.data.train_items, self.data.patch_size,
+                                           np.random.default_rng(config.seed))
+        self.progress.sampler_rng = self.sampler.rng.bit_generator.state
         self._started = False
         log.info("Training on %d image(s), %d annotated pixels for training, %s; patch %d, %d steps/epoch.",
-                 len(self.train_items), sum(it.n_counted for it in self.train_items), self.val_description,
-                 self.patch_size, self.steps_per_epoch)
+                 len(self.data.train_items), sum(it.n_counted for it in self.data.train_items),
+                 self.data.val_description, self.data.patch_size, self.steps_per_epoch)
 
-    # -- split ------------------------------------------------------------------------------
-
-    def _split(self, items: list[TrainingImage | None], labs: list[np.ndarray],
-               val_images: Sequence[int] | None, fraction: float) -> None:
-        annotated = [i for i, it in enumerate(items) if it is not None]
-        self.warnings: list[str] = []
-        self.train_items: list[TrainingImage] = []
-        #: (image, its instance labels) held out for validation
-        self.val_items: list[tuple[TrainingImage, np.ndarray]] = []
-        rng = np.random.default_rng(self.seed)
-        if val_images is not None:
-            held = sorted({int(i) for i in val_images})
-            if any(i < 0 or i >= len(items) for i in held):
-                raise ValueError(f"val_images must be image indices between 0 and {len(items) - 1}.")
-            mode = "images"
-        elif fraction <= 0:
-            held, mode = [], "none"
-        elif len(annotated) * fraction >= 1:
-            k = min(len(annotated) - 1, max(1, round(len(annotated) * fraction)))
-            held, mode = sorted(int(i) for i in rng.choice(annotated, size=k, replace=False)), "images"
-        else:
-            held, mode = [], "strips"
-        for i in annotated:
-            item = items[i]
-            if i in held:
-                self.val_items.append((item, labs[i]))
-                continue
-            if mode == "strips":
-                strip = _holdout_strip(item.classes != IGNORE, fraction)
-                if strip is not None:
-                    self.val_items.append((item.restrict(strip), labs[i]))
-                    self.train_items.append(item.restrict(~strip))
-                    continue
-            self.train_items.append(item)
-        if not any(it.n_counted for it in self.train_items):
-            raise ValueError("Every annotated image is held out for validation; annotate more images or "
-                             "hold out fewer.")
-        n_val = sum(it.n_counted for it, _ in self.val_items)
-        if mode != "none" and n_val < MIN_VAL_PIXELS:
-            self.warnings.append("Too little is annotated to hold out a validation part; training without "
-                                 "validation and keeping the last weights.")
-            self.train_items = [items[i] for i in annotated]
-            self.val_items, mode = [], "none"
-        if mode == "images":
-            self.val_description = f"{len(self.val_items)} held-out image(s) for validation"
-            self.val_record = {"kind": "images", "names": [it.name for it, _ in self.val_items]}
-        elif mode == "strips":
-            self.val_description = f"a strip of {fraction:.0%} of the annotated area held out for validation"
-            self.val_record = {"kind": "strips", "fraction": fraction}
-        else:
-            self.val_description = "no validation"
-            self.val_record = {"kind": "none"}
-        m = self.base.model.size_multiple
-        self.val_windows = [(k, w) for k, (it, _) in enumerate(self.val_items)
-                            for w in cover_windows(it, 1024, m, margin=2 * m)]
-
-    def _fingerprint(self, regions: Any) -> str:
-        h = hashlib.sha256()
-        parts = [self.annotation, self.patch_size, self.batch_size, self.seed, self.base.model.config,
-                 [d["sha256"] for d in self.data_record], self.val_record, repr(regions)]
-        if self._sampling != (None, None) or self.augmentation != Augmentation():
-            parts += [repr(self._sampling), repr(self.augmentation)]
-        h.update(repr(parts).encode())
-        h.update(_state_hash(self.base.model).encode())
-        return h.hexdigest()
+    # the settings and the data, as the widget and the CLI read them
+    annotation = property(lambda self: self.config.annotation)
+    epochs = property(lambda self: self.config.epochs)
+    minutes = property(lambda self: self.config.minutes)
+    patch_size = property(lambda self: self.data.patch_size)
+    train_items = property(lambda self: self.data.train_items)
+    val_items = property(lambda self: self.data.val_items)
+    val_windows = property(lambda self: self.data.val_windows)
+    val_record = property(lambda self: self.data.val_record)
+    val_description = property(lambda self: self.data.val_description)
 
     # -- control ----------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the running :meth:`iter` to finish after the current step and return the best bundle."""
+        """Ask the running :meth:`iter` to finish after the current step: it validates the
+        last weights and returns the best bundle."""
         self._stop.set()
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set() or bool(self.should_stop and self.should_stop())
 
+    def update_annotation(self, index: int, labels: np.ndarray, region: Any = ...) -> None:
+        """New labels (and region) for image ``index``, taken between two steps (live mode)."""
+        self._updates.put((index, np.array(labels, copy=True), region))
+
     def planned_steps(self) -> int:
         """Steps planned (an estimate when only a time budget is set)."""
-        total = math.ceil(self.epochs * self.steps_per_epoch) if self.epochs else None
-        if self.minutes:
-            if self.step and self.elapsed > 0:
-                est = math.ceil(self.step * self.minutes * 60 / self.elapsed)
-            else:
-                est = total or self.steps_per_epoch
+        c, p = self.config, self.progress
+        total = math.ceil(c.epochs * self.steps_per_epoch) if c.epochs else None
+        if c.minutes:
+            est = math.ceil(p.step * c.minutes * 60 / p.elapsed) if p.step and p.elapsed > 0 else (
+                total or self.steps_per_epoch)
             total = min(total, est) if total else est
         return max(1, int(total))
 
     def _lr(self) -> float:
+        c, p = self.config, self.progress
         total = self.planned_steps()
         warm = min(50, max(1, total // 20))
-        if self.step < warm:
-            factor = (self.step + 1) / warm
-        else:
-            prog = (self.step - warm) / max(1, total - warm)
-            if self.minutes:
-                prog = max(prog if self.epochs else 0.0, self.elapsed / (self.minutes * 60))
-            prog = min(1.0, prog)
-            factor = LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * prog))
-        return self.lr * self.lr_backoff * factor
+        prog = (p.step - warm) / max(1, total - warm)
+        if c.minutes:
+            prog = max(prog if c.epochs else 0.0, p.elapsed / (c.minutes * 60))
+        return c.lr * p.lr_backoff * c.schedule()(p.step, warm, min(1.0, prog))
 
-    def _done(self) -> str | None:
-        if self.epochs and self.step >= math.ceil(self.epochs * self.steps_per_epoch):
-            return "completed"
-        if self.minutes and self.elapsed >= self.minutes * 60:
-            return "time budget"
+    def _done(self) -> StopReason | None:
+        c, p = self.config, self.progress
+        if c.epochs and p.step >= math.ceil(c.epochs * self.steps_per_epoch):
+            return StopReason.COMPLETED
+        if c.minutes and p.elapsed >= c.minutes * 60:
+            return StopReason.TIME_BUDGET
         return None
 
     # -- results ----------------------------------------------------------------------------
 
+    @property
+    def best_state(self) -> dict[str, torch.Tensor] | None:
+        """The state dict of the best weights so far (None before the first validation)."""
+        return self.progress.best_state
+
+    @property
+    def selection(self) -> str:
+        """One sentence: which weights :meth:`best_bundle` returns and why."""
+        p = self.progress
+        return selection_reason(p.best_step, p.best_metrics, p.best_val, p.base_metrics, p.base_val,
+                                self.validator.score_name)
+
     def best_bundle(self) -> ModelBundle:
-        """The best weights so far (lowest validation loss; the last finite weights without
+        """The best weights so far (see the module docstring; the last finite weights without
         validation) as a new bundle with the training record, model in eval mode on the CPU.
 
         Safe to call at any time, also after the generator was closed or failed.
         """
-        state = self._best_state
+        state = self.progress.best_state
         if state is None:
             current = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             state = current if _finite(current) else self.base.model.state_dict()
@@ -635,7 +251,7 @@ class Trainer:
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):
             meta["name"] = f"{base_name}-finetuned"
         meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        meta["package_version"] = _package_version()
+        meta["package_version"] = __version__
         return ModelBundle(model, meta)
 
     @property
@@ -645,46 +261,36 @@ class Trainer:
 
     def record(self) -> dict[str, Any]:
         """The training record stored in the returned bundle's ``metadata["training"]``."""
-        base_training = self.base.metadata.get("training") or {}
+        c, p, images = self.config, self.progress, self.data.data_record
         scratch = self.record_is_scratch
-        many = len(self.data_record) > 32
-        data: dict[str, Any] = {"n_images": len(self.data_record)}
-        if many:  # keep the file header small for large training sets
-            data["names"] = [d["name"] for d in self.data_record]
-            joined = "".join(d["sha256"] for d in self.data_record)
-            data["sha256"] = hashlib.sha256(joined.encode()).hexdigest()
+        data: dict[str, Any] = {"n_images": len(images)}
+        if len(images) > 32:  # keep the file header small for large training sets
+            data["names"] = [d["name"] for d in images]
+            data["sha256"] = hashlib.sha256("".join(d["sha256"] for d in images).encode()).hexdigest()
         else:
-            data["images"] = self.data_record
+            data["images"] = images
         rec = {
-            "base_model": None if scratch else self.base.name,
-            "from_scratch": scratch,
-            "data": data,
-            "annotation": self.annotation,
-            "task": self.base.task,
-            "classes": self.base.class_names,
-            "validation": self.val_record,
-            "epochs": round(self.step / self.steps_per_epoch, 3),
-            "steps": self.step,
-            "steps_per_epoch": self.steps_per_epoch,
-            "patch_size": self.patch_size,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "seed": self.seed,
-            "time_s": round(self.elapsed, 1),
-            "stopped": self.stop_reason,
-            "best_step": self.best_step,
-            "metrics": {"best_val_loss": self.best_val, **self.best_metrics},
-            "package_version": _package_version(),
-            "device": str(self.device),
-            "precision": self.precision,
+            "base_model": None if scratch else self.base.name, "from_scratch": scratch, "data": data,
+            "annotation": c.annotation, "task": self.base.task, "classes": self.base.class_names,
+            "validation": self.data.val_record, "epochs": round(p.step / self.steps_per_epoch, 3),
+            "steps": p.step, "steps_per_epoch": self.steps_per_epoch, "patch_size": self.data.patch_size,
+            "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "time_s": round(p.elapsed, 1),
+            "stopped": None if self.stop_reason is None else self.stop_reason.value,
+            "best_step": p.best_step, "selection": self.selection,
+            "metrics": {"best_val_loss": p.best_val, **p.best_metrics},
+            "package_version": __version__, "device": str(self.device), "precision": c.precision,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         if scratch and self.base.metadata.get("classes_from"):
             rec["classes_from"] = self.base.metadata["classes_from"]
         rec.update(self.record_extra)
-        if base_training:
-            rec["base_training"] = base_training
+        if self.base.metadata.get("training"):
+            rec["base_training"] = self.base.metadata["training"]
         return rec
+
+    def class_iou_iter(self, bundles: list[Any]) -> Generator[None, None, list[dict[str, float]]]:
+        """IoU per class of ``bundles`` on the held-out windows (:meth:`.Validator.class_iou_iter`)."""
+        return self.validator.class_iou_iter(bundles)
 
     # -- the generator ----------------------------------------------------------------------
 
@@ -700,50 +306,42 @@ class Trainer:
         if self._started:
             raise RuntimeError("A Trainer runs once; make a new one (with resume=True to continue).")
         self._started = True
-        for message in self.warnings:
+        c, p = self.config, self.progress
+        for message in self.data.warnings:
             yield WarningEvent(message)
-        if self.annotation == "scribbles" and self.base.task == "instances":
+        if c.annotation == "scribbles" and self.base.task == "instances":
             yield WarningEvent("Scribbles on an instances model paint its classes: 1 background, 2 interior, "
                                "3 boundary.", kind="info")
-        dev = self.device
-        precision = self.precision
-        if PRECISIONS[precision] is not None and not _autocast_works(dev, PRECISIONS[precision]):
-            yield WarningEvent(f"{precision} is not supported on {dev.type}; training in fp32.")
-            precision = "fp32"
-        self._precision_used = precision
-        model = self.model.to(dev)
-        model.use_checkpointing(self.checkpointing)
-        opt = AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-        if self.checkpoint_path is not None and self.resume and self.checkpoint_path.exists():
-            message = self._load_checkpoint(opt, scaler)
-            if message:
-                yield WarningEvent(message)
-            else:
-                yield WarningEvent(f"Resumed from {self.checkpoint_path.name} at step {self.step}.",
-                                   kind="info")
-        t_start = time.monotonic() - self.elapsed
+        precision, warning = resolve(self.device, c.precision)
+        if warning:
+            yield WarningEvent(warning)
+        self.precision_used = precision
+        model = self.model.to(self.device)
+        model.use_checkpointing(c.checkpointing)
+        if c.freeze_encoder:
+            for name, param in model.named_parameters():
+                param.requires_grad_(not name.startswith(("inc.", "down")))
+        opt = AdamW([q for q in model.parameters() if q.requires_grad], lr=c.lr, weight_decay=c.weight_decay)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        if c.checkpoint_path is not None and c.resume and c.checkpoint_path.exists():
+            yield self._resume(opt, scaler)
+        t_start = time.monotonic() - p.elapsed
         last_save = time.monotonic()
-        prefetch = Prefetcher(self.sampler, self.batch_size)
+        prefetch = Prefetcher(self.sampler, c.batch_size)
         try:
             while True:
                 # a validation that is due (at step 0, or where an interrupted run stopped before it)
-                if self.val_windows and self._last_val_step != self.step and self.step % self.val_every == 0:
-                    yield self._validate(model, precision, float(np.mean(self._running)) if self._running
-                                         else float("nan"), t_start)
-                    self._running = []
-                self.elapsed = time.monotonic() - t_start
-                if self.stopping:
-                    self.stop_reason = "stopped by user"
-                    break
-                if self.patience is not None and self._bad_validations >= self.patience:
-                    self.stop_reason = "early stopping"
-                    yield WarningEvent(f"Validation loss did not improve for {self.patience} "
-                                       "validations; stopping early with the best weights.", kind="info")
-                    break
-                self.stop_reason = self._done()
+                if self.data.val_windows and p.last_val_step != p.step and p.step % self.val_every == 0:
+                    yield self._validate(model, precision, t_start)
+                p.elapsed = time.monotonic() - t_start
+                self.stop_reason = self._why_stop()
                 if self.stop_reason:
+                    if self.stop_reason is StopReason.PATIENCE:
+                        yield WarningEvent(f"The validation did not improve for {c.early_stopping_patience} "
+                                           "validations; stopping early with the best weights.", kind="info")
                     break
+                if not self._updates.empty():
+                    prefetch = yield from self._take_updates(prefetch)
                 batch = prefetch.next()
                 lr = self._lr()
                 # The step and its bookkeeping are never cut in the middle (a signal waits for the
@@ -753,56 +351,82 @@ class Trainer:
                     for group in opt.param_groups:
                         group["lr"] = lr
                     status, loss_value = self._train_step(model, opt, scaler, batch, precision)
-                    self.sampler_state = prefetch.rng_state  # this batch is used up, whatever happened
+                    p.sampler_rng = prefetch.rng_state  # this batch is used up, whatever happened
                     if status == "bad":
-                        self._bad_steps += 1
-                        self.lr_backoff *= 0.5
+                        p.bad_steps += 1
+                        p.lr_backoff *= 0.5
                     elif status == "ok":
-                        self._bad_steps = 0
-                        self.step += 1
-                        self._running.append(loss_value)
+                        p.bad_steps = 0
+                        p.step += 1
+                        p.running.append(loss_value)
                 if status == "overflow":  # fp16: the gradient scaler lowered its scale, as designed
                     continue
                 if status == "bad":
                     yield WarningEvent(
-                        f"The loss or its gradient became NaN or infinite at step {self.step + 1}; the step "
-                        f"was skipped and the learning rate halved (now {self.lr * self.lr_backoff:.2e})."
+                        f"The loss or its gradient became NaN or infinite at step {p.step + 1}; the step "
+                        f"was skipped and the learning rate halved (now {c.lr * p.lr_backoff:.2e})."
                     )
-                    if self._bad_steps >= MAX_BAD_STEPS:
-                        self.stop_reason = "diverged"
-                        yield WarningEvent(f"Training diverged ({self._bad_steps} failed steps in a row); "
+                    if p.bad_steps >= MAX_BAD_STEPS:
+                        self.stop_reason = StopReason.DIVERGED
+                        yield WarningEvent(f"Training diverged ({p.bad_steps} failed steps in a row); "
                                            "keeping the best weights so far. Try a lower learning rate.")
                         break
                     continue
-                self.elapsed = time.monotonic() - t_start
-                yield TrainStep(step=self.step, total=self.planned_steps(),
-                                epoch=self.step / self.steps_per_epoch, loss=loss_value, lr=lr,
-                                elapsed=self.elapsed)
-                if self.checkpoint_path is not None and (
-                    self.step % self.checkpoint_every == 0
-                    or time.monotonic() - last_save > self.checkpoint_minutes * 60
-                ):
+                p.elapsed = time.monotonic() - t_start
+                yield TrainStep(step=p.step, total=self.planned_steps(), epoch=p.step / self.steps_per_epoch,
+                                loss=loss_value, lr=lr, elapsed=p.elapsed)
+                due = time.monotonic() - last_save > c.checkpoint_minutes * 60
+                if c.checkpoint_path is not None and (p.step % self.checkpoint_every == 0 or due):
                     self._save_checkpoint(opt, scaler)
                     last_save = time.monotonic()
-            if self.val_windows and self._last_val_step != self.step:
-                yield self._validate(model, precision, float(np.mean(self._running)) if self._running
-                                     else float("nan"), t_start)
-            self.elapsed = time.monotonic() - t_start
-            if self.checkpoint_path is not None:
+            if self.data.val_windows and p.last_val_step != p.step:
+                yield self._validate(model, precision, t_start)
+            p.elapsed = time.monotonic() - t_start
+            if c.checkpoint_path is not None:
                 self._save_checkpoint(opt, scaler)
-        except (GeneratorExit, KeyboardInterrupt):  # closed (Stop), or Ctrl-C/SIGTERM mid-step
-            self.stop_reason = "interrupted"
-            self.elapsed = time.monotonic() - t_start
-            if self.checkpoint_path is not None:
+        except (GeneratorExit, KeyboardInterrupt):  # closed, or Ctrl-C/SIGTERM mid-step
+            self.stop_reason = StopReason.INTERRUPTED
+            p.elapsed = time.monotonic() - t_start
+            if c.checkpoint_path is not None:
                 self._save_checkpoint(opt, scaler)
             raise
         finally:
             prefetch.close()
             model.use_checkpointing(False)
             model.eval()
-        log.info("Training finished (%s) after %d steps in %.0f s; best validation loss %s.",
-                 self.stop_reason, self.step, self.elapsed, self.best_val)
+        log.info("Training finished (%s) after %d steps in %.0f s; %s.", self.stop_reason, p.step, p.elapsed,
+                 self.selection)
         return self.best_bundle()
+
+    def _why_stop(self) -> StopReason | None:
+        patience = self.config.early_stopping_patience
+        if self.stopping:
+            return StopReason.STOPPED
+        if patience is not None and self.progress.bad_validations >= patience:
+            return StopReason.PATIENCE
+        return self._done()
+
+    def _take_updates(self, prefetch: Prefetcher) -> Generator[WarningEvent, None, Prefetcher]:
+        """Apply the queued annotation updates and restart the sampler on the new targets."""
+        names = []
+        while not self._updates.empty():
+            index, labels, region = self._updates.get()
+            self.data.update(index, labels, region)
+            names.append(self.data.names[index])
+        prefetch.close()
+        rng = self.sampler.rng
+        rng.bit_generator.state = self.progress.sampler_rng  # batches drawn ahead are dropped
+        self.sampler = self.config.make_sampler(self.data.train_items, self.data.patch_size, rng)
+        yield WarningEvent(f"Training on the new annotation of {', '.join(sorted(set(names)))} from step "
+                           f"{self.progress.step}.", kind="info")
+        return Prefetcher(self.sampler, self.config.batch_size)
+
+    def _train_mode(self, model: UNet) -> None:
+        model.train()
+        if self.config.batchnorm == "frozen":  # normalize with, and keep, the base model's statistics
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
 
     def _train_step(self, model: UNet, opt: AdamW, scaler: torch.amp.GradScaler,
                     batch: Any, precision: str) -> tuple[str, float]:
@@ -812,16 +436,14 @@ class Trainer:
         (nothing kept); ``"overflow"`` for an fp16 gradient overflow that the scaler handles.
         """
         dev = self.device
-        x = torch.from_numpy(batch.image).to(dev, non_blocking=True)
-        y = torch.from_numpy(batch.classes).to(dev, non_blocking=True)
-        w = torch.from_numpy(batch.weight).to(dev, non_blocking=True)
-        m = torch.from_numpy(batch.mask).to(dev, non_blocking=True)
-        model.train()
+        x, y, w, m = (torch.from_numpy(a).to(dev, non_blocking=True)
+                      for a in (batch.image, batch.classes, batch.weight, batch.mask))
+        self._train_mode(model)
         buffers = [b.detach().clone() for b in model.buffers()]
         opt.zero_grad(set_to_none=True)
-        with _autocast(dev, precision):
+        with autocast(dev, precision):
             logits = model(x)
-        loss = losses.combined_loss(logits, y, w, m, self.dice_weight)
+        loss = losses.combined_loss(logits, y, w, m, self.config.dice_weight)
         if not torch.isfinite(loss):
             _restore(model, buffers)
             return "bad", float("nan")
@@ -840,95 +462,32 @@ class Trainer:
         if not _finite_params(model):
             # finite gradients can still give non-finite weights (a too large step): go back
             _restore(model, buffers)
-            state = self._best_state or self.base.model.state_dict()
-            model.load_state_dict(state)
+            model.load_state_dict(self.progress.best_state or self.base.model.state_dict())
             opt.state.clear()
             return "bad", float("nan")
         return "ok", float(loss.detach())
 
-    @torch.no_grad()
-    def _validate(self, model: UNet, precision: str, train_loss: float, t_start: float) -> TrainStep:
-        model.eval()
-        dev = self.device
-        terms = None
-        f1_counts = [0, 0, 0]
-        metrics_on = self.base.task == "instances" and self.annotation == "instances"
-        for k, (y0, x0, h, w) in self.val_windows:
-            item, labels = self.val_items[k]
-            img, cls, wt = item.window(y0, x0, h, w)
-            mask = cls != IGNORE
-            x = torch.from_numpy(img[None]).to(dev)
-            with _autocast(dev, precision):
-                logits = model(x)
-            logits = logits.float()
-            t = losses.loss_terms(
-                logits, torch.from_numpy(np.where(mask, cls, 0).astype(np.int64)[None]).to(dev),
-                torch.from_numpy(wt[None]).to(dev), torch.from_numpy(mask[None]).to(dev)).detach()
-            terms = t if terms is None else terms + t
-            if metrics_on:
-                counts = _match_counts(torch.softmax(logits[0], 0).cpu().numpy(), labels, mask,
-                                       (y0, x0, h, w), self.base.postprocess)
-                f1_counts = [a + b for a, b in zip(f1_counts, counts)]
+    def _validate(self, model: UNet, precision: str, t_start: float) -> TrainStep:
+        p = self.progress
+        train_loss = float(np.mean(p.running)) if p.running else float("nan")
+        result: ValidationResult = self.validator.run(model, self.device, precision)
         model.train()
-        val_loss = float(terms.total(self.dice_weight)) if terms is not None else float("nan")
-        metrics: dict[str, Any] = {}
-        if metrics_on:
-            tp, fp, fn = f1_counts
-            metrics["f1@0.5"] = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         with deferred_signals():  # the validation's record is kept whole or not at all
-            self._last_val_step = self.step
-            if math.isfinite(val_loss) and _finite(state) and (
-                self.best_val is None or val_loss < self.best_val - 1e-6 * abs(self.best_val)
-            ):
-                self.best_val, self.best_step, self.best_metrics = val_loss, self.step, dict(metrics)
-                self._best_state = state
-                self._bad_validations = 0
+            p.last_val_step, p.running = p.step, []
+            if p.step == 0 and p.base_val is None:
+                p.base_val, p.base_metrics = result.loss, dict(result.metrics)
+            if _finite(state) and result.beats(p.best_val, p.best_metrics):
+                p.best_val, p.best_step, p.best_metrics = result.loss, p.step, dict(result.metrics)
+                p.best_state = state
+                p.bad_validations = 0
             else:
-                self._bad_validations += 1
-        self.elapsed = time.monotonic() - t_start
-        metrics["best_val_loss"] = self.best_val
-        return TrainStep(step=self.step, total=self.planned_steps(), epoch=self.step / self.steps_per_epoch,
-                         loss=train_loss, lr=self._lr(), elapsed=self.elapsed, val_loss=val_loss,
-                         metrics=metrics)
-
-    def class_iou_iter(self, bundles: list[Any]) -> Generator[None, None, list[dict[str, float]]]:
-        """IoU per class on the held-out windows, for each of ``bundles`` (scribble training).
-
-        Only pixels that count (the painted scribbles inside the held-out part) are compared,
-        so the figures say how well each model reproduces what was painted there.
-
-        Args:
-            bundles: models whose classes are this trainer's (its base model and the result).
-
-        Yields:
-            None after every window and model (a cancel point).
-
-        Returns:
-            One dict per bundle: ``{"IoU <class name>": iou, ..., "mean IoU": mean}`` over the
-            classes present in the held-out scribbles or the prediction.
-        """
-        out = []
-        for bundle in bundles:
-            n = int(bundle.model.n_classes)
-            inter, union = np.zeros(n, np.int64), np.zeros(n, np.int64)
-            dev = next(bundle.model.parameters()).device
-            bundle.model.eval()
-            for k, (y0, x0, h, w) in self.val_windows:
-                item, _ = self.val_items[k]
-                img, cls, _ = item.window(y0, x0, h, w)
-                mask = cls != IGNORE
-                with torch.inference_mode():
-                    logits = bundle.model(torch.from_numpy(img[None]).to(dev))
-                i, u = class_overlap_counts(cls[mask], logits[0].argmax(0).cpu().numpy()[mask], n)
-                inter, union = inter + i, union + u
-                yield None
-            names = bundle.class_names
-            figures = {f"IoU {names[c]}": float(inter[c] / union[c]) for c in range(n) if union[c]}
-            if figures:
-                figures["mean IoU"] = float(np.mean(list(figures.values())))
-            out.append(figures)
-        return out
+                p.bad_validations += 1
+        p.elapsed = time.monotonic() - t_start
+        log.debug("Validation at step %d by set: %s", p.step, result.per_set)
+        return TrainStep(step=p.step, total=self.planned_steps(), epoch=p.step / self.steps_per_epoch,
+                         loss=train_loss, lr=self._lr(), elapsed=p.elapsed, val_loss=result.loss,
+                         metrics={**result.metrics, "best_val_loss": p.best_val})
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -937,163 +496,30 @@ class Trainer:
         if not _finite(state):
             log.warning("Not saving a checkpoint: the current weights are not finite.")
             return
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": self.fingerprint,
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "lr_backoff": self.lr_backoff,
-            "model": state,
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "best_state": self._best_state,
-            "best_val": self.best_val,
-            "best_step": self.best_step,
-            "best_metrics": {k: float(v) for k, v in self.best_metrics.items()},
-            "bad_validations": self._bad_validations,
-            "last_val_step": self._last_val_step,
-            "sampler_rng": self.sampler_state,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python_rng": _plain(random.getstate()),
-            "numpy_rng": _plain(np.random.get_state(legacy=False)),
-            "bad_steps": self._bad_steps,
-            "running": list(self._running),
-        }
-        from ..io import temp_beside
+        Checkpoint(self.fingerprint, state, opt.state_dict(), scaler.state_dict(), self.progress).save(
+            self.config.checkpoint_path)
+        log.debug("Checkpoint saved at step %d to %s.", self.progress.step, self.config.checkpoint_path)
 
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_beside(path)  # tagged with this process, so a later run removes it if we are killed
+    def _resume(self, opt: AdamW, scaler: torch.amp.GradScaler) -> WarningEvent:
+        path = self.config.checkpoint_path
         try:
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        log.debug("Checkpoint saved at step %d to %s.", self.step, path)
-
-    def _load_checkpoint(self, opt: AdamW, scaler: torch.amp.GradScaler) -> str | None:
-        path = self.checkpoint_path
-        try:
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            return (f"The checkpoint {path.name} could not be read ({type(exc).__name__}); starting from "
-                    "the beginning.")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            return f"{path.name} is not a training checkpoint; starting from the beginning."
-        if ckpt.get("fingerprint") != self.fingerprint:
-            return (f"The checkpoint {path.name} belongs to another run (other data, model or settings); "
-                    "starting from the beginning and overwriting it.")
-        self.model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        self.elapsed = float(ckpt["elapsed"])
-        self.lr_backoff = float(ckpt["lr_backoff"])
-        self._best_state = ckpt["best_state"]
-        self.best_val = ckpt["best_val"]
-        self.best_step = ckpt["best_step"]
-        self.best_metrics = dict(ckpt["best_metrics"])
-        self._bad_validations = int(ckpt["bad_validations"])
-        self._last_val_step = ckpt["last_val_step"]
-        self.sampler.rng.bit_generator.state = ckpt["sampler_rng"]
-        self.sampler_state = ckpt["sampler_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        if ckpt.get("python_rng"):
-            version, state, gauss = ckpt["python_rng"]
-            random.setstate((version, tuple(state), gauss))
-        if ckpt.get("numpy_rng"):
-            legacy = dict(ckpt["numpy_rng"])
-            legacy["state"] = {k: np.asarray(v, dtype=np.uint32) if k == "key" else v
-                               for k, v in legacy["state"].items()}
-            np.random.set_state(legacy)
-        self._bad_steps = int(ckpt.get("bad_steps", 0))
-        self._running = [float(v) for v in ckpt.get("running", [])]
-        log.info("Resumed from %s at step %d.", path, self.step)
-        return None
+            ckpt = Checkpoint.load(path)
+        except ValueError as exc:
+            return WarningEvent(f"{exc}; starting from the beginning.")
+        if ckpt.fingerprint != self.fingerprint:
+            return WarningEvent(f"The checkpoint {path.name} belongs to another run (other data, model or "
+                                "settings); starting from the beginning and overwriting it.")
+        self.model.load_state_dict(ckpt.model)
+        opt.load_state_dict(ckpt.optimizer)
+        scaler.load_state_dict(ckpt.scaler)
+        vars(self.progress).update(vars(ckpt.progress))  # in place: the running loop holds it
+        self.sampler.rng.bit_generator.state = ckpt.progress.sampler_rng
+        ckpt.restore_rng()
+        log.info("Resumed from %s at step %d.", path, self.progress.step)
+        return WarningEvent(f"Resumed from {path.name} at step {self.progress.step}.", kind="info")
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def _holdout_strip(mask: np.ndarray, fraction: float) -> np.ndarray | None:
-    """bool (Y, X): the far strip across the longer side of ``mask``'s bounding box that holds
-    about ``fraction`` of its True pixels (None when nothing would be left on either side)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    axis = 0 if (rows[-1] - rows[0]) >= (cols[-1] - cols[0]) else 1
-    per_line = mask.sum(axis=1 - axis)
-    cum = np.cumsum(per_line)
-    total = int(cum[-1])
-    cut = int(np.searchsorted(cum, (1 - fraction) * total, side="left")) + 1
-    if cut >= len(cum) or cum[cut - 1] == 0 or cum[cut - 1] == total:
-        return None
-    strip = np.zeros(mask.shape, dtype=bool)
-    if axis == 0:
-        strip[cut:] = True
-    else:
-        strip[:, cut:] = True
-    return strip
-
-
-def _check_scribbles_fit(base: ModelBundle, top: int) -> None:
-    """Refuse scribbles with a label value that has no class in ``base``."""
-    n = int(base.model.n_classes)
-    if top <= n:
-        return
-    if base.task == "instances":
-        raise ValueError(
-            f"The scribbles use label values up to {top}, but {base.name} is an instances model whose "
-            "scribbles paint 1 background, 2 interior, 3 boundary; train a new semantic model from "
-            f"scratch for {top} classes instead (no base model)."
-        )
-    raise ValueError(
-        f"The scribbles use label values up to {top}, but {base.name} has {n} classes "
-        f"({', '.join(base.class_names)}); paint values 1 to {n}, or train a new model from scratch "
-        f"for {top} classes (no base model)."
-    )
-
-
-def _match_counts(prob: np.ndarray, labels: np.ndarray, mask: np.ndarray, window: tuple[int, int, int, int],
-                  params: dict[str, Any]) -> tuple[int, int, int]:
-    """(tp, fp, fn) of objects at IoU 0.5 in the counted part of a validation window."""
-    y0, x0, h, w = window
-    H, W = labels.shape
-    gt = np.zeros((h, w), dtype=labels.dtype)
-    sy, sx = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
-    gt[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = labels[sy, sx]
-    pred = labels_from_probabilities(prob, "instances", **params)
-    gt = np.where(mask, gt, 0)
-    pred = np.where(mask, pred, 0)
-    m = match_instances(gt, pred, 0.5)
-    return m.tp, m.fp, m.fn
-
-
-def _autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
-    try:
-        with torch.autocast(device.type, dtype=dtype):
-            x = torch.ones(1, 1, 3, 3, device=device)
-            torch.nn.functional.conv2d(x, torch.ones(1, 1, 1, 1, device=device))
-        return True
-    except Exception as exc:  # a probe: the caller falls back to fp32 and warns the user
-        log.info("autocast %s on %s is not supported here: %s", dtype, device, exc)
-        return False
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists and numpy arrays as lists of ints: what a
-    ``weights_only`` load reads back (RNG states of ``random`` and numpy's legacy generator)."""
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _finite(state: dict[str, torch.Tensor]) -> bool:
@@ -1111,20 +537,6 @@ def _restore(model: torch.nn.Module, buffers: list[torch.Tensor]) -> None:
             b.copy_(saved)
 
 
-def _state_hash(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _package_version() -> str:
-    from ..model.bundle import _package_version as version
-
-    return version()
-
-
 # -- one-call forms ---------------------------------------------------------------------------
 
 
@@ -1132,18 +544,17 @@ def finetune_iter(
     bundle: ModelBundle | str | os.PathLike,
     images: Sequence[Any],
     labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
     **options: Any,
 ) -> Generator[TrainStep | WarningEvent, None, ModelBundle]:
     """Fine-tune ``bundle`` on painted labels: a generator of events returning the best bundle.
 
     Args:
         bundle: the starting model (copied, never modified).
-        images: list of (Y, X) / (Y, X, 3|4) arrays (see :class:`Trainer`).
+        images: list of (Y, X) / (Y, X, 3|4) arrays (see :class:`~.dataset.TrainingSet`).
         labels: list of integer (Y, X) arrays.
-        **options: the keyword arguments of :class:`Trainer` (``annotation``, ``regions``,
-            ``epochs``, ``minutes``, ``lr``, ``patch_size``, ``batch_size``, ``val_fraction``,
-            ``seed``, ``device``, ``precision``, ``checkpointing``, ``early_stopping_patience``,
-            ``checkpoint_path``, ``resume``, ``should_stop`` ...).
+        config: the settings; or give them as ``options`` (the fields of
+            :class:`~.config.TrainConfig`, and ``regions``, ``names``, ``should_stop`` ...).
 
     Yields:
         :class:`TrainStep` and :class:`WarningEvent` (see :meth:`Trainer.iter`).
@@ -1153,7 +564,7 @@ def finetune_iter(
         early and still get it, pass ``should_stop`` (e.g. ``threading.Event().is_set``) or
         use :class:`Trainer` and its :meth:`~Trainer.stop` / :meth:`~Trainer.best_bundle`.
     """
-    trainer = Trainer(bundle, images, labels, **options)
+    trainer = Trainer(bundle, images, labels, config, **options)
     return (yield from trainer.iter())
 
 
@@ -1161,8 +572,9 @@ def finetune(
     bundle: ModelBundle | str | os.PathLike,
     images: Sequence[Any],
     labels: Sequence[np.ndarray],
+    config: TrainConfig | None = None,
     on_event: Callable[[Any], None] | None = None,
     **options: Any,
 ) -> ModelBundle:
     """Synchronous twin of :func:`finetune_iter`; ``on_event`` receives each event."""
-    return run_to_end(finetune_iter(bundle, images, labels, **options), on_event)
+    return run_to_end(finetune_iter(bundle, images, labels, config, **options), on_event)

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,11 @@ from scipy import ndimage as ndi
 
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
+from .config import TrainConfig
 from .data import Augmentation
-from .folders import _files, _read, read_ids
-from .loop import Trainer, new_bundle
+from .folders import image_files, read_ids, read_pair
+from .loop import Trainer
+from .new_model import new_bundle
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +229,7 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
         if ds.name in seen:
             raise ValueError(f"Two sets are named {ds.name!r}; give each set its own folder.")
         seen.add(ds.name)
-        imgs, labs = _files(ds.images), _files(ds.labels)
+        imgs, labs = image_files(ds.images), image_files(ds.labels, "labels")
         ids = sorted(set(imgs) & set(labs))
         if not ids:
             raise ValueError(f"No file in {ds.images} has a label file of the same name in {ds.labels}; "
@@ -246,7 +248,8 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
         n_resized = 0
         set_area = 0
         for i in train_ids:
-            img, lab = _read(imgs[i]), split_components(_read(labs[i]))
+            img, lab = read_pair(imgs[i], labs[i])
+            lab = split_components(lab)
             d = median_diameter(lab)
             target = float(np.clip(d, min_diameter, max_diameter)) if d > 0 else d
             if d > 0 and abs(target / d - 1) > 0.05:
@@ -287,6 +290,7 @@ def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
 
 def train_mixture_iter(
     sets: Sequence[DataSet],
+    config: TrainConfig | None = None,
     *,
     out: str | os.PathLike,
     base: ModelBundle | str | os.PathLike | None = None,
@@ -296,8 +300,6 @@ def train_mixture_iter(
     monitor_per_set: int = 2,
     min_diameter: float = 12.0,
     max_diameter: float = 64.0,
-    epochs: float | None = None,
-    minutes: float | None = None,
     **options: Any,
 ) -> Generator[TrainStep | WarningEvent, None, ModelBundle]:
     """Train on several sets mixed in the proportions of their weights; returns the saved bundle.
@@ -310,14 +312,19 @@ def train_mixture_iter(
         augmentation: default :meth:`Augmentation.generalist`.
         monitor_per_set: images of each set watched for the validation loss (not trained on).
         min_diameter, max_diameter: see :func:`load_mixture`.
-        epochs, minutes, **options: as for :class:`~.loop.Trainer`.
+        config: the settings (:class:`~.config.TrainConfig`; its ``augmentation`` and
+            ``val_fraction`` are this function's); or give its fields as ``options``.
+        **options: the fields of :class:`~.config.TrainConfig` (without ``config``), and
+            ``should_stop`` of :class:`~.loop.Trainer`.
 
     The bundle records ``object_diameter``: the median object diameter of the training
     patches before scale augmentation (a weighted median over images, each weighted by its
     share of the patches), which ``segment(diameter=...)`` rescales images to.
     """
+    if config is None:
+        config, options = TrainConfig.split(options)
     mix, monitor = load_mixture(sets, min_diameter=min_diameter, max_diameter=max_diameter,
-                                monitor_per_set=monitor_per_set, seed=int(options.get("seed", 0)))
+                                monitor_per_set=monitor_per_set, seed=config.seed)
     if base is None:
         args = dict(new_model or {})
         args.setdefault("n_channels", 1 if mix.images[0].ndim == 2 else 3)
@@ -332,9 +339,9 @@ def train_mixture_iter(
     share = areas * np.asarray(mix.weights)
     keep = [i for i in range(len(share)) if i not in set(monitor) and mix.diameters[i] > 0]
     diameter = round(weighted_median([mix.diameters[i] for i in keep], share[keep]), 1)
-    trainer = Trainer(bundle, mix.images, mix.labels, names=mix.names, val_images=monitor or None,
-                      val_fraction=0.0 if not monitor else 0.15, epochs=epochs, minutes=minutes,
-                      augmentation=augmentation if augmentation is not None else Augmentation.generalist(),
+    config = replace(config, val_fraction=0.0 if not monitor else 0.15,
+                     augmentation=augmentation if augmentation is not None else Augmentation.generalist())
+    trainer = Trainer(bundle, mix.images, mix.labels, config, names=mix.names, val_images=monitor or None,
                       sample_weights=mix.weights, diameters=mix.diameters,
                       record_extra={"sets": mix.record, "object_diameter": diameter}, **options)
     del mix
