@@ -24,7 +24,7 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -113,10 +113,6 @@ class Augmentation:
     def none(cls) -> Augmentation:
         """No augmentation at all (patches are plain crops)."""
         return cls(flips=False, rotations=False, elastic=0.0, intensity=0.0)
-
-    def geometric_only(self) -> Augmentation:
-        """The same geometric changes without the intensity ones."""
-        return replace(self, intensity=0.0)
 
 
 class TrainingImage:

@@ -95,19 +95,6 @@ def loss_terms(logits: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor
     return LossTerms(ce_sum, w.sum(), inter, denom, support)
 
 
-def masked_cross_entropy(logits: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor,
-                         mask: torch.Tensor) -> torch.Tensor:
-    """Weighted mean cross-entropy over pixels where ``mask`` is True (shapes: :func:`loss_terms`)."""
-    return loss_terms(logits, classes, weight, mask).cross_entropy()
-
-
-def soft_dice_loss(logits: torch.Tensor, classes: torch.Tensor, mask: torch.Tensor,
-                   smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over present classes, masked pixels only (shapes: :func:`loss_terms`)."""
-    ones = torch.ones(classes.shape, dtype=torch.float32, device=classes.device)
-    return loss_terms(logits, classes, ones, mask).dice_loss(smooth)
-
-
 def combined_loss(logits: torch.Tensor, classes: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
                   dice_weight: float = 1.0) -> torch.Tensor:
     """Masked weighted cross-entropy + ``dice_weight`` * masked soft Dice loss (0-dim float32 tensor).
