@@ -365,6 +365,16 @@ class TrainingSet:
             area += max(y1 - y0, self.patch_size) * max(x1 - x0, self.patch_size)
         return max(10, math.ceil(area / (batch_size * self.patch_size**2)))
 
+    def record(self) -> dict[str, Any]:
+        """The ``data`` entry of the training record: the images' names and sha256 (for more
+        than 32 images, the names and one sha256 of them all, to keep the file header small)."""
+        images = self.data_record
+        if len(images) <= 32:
+            return {"n_images": len(images), "images": images}
+        joined = "".join(d["sha256"] for d in images)
+        return {"n_images": len(images), "names": [d["name"] for d in images],
+                "sha256": hashlib.sha256(joined.encode()).hexdigest()}
+
     def fingerprint(self) -> str:
         """sha256 of the data, the settings that shape the patches and the starting weights
         (what a checkpoint must match to be resumed; keep it stable across versions)."""

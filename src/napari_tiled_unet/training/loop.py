@@ -55,7 +55,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import enum
-import hashlib
 import logging
 import math
 import os
@@ -73,22 +72,19 @@ from .._interrupts import deferred_signals
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
 from ..model.unet import UNet
-from . import losses
 from .checkpoint import Checkpoint, Progress
 from .config import TrainConfig
 from .data import Prefetcher
 from .dataset import TrainingSet
-from .device import autocast, resolve, resolve_device
+from .device import resolve, resolve_device
 from .new_model import check_class_names, new_bundle, new_bundle_for_annotation  # noqa: F401 (API)
-from .optim import AdamW  # not torch.optim's: that one imports torch._dynamo (and triton)
+from .step import Optimization, finite
 from .validate import ValidationResult, Validator, selection_reason
 
 log = logging.getLogger(__name__)
 
 #: consecutive non-finite steps after which training gives up (keeping the best weights)
 MAX_BAD_STEPS = 8
-#: gradient norm clip
-CLIP_NORM = 5.0
 #: keyword arguments of :class:`Trainer` that go to its :class:`TrainingSet`
 DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters")
 
@@ -240,7 +236,7 @@ class Trainer:
         state = self.progress.best_state
         if state is None:
             current = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-            state = current if _finite(current) else self.base.model.state_dict()
+            state = current if finite(current) else self.base.model.state_dict()
         model = type(self.base.model)(**self.base.model.config)
         model.load_state_dict(state)
         model.eval()
@@ -261,16 +257,10 @@ class Trainer:
 
     def record(self) -> dict[str, Any]:
         """The training record stored in the returned bundle's ``metadata["training"]``."""
-        c, p, images = self.config, self.progress, self.data.data_record
-        scratch = self.record_is_scratch
-        data: dict[str, Any] = {"n_images": len(images)}
-        if len(images) > 32:  # keep the file header small for large training sets
-            data["names"] = [d["name"] for d in images]
-            data["sha256"] = hashlib.sha256("".join(d["sha256"] for d in images).encode()).hexdigest()
-        else:
-            data["images"] = images
+        c, p, scratch = self.config, self.progress, self.record_is_scratch
         rec = {
-            "base_model": None if scratch else self.base.name, "from_scratch": scratch, "data": data,
+            "base_model": None if scratch else self.base.name, "from_scratch": scratch,
+            "data": self.data.record(),
             "annotation": c.annotation, "task": self.base.task, "classes": self.base.class_names,
             "validation": self.data.val_record, "epochs": round(p.step / self.steps_per_epoch, 3),
             "steps": p.step, "steps_per_epoch": self.steps_per_epoch, "patch_size": self.data.patch_size,
@@ -318,13 +308,10 @@ class Trainer:
         self.precision_used = precision
         model = self.model.to(self.device)
         model.use_checkpointing(c.checkpointing)
-        if c.freeze_encoder:
-            for name, param in model.named_parameters():
-                param.requires_grad_(not name.startswith(("inc.", "down")))
-        opt = AdamW([q for q in model.parameters() if q.requires_grad], lr=c.lr, weight_decay=c.weight_decay)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        optim = Optimization(model, c, self.device, precision,
+                             lambda: self.progress.best_state or self.base.model.state_dict())
         if c.checkpoint_path is not None and c.resume and c.checkpoint_path.exists():
-            yield self._resume(opt, scaler)
+            yield self._resume(optim)
         t_start = time.monotonic() - p.elapsed
         last_save = time.monotonic()
         prefetch = Prefetcher(self.sampler, c.batch_size)
@@ -348,9 +335,7 @@ class Trainer:
                 # end of this block), so a checkpoint saved on Ctrl-C/SIGTERM is a state the
                 # uninterrupted run also passed through.
                 with deferred_signals():
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    status, loss_value = self._train_step(model, opt, scaler, batch, precision)
+                    status, loss_value = optim.step(batch, lr)
                     p.sampler_rng = prefetch.rng_state  # this batch is used up, whatever happened
                     if status == "bad":
                         p.bad_steps += 1
@@ -377,18 +362,18 @@ class Trainer:
                                 loss=loss_value, lr=lr, elapsed=p.elapsed)
                 due = time.monotonic() - last_save > c.checkpoint_minutes * 60
                 if c.checkpoint_path is not None and (p.step % self.checkpoint_every == 0 or due):
-                    self._save_checkpoint(opt, scaler)
+                    self._save_checkpoint(optim)
                     last_save = time.monotonic()
             if self.data.val_windows and p.last_val_step != p.step:
                 yield self._validate(model, precision, t_start)
             p.elapsed = time.monotonic() - t_start
             if c.checkpoint_path is not None:
-                self._save_checkpoint(opt, scaler)
+                self._save_checkpoint(optim)
         except (GeneratorExit, KeyboardInterrupt):  # closed, or Ctrl-C/SIGTERM mid-step
             self.stop_reason = StopReason.INTERRUPTED
             p.elapsed = time.monotonic() - t_start
             if c.checkpoint_path is not None:
-                self._save_checkpoint(opt, scaler)
+                self._save_checkpoint(optim)
             raise
         finally:
             prefetch.close()
@@ -421,52 +406,6 @@ class Trainer:
                            f"{self.progress.step}.", kind="info")
         return Prefetcher(self.sampler, self.config.batch_size)
 
-    def _train_mode(self, model: UNet) -> None:
-        model.train()
-        if self.config.batchnorm == "frozen":  # normalize with, and keep, the base model's statistics
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.eval()
-
-    def _train_step(self, model: UNet, opt: AdamW, scaler: torch.amp.GradScaler,
-                    batch: Any, precision: str) -> tuple[str, float]:
-        """One optimisation step -> (status, loss).
-
-        status is ``"ok"``; ``"bad"`` when the loss, gradient or new weights are not finite
-        (nothing kept); ``"overflow"`` for an fp16 gradient overflow that the scaler handles.
-        """
-        dev = self.device
-        x, y, w, m = (torch.from_numpy(a).to(dev, non_blocking=True)
-                      for a in (batch.image, batch.classes, batch.weight, batch.mask))
-        self._train_mode(model)
-        buffers = [b.detach().clone() for b in model.buffers()]
-        opt.zero_grad(set_to_none=True)
-        with autocast(dev, precision):
-            logits = model(x)
-        loss = losses.combined_loss(logits, y, w, m, self.config.dice_weight)
-        if not torch.isfinite(loss):
-            _restore(model, buffers)
-            return "bad", float("nan")
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
-        if not torch.isfinite(norm):
-            _restore(model, buffers)
-            opt.zero_grad(set_to_none=True)
-            if scaler.is_enabled():  # fp16 overflow: the scaler skips the step and lowers its scale
-                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-                return "overflow", float("nan")
-            return "bad", float("nan")
-        scaler.step(opt)
-        scaler.update()
-        if not _finite_params(model):
-            # finite gradients can still give non-finite weights (a too large step): go back
-            _restore(model, buffers)
-            model.load_state_dict(self.progress.best_state or self.base.model.state_dict())
-            opt.state.clear()
-            return "bad", float("nan")
-        return "ok", float(loss.detach())
-
     def _validate(self, model: UNet, precision: str, t_start: float) -> TrainStep:
         p = self.progress
         train_loss = float(np.mean(p.running)) if p.running else float("nan")
@@ -477,7 +416,7 @@ class Trainer:
             p.last_val_step, p.running = p.step, []
             if p.step == 0 and p.base_val is None:
                 p.base_val, p.base_metrics = result.loss, dict(result.metrics)
-            if _finite(state) and result.beats(p.best_val, p.best_metrics):
+            if finite(state) and result.beats(p.best_val, p.best_metrics):
                 p.best_val, p.best_step, p.best_metrics = result.loss, p.step, dict(result.metrics)
                 p.best_state = state
                 p.bad_validations = 0
@@ -491,16 +430,16 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _save_checkpoint(self, opt: AdamW, scaler: torch.amp.GradScaler) -> None:
+    def _save_checkpoint(self, optim: Optimization) -> None:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        if not _finite(state):
+        if not finite(state):
             log.warning("Not saving a checkpoint: the current weights are not finite.")
             return
-        Checkpoint(self.fingerprint, state, opt.state_dict(), scaler.state_dict(), self.progress).save(
-            self.config.checkpoint_path)
-        log.debug("Checkpoint saved at step %d to %s.", self.progress.step, self.config.checkpoint_path)
+        path = self.config.checkpoint_path
+        Checkpoint(self.fingerprint, state, *optim.state_dicts(), self.progress).save(path)
+        log.debug("Checkpoint saved at step %d to %s.", self.progress.step, path)
 
-    def _resume(self, opt: AdamW, scaler: torch.amp.GradScaler) -> WarningEvent:
+    def _resume(self, optim: Optimization) -> WarningEvent:
         path = self.config.checkpoint_path
         try:
             ckpt = Checkpoint.load(path)
@@ -510,31 +449,12 @@ class Trainer:
             return WarningEvent(f"The checkpoint {path.name} belongs to another run (other data, model or "
                                 "settings); starting from the beginning and overwriting it.")
         self.model.load_state_dict(ckpt.model)
-        opt.load_state_dict(ckpt.optimizer)
-        scaler.load_state_dict(ckpt.scaler)
+        optim.load_state_dicts(ckpt.optimizer, ckpt.scaler)
         vars(self.progress).update(vars(ckpt.progress))  # in place: the running loop holds it
         self.sampler.rng.bit_generator.state = ckpt.progress.sampler_rng
         ckpt.restore_rng()
         log.info("Resumed from %s at step %d.", path, self.progress.step)
         return WarningEvent(f"Resumed from {path.name} at step {self.progress.step}.", kind="info")
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def _finite(state: dict[str, torch.Tensor]) -> bool:
-    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-
-
-def _finite_params(model: torch.nn.Module) -> bool:
-    sums = torch.stack([p.detach().float().sum() for p in model.parameters()])
-    return bool(torch.isfinite(sums).all())
-
-
-def _restore(model: torch.nn.Module, buffers: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for b, saved in zip(model.buffers(), buffers):
-            b.copy_(saved)
 
 
 # -- one-call forms ---------------------------------------------------------------------------
