@@ -224,3 +224,5 @@ def test_labels_painted_during_training_join_the_training_targets(data):
     assert any(isinstance(e, WarningEvent) and "new annotation of image 0 from step 2" in e.message
                for e in events)
     assert trainer.step == 6
+    with pytest.raises(ValueError, match="paint the labels on a layer of the image's size"):
+        trainer.update_annotation(0, labels[0][:, :40])  # refused at once, not inside the run

@@ -332,6 +332,10 @@ class TrainingSet:
         self.val_windows = [(k, w) for k, (it, _) in enumerate(self.val_items)
                             for w in cover_windows(it, VAL_WINDOW, m, margin=2 * m)]
 
+    def check_labels(self, index: int, labels: np.ndarray) -> np.ndarray:
+        """``labels`` checked against image ``index`` (shape, integer values >= 0)."""
+        return check_labels(self._slots[index].image.shape[1:], labels)
+
     def update(self, index: int, labels: np.ndarray, region: Any = ...) -> None:
         """Replace image ``index``'s labels (and ``region``, when given) during a run.
 

@@ -183,8 +183,12 @@ class Trainer:
         return self._stop.is_set() or bool(self.should_stop and self.should_stop())
 
     def update_annotation(self, index: int, labels: np.ndarray, region: Any = ...) -> None:
-        """New labels (and region) for image ``index``, taken between two steps (live mode)."""
-        self._updates.put((index, np.array(labels, copy=True), region))
+        """New labels (and region) for image ``index``, taken between two steps (live mode).
+
+        Raises:
+            ValueError: labels that do not fit the image (checked here, on the caller's thread).
+        """
+        self._updates.put((index, self.data.check_labels(index, np.array(labels, copy=True)), region))
 
     def planned_steps(self) -> int:
         """Steps planned (an estimate when only a time budget is set)."""
