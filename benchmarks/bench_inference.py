@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from napari_tiled_unet.inference import predict, whole_image_probabilities
-from napari_tiled_unet.model import ModelBundle, UNet, make_metadata
+from napari_tiled_unet.model import ModelBundle, UNet, load_model, make_metadata
 from napari_tiled_unet.tiling import plan_tiles
 
 RESULTS = Path(__file__).parent / "results"
@@ -139,11 +139,9 @@ def part_c(bundle, size: int = 2048):
     """fp32 vs bf16 (and the mirror test, tta) with the built-in (trained) model on real
     nuclei: throughput and agreement."""
     from napari_tiled_unet.metrics import match_instances
-    from napari_tiled_unet.model import zoo
     from napari_tiled_unet.segmentation import segment
 
-    if zoo.DEFAULT is not None:
-        bundle = zoo.load()
+    bundle = load_model()
     img, _ = sample_mosaic(size)
     mp = size * size / 1e6
     segment(bundle, img[:512, :512], device="cpu", precision="bf16")  # warm-up (oneDNN kernels)
@@ -189,10 +187,9 @@ def part_f(size: int = 4096):
 
     import zarr
 
-    from napari_tiled_unet.model import zoo
     from napari_tiled_unet.segmentation import segment_iter
 
-    bundle = zoo.load()
+    bundle = load_model()
     img, _ = sample_mosaic(size)
     rows = []
     with tempfile.TemporaryDirectory() as d:

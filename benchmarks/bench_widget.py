@@ -31,7 +31,7 @@ from napari_tiled_unet._sample_data import nuclei_image
 from napari_tiled_unet.events import Cancelled, Progress, RunControl
 from napari_tiled_unet.inference import resolve_device, resolve_precision
 from napari_tiled_unet.metrics import match_instances
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model import load_model
 from napari_tiled_unet.segmentation import segment, segment_iter
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,7 +94,7 @@ def hook_cost(bundle) -> dict:
 
 def main() -> None:
     parts = sys.argv[sys.argv.index("--parts") + 1].split(",") if "--parts" in sys.argv else list("abch")
-    bundle = zoo.load()
+    bundle = load_model()
     image = np.tile(nuclei_image(), (4, 4))[:2048, :2048]
     path = RESULTS / "widget.json"
     out: dict = json.loads(path.read_text()) if path.exists() else {}

@@ -19,7 +19,7 @@ import tifffile
 from baseline_otsu import DEFAULT_DATA, DEFAULT_IDS, otsu_watershed, read_ids
 
 from napari_tiled_unet.metrics import Matching, match_instances
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model import load_model
 from napari_tiled_unet.segmentation import segment
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--ids", type=Path, default=DEFAULT_IDS)
     args = ap.parse_args()
-    bundle = zoo.load()
+    bundle = load_model()
     unet, base = collections.defaultdict(list), collections.defaultdict(list)
     areas = collections.defaultdict(list)
     for i in read_ids(args.ids):

@@ -84,12 +84,7 @@ def main() -> None:
                     help="score the held-out ids of every training set (see above)")
     ap.add_argument("--diameter", default=None, help="object diameter (px or 'auto'), --by-set only")
     args = ap.parse_args()
-    if args.model is None:
-        from napari_tiled_unet.model import zoo
-
-        bundle = zoo.load()
-    else:
-        bundle = load_model(args.model)
+    bundle = load_model(args.model)
     if args.by_set:
         print(f"{'set':<22}{'imgs':>5}{'F1@0.5':>8}{'AP@0.5':>8}{'TP':>7}{'FP':>7}{'FN':>7}{'s':>8}")
         rows = by_set(bundle, args)

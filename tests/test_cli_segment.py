@@ -485,7 +485,7 @@ def test_the_api_reads_axes_as_the_cli_does(model_file):
     """napari_tiled_unet.segment: RGB -> one plane (luminance or a chosen channel), a
     (Y, X, 2) image asks for its channel, (2, Y, X) with axes='CYX' and a channel."""
     from napari_tiled_unet import segment
-    from napari_tiled_unet.normalization import ImageError
+    from napari_tiled_unet.errors import ImageError
 
     gray = nuclei_image()[:128, :160]
     expected = segment(model_file, gray, device="cpu").labels

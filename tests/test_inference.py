@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_tiled_unet.errors import ImageError
 from napari_tiled_unet.events import Progress, WarningEvent
 from napari_tiled_unet.inference import predict, predict_iter, whole_image_probabilities
 from napari_tiled_unet.model import ModelBundle, UNet, make_metadata
-from napari_tiled_unet.normalization import ImageError
 from napari_tiled_unet.tiling import exact_halo, plan_tiles
 
 

@@ -8,7 +8,7 @@ import pytest
 from napari_tiled_unet import normalization
 from napari_tiled_unet._synthetic import saturated_field
 from napari_tiled_unet.metrics import match_instances
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model import load_model
 from napari_tiled_unet.segmentation import segment
 
 OLD = {"kind": "percentile", "low": 1.0, "high": 99.8}
@@ -23,7 +23,7 @@ def test_dim_nuclei_next_to_two_saturated_ones_are_found(dtype):
     dim = np.where(labels <= n - 2, labels, 0)  # the two saturated nuclei are the last ids
     found = {}
     for name, recipe in (("old", OLD), ("new", NEW)):
-        bundle = copy.deepcopy(zoo.load())
+        bundle = copy.deepcopy(load_model())
         bundle.metadata["normalization"] = recipe
         pred = segment(bundle, image, device="cpu").labels
         found[name] = match_instances(dim, pred, iou_threshold=0.5)

@@ -5,14 +5,14 @@ import pytest
 
 from napari_tiled_unet._synthetic import disc_field
 from napari_tiled_unet.metrics import match_instances
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model import load_model
 from napari_tiled_unet.objectsize import model_diameter, resize
 from napari_tiled_unet.segmentation import segment
 
 
 @pytest.fixture(scope="module")
 def builtin():
-    return zoo.load()
+    return load_model()
 
 
 @pytest.mark.slow

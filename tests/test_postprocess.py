@@ -152,11 +152,20 @@ def test_blockwise_writes_a_zarr_store_and_cleans_up(tmp_path):
 
 
 def test_blockwise_warns_when_objects_exceed_the_overlap(caplog):
+    """The warning is an event (the widget and the CLI show it); the synchronous twin logs it."""
+    from napari_tiled_unet.events import WarningEvent, run_to_end
+    from napari_tiled_unet.postprocess import instances_blockwise_iter
+
     gt = discs((96, 96), [(48, 48)], 40)
-    with caplog.at_level(logging.WARNING, logger="napari_tiled_unet.postprocess"):
-        out = instances_blockwise(probs_from_labels(gt), block_size=32, overlap=16, fill_holes=False)
+    events = []
+    out = run_to_end(instances_blockwise_iter(probs_from_labels(gt), block_size=32, overlap=16,
+                                              fill_holes=False), events.append)
     assert not out.attrs["exact"]
-    assert "raise overlap" in caplog.text
+    warnings = [e.message for e in events if isinstance(e, WarningEvent)]
+    assert len(warnings) == 1 and "raise the overlap" in warnings[0]
+    with caplog.at_level(logging.WARNING, logger="napari_tiled_unet.postprocess"):
+        instances_blockwise(probs_from_labels(gt), block_size=32, overlap=16, fill_holes=False)
+    assert "raise the overlap" in caplog.text
 
 
 def test_round_trip_of_real_ground_truth_loses_no_objects(dsb_dir):

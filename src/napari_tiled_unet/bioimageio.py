@@ -177,10 +177,9 @@ def _cover_png(raw: np.ndarray, probs: np.ndarray, bundle: ModelBundle) -> bytes
     from skimage.io import imsave
 
     from .io import overlay_png
-    from .postprocess import labels_from_probabilities
-    from .segmentation import postprocess_params
+    from .postprocess import labels_from_probabilities, params_for
 
-    labels = labels_from_probabilities(probs, bundle.task, **postprocess_params(bundle))
+    labels = labels_from_probabilities(probs, bundle.task, params_for(bundle.task, bundle.postprocess))
     gray = raw.mean(axis=0)
     lo, hi = np.percentile(gray, [1, 99.8])
     left = (np.clip((gray - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
@@ -642,7 +641,7 @@ def _load_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
 def _bundle_from_our_metadata(
     meta: dict[str, Any], state: dict[str, torch.Tensor], path: Path
 ) -> ModelBundle:
-    from .model.bundle import FORMAT_NAME, TASKS, _load_state, build_model
+    from .model.bundle import FORMAT_NAME, TASKS, build_model, load_state
 
     if meta.get("format") != FORMAT_NAME or meta.get("task") not in TASKS:
         raise PackageError(
@@ -650,19 +649,19 @@ def _bundle_from_our_metadata(
             "update the plugin."
         )
     model = build_model(meta.get("architecture"))
-    _load_state(model, state, path.name)
+    load_state(model, state, path.name)
     model.eval()
     return ModelBundle(model, dict(meta), path)
 
 
 def _bundle_from_foreign(rdf: dict[str, Any], state: dict[str, torch.Tensor], path: Path) -> ModelBundle:
-    from .model.bundle import _load_state, infer_pytorch_unet_config
+    from .model.bundle import infer_pytorch_unet_config, load_state
     from .model.unet import UNet
 
     try:
         config = infer_pytorch_unet_config(state)
         model = UNet(**config)
-        _load_state(model, state, path.name)
+        load_state(model, state, path.name)
     except (BundleError, ValueError, TypeError, RuntimeError):
         raise PackageError(
             f"The weights in {path.name} are not a U-Net this plugin can build (they do not have the U-Net "

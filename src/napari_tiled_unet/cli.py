@@ -16,6 +16,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +197,14 @@ def _add_segment(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for the label maps")
     p.add_argument("-m", "--model", default=None, help="model file or built-in name (default: built-in)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="fp32 (default), bf16, fp16, or auto: bf16 on CPUs with fast bf16 and on CUDA")
-    p.add_argument("--tile-size", type=int, default=None, help="window size in pixels (default: automatic)")
-    p.add_argument("--mode", default="exact", choices=["exact", "blend"], help="tiling mode")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto (default): bf16 on CPUs that compute it in hardware and on CUDA (fp16 where "
+                        "CUDA lacks bf16), fp32 elsewhere; or fp32, bf16, fp16")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="window size in pixels (default: automatic; for zarr outputs and on a dask cluster "
+                        "the windows keep whole output chunks and are at most this size)")
+    p.add_argument("--mode", default="exact", choices=["exact", "blend"],
+                   help="tiling mode (blend: not on a dask cluster)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
     p.add_argument("--tta", action="store_true",
                    help="average over the image's mirror images (4x slower, a little more accurate)")
@@ -253,14 +258,17 @@ def _cmd_segment(args) -> int:
 
     from . import settings
     from .io import expand_inputs
-    from .model import zoo
     from .model.bundle import load_model
+    from .runtime import Runtime
+    from .segmentation import postprocess_params
+    from .tiling import TileSettings
 
     out_dir = Path(args.output)
-    settings.prediction(args.batch_size, args.tile_size)
+    tiles = TileSettings(mode=args.mode, window=args.tile_size, batch_size=args.batch_size)
+    runtime = Runtime(device=args.device, precision=args.precision)
     settings.workers(args.workers)
-    post = settings.postprocess({"foreground_threshold": args.foreground_threshold,
-                                 "seed_threshold": args.seed_threshold, "min_size": args.min_size})
+    overrides = settings.postprocess({"foreground_threshold": args.foreground_threshold,
+                                      "seed_threshold": args.seed_threshold, "min_size": args.min_size})
     paths = _inputs_not_outputs(expand_inputs(args.inputs), out_dir)
     if not args.overwrite:
         existing = [p for src in paths for fmt in ("tif", "zarr")
@@ -273,15 +281,19 @@ def _cmd_segment(args) -> int:
                 f"{len(existing)} output(s) already exist (e.g. {existing[0]}); "
                 "use --overwrite to replace them or choose another output folder."
             )
-    bundle = load_model(args.model) if args.model else zoo.load()
+    bundle = load_model(args.model)
+    if args.workers or args.scheduler:
+        from .distributed import cluster_tiles
+
+        tiles = cluster_tiles(tiles, bundle.depth)  # blend mode refused here, before any work
+    job = _SegmentJob(args, out_dir, bundle, postprocess_params(bundle, overrides), tiles, runtime,
+                      tta=args.tta)
     if args.ome_labels is not None:
         from .ome_zarr import check_target
 
         args.ome_labels = args.ome_labels or bundle.name
         for src in paths:  # before any work: every input must take the labels
             check_target(src, args.ome_labels, args.overwrite)
-    predict_kwargs = {"device": args.device, "precision": args.precision, "window": args.tile_size,
-                      "mode": args.mode, "batch_size": args.batch_size, "tta": args.tta}
     if args.diameter is not None:
         from .objectsize import check_diameter, model_diameter
 
@@ -289,11 +301,10 @@ def _cmd_segment(args) -> int:
             raise CLIError("--diameter works on one machine; leave out --workers/--scheduler, or rescale the "
                            "images beforehand.")
         try:
-            predict_kwargs["diameter"] = check_diameter(args.diameter)
+            job.diameter = check_diameter(args.diameter)
             model_diameter(bundle)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-    client = None
     if args.probabilities and (args.workers or args.scheduler):
         raise CLIError("--probabilities is not available on a dask cluster yet; leave out "
                        "--workers/--scheduler or --probabilities.")
@@ -304,20 +315,20 @@ def _cmd_segment(args) -> int:
         if not args.verbose:
             _quiet_dask_logs()
 
-        client = make_client(workers=args.workers, scheduler=args.scheduler)
+        job.client = make_client(workers=args.workers, scheduler=args.scheduler)
 
     rows, failures = [], []
     start_all = time.perf_counter()
     try:
-        _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures)
+        _segment_all(job, paths, rows, failures)
     except KeyboardInterrupt:
         print(f"Interrupted: {len(rows)} of {len(paths)} image(s) segmented and written; the "
               "image in progress was not written. Run the command again without those done "
               "(or with --overwrite) to go on.", file=sys.stderr)
         return 130
     finally:
-        if client is not None:
-            client.close()
+        if job.client is not None:
+            job.client.close()
     total = time.perf_counter() - start_all
     summary = {"segmented": rows, "failed": failures, "seconds": round(total, 2)}
     if args.json:
@@ -403,7 +414,45 @@ def _check_output_folder(out_dir: Path) -> None:
               f"(e.g. {removed[0]}).", file=sys.stderr)
 
 
-def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, rows, failures) -> None:
+@dataclass
+class _SegmentJob:
+    """What the segment command decided once, for every image: the model, the typed settings
+    of tiling, runtime and post-processing, and the cluster client if any."""
+
+    args: argparse.Namespace
+    out_dir: Path
+    bundle: Any
+    post: Any  # postprocess.InstanceParams | SemanticParams
+    tiles: Any  # tiling.TileSettings
+    runtime: Any  # runtime.Runtime
+    tta: bool = False
+    diameter: float | str | None = None
+    client: Any = None
+
+    def on_event(self, bar=None):
+        """An event handler: warnings to stderr (beside ``bar``), progress onto ``bar``."""
+        from tqdm import tqdm
+
+        from .events import Progress, WarningEvent
+
+        shown = ["tile"]  # the bar's unit (a disabled bar, TQDM_DISABLE=1, has no attributes to read)
+
+        def handle(ev):
+            if isinstance(ev, WarningEvent):
+                tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+            elif bar is not None and isinstance(ev, Progress) and (ev.stage == "predict" or ev.total > 1):
+                unit = "tile" if ev.stage == "predict" else "step"  # then the labels, block by block
+                if shown[0] != unit:
+                    shown[0] = bar.unit = unit
+                    bar.reset()
+                bar.total = ev.total
+                bar.n = ev.done
+                bar.refresh()
+
+        return handle
+
+
+def _segment_all(job: _SegmentJob, paths: list[Path], rows: list, failures: list) -> None:
     """Segment every path in turn, appending to ``rows`` and ``failures`` as each one ends.
 
     An interruption (Ctrl-C, SIGTERM) or a failure leaves no partial output of the image in
@@ -415,13 +464,13 @@ def _segment_all(args, paths, out_dir, bundle, post, predict_kwargs, client, row
 
     for src in tqdm(paths, desc="images", unit="image", disable=len(paths) < 2):
         try:
-            rows.append(_segment_to_file(args, src, out_dir, bundle, post, predict_kwargs, client))
+            rows.append(_segment_to_file(job, src))
         except (ReadError, ValueError, RuntimeError, OSError) as exc:
             failures.append({"input": str(src), "error": str(exc)})
             tqdm.write(f"failed: {src}: {exc}", file=sys.stderr)
 
 
-def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwargs, client) -> dict:
+def _segment_to_file(job: _SegmentJob, src: Path) -> dict:
     """Segment one image and write its labels; the summary row.
 
     A label store (zarr) is written beside its final name and moved there once complete; on
@@ -435,13 +484,13 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     from .io import read_image, scratch_prefix, scratch_tag, stage_png, stage_tif, temp_beside, write_labels
     from .measure import measure_objects, objects_csv_path, write_csv
 
+    args, bundle, out_dir = job.args, job.bundle, job.out_dir
     image = read_image(src)
     view = interpret(tuple(image.shape), bundle.n_channels, axes=args.axes, channel=args.channel,
                      option="--channel")
     message = ambiguity_warning(view, tuple(image.shape), "--axes")
     if message:
         print(f"warning: {src.name}: {message}", file=sys.stderr)
-    predict_kwargs = {**predict_kwargs, "axes": view.axes, "channel": args.channel}
     spatial = tuple(image.shape[view.axes.index(a)] for a in "YX")
     dst = _output_path(src, out_dir, args.format, spatial)
     zarr_out = dst.suffix == ".zarr"
@@ -450,20 +499,21 @@ def _segment_to_file(args, src: Path, out_dir: Path, bundle, post, predict_kwarg
     prob_files: list[Path] = []
     try:
         t0 = time.perf_counter()
-        if client is not None:
+        if job.client is not None:
             from .distributed import segment_distributed
 
             if view.channel is not None:
                 raise ValueError("The cluster path reads whole zarr images, not one channel of them; run "
                                  "this image without --workers/--scheduler.")
-            cluster_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("axes", "channel")}
-            result = segment_distributed(client, bundle, image, work, postprocess=post, **cluster_kwargs)
+            result = segment_distributed(job.client, bundle, image, work, postprocess=job.post,
+                                         tiles=job.tiles, runtime=job.runtime, tta=job.tta,
+                                         on_event=job.on_event())
         else:
             keep = None
             if args.probabilities:
                 def keep(probs):
                     prob_files.extend(_write_probabilities(probs, dst, _image_stem(src), bundle.class_names))
-            result = _segment_one(bundle, image, work, post, predict_kwargs, src.name, keep)
+            result = _segment_one(job, image, view.axes, work, src.name, keep)
         seconds = time.perf_counter() - t0
         if zarr_out:
             write_labels(result.labels, work)
@@ -573,49 +623,35 @@ def _move_into_place(work: Path, dst: Path) -> None:
         os.replace(work, dst)
 
 
-def _segment_one(bundle, image, dst: Path, post: dict, predict_kwargs: dict, name: str, keep=None):
+def _segment_one(job: _SegmentJob, image, axes: str, dst: Path, name: str, keep=None):
     """Segment one image into labels at ``dst``; ``keep`` (if given) receives the probabilities
     while they exist (a zarr store of them is temporary)."""
     import tempfile
 
     from tqdm import tqdm
 
-    from .events import Progress, WarningEvent
     from .io import scratch_prefix
     from .segmentation import segment
 
     bar = tqdm(desc=name, unit="tile", leave=False)
-    shown = ["tile"]  # the bar's unit (a disabled bar, TQDM_DISABLE=1, has no attributes to read)
-
-    def on_event(ev):
-        if isinstance(ev, Progress) and (ev.stage == "predict" or ev.total > 1):
-            unit = "tile" if ev.stage == "predict" else "step"  # then the labels, block by block
-            if shown[0] != unit:
-                shown[0] = bar.unit = unit
-                bar.reset()
-            bar.total = ev.total
-            bar.n = ev.done
-            bar.refresh()
-        elif isinstance(ev, WarningEvent):
-            tqdm.write(f"warning: {ev.message}", file=sys.stderr)
-
+    tiles = job.tiles
     if dst.suffix == ".zarr" and getattr(image, "ndim", 0) == 2 and hasattr(image, "store"):
-        from .distributed import chunk_plan
-
-        # the same chunk-aligned plan as the cluster path, so both give identical results
-        predict_kwargs = {**predict_kwargs, "plan": chunk_plan(tuple(image.shape), bundle.depth, 1024)}
-        predict_kwargs.pop("window", None)
+        # exact windows aligned to output chunks, as on the cluster, so both give identical
+        # results; a --tile-size sets the chunk, --mode blend keeps its own windows
+        tiles = tiles.aligned_to_chunks(job.bundle.depth)
+    options = {"axes": axes, "channel": job.args.channel, "postprocess": job.post, "tiles": tiles,
+               "runtime": job.runtime, "tta": job.tta, "diameter": job.diameter}
     try:
         if dst.suffix == ".zarr":
             with tempfile.TemporaryDirectory(prefix=scratch_prefix("probabilities"),
                                              dir=dst.parent if dst.parent.exists() else None) as tmp:
-                seg = segment(bundle, image, on_event=on_event, postprocess=post,
-                              probabilities_out=str(Path(tmp) / "probabilities.zarr"),
-                              labels_out=str(dst), **predict_kwargs)
+                seg = segment(job.bundle, image, on_event=job.on_event(bar),
+                              probabilities_out=str(Path(tmp) / "probabilities.zarr"), labels_out=str(dst),
+                              **options)
                 if keep is not None:
                     keep(seg.probabilities)
                 return seg
-        seg = segment(bundle, image, on_event=on_event, postprocess=post, **predict_kwargs)
+        seg = segment(job.bundle, image, on_event=job.on_event(bar), **options)
         if keep is not None:
             keep(seg.probabilities)
         return seg

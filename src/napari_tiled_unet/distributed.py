@@ -4,8 +4,10 @@ The same engine as everywhere else: each task runs :func:`~napari_tiled_unet.inf
 on its part of the image with a ready tile plan, so tiling, normalization and the network are
 the single-process code. What is added here is only the split:
 
-* The plan is **chunk-aligned** (:func:`chunk_plan`): every window keeps exactly one chunk of
-  the output store, so tasks write disjoint chunks and never race on a partial chunk.
+* The plan is **chunk-aligned** (:func:`~napari_tiled_unet.tiling.chunk_plan`, chosen by
+  :func:`cluster_tiles` from the front end's :class:`~napari_tiled_unet.tiling.TileSettings`:
+  a window size sets the chunk; blend mode is refused): every window keeps exactly one chunk
+  of the output store, so tasks write disjoint chunks and never race on a partial chunk.
 * Each worker loads the model **once** (the bundle's bytes are broadcast, and a per-process
   cache keyed by their hash holds the network).
 * A worker reads only its windows from the input store (it opens the store by path).
@@ -29,6 +31,10 @@ from typing import Any
 import numpy as np
 
 from . import tiling
+from .errors import SettingsError
+from .events import WarningEvent
+from .runtime import Runtime
+from .tiling import TileSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,32 +64,17 @@ def make_client(workers: int | None = None, scheduler: str | None = None):
     return Client(cluster)
 
 
-def chunk_plan(shape: tuple[int, int], depth: int, chunk: int, halo: int | None = None) -> tiling.TilePlan:
-    """An exact-mode plan whose windows each keep one ``chunk`` x ``chunk`` output block.
-
-    ``chunk`` must be a multiple of ``2**depth``. Windows extend a halo (rounded to the
-    alignment) beyond their block and are pulled inside the (padded) image at the borders.
-    """
-    m = 2**depth
-    if chunk % m:
-        raise ValueError(f"The chunk size {chunk} must be a multiple of {m}.")
-    halo = tiling.exact_halo(depth) if halo is None else halo
-    h, w = shape
-    hp, wp = -(-h // m) * m, -(-w // m) * m
-    ext = -(-halo // m) * m
-    win = (min(chunk + 2 * ext, hp), min(chunk + 2 * ext, wp))
-
-    def axis(length: int, size: int) -> list[tuple[int, int, int, int]]:
-        out = []
-        for k0 in range(0, length, chunk):
-            k1 = min(k0 + chunk, length)
-            s = min(max(k0 - ext, 0), length - size)
-            out.append((s, s + size, k0, k1))
-        return out
-
-    ys, xs = axis(hp, win[0]), axis(wp, win[1])
-    windows = tuple(tiling.Window(y[0], y[1], x[0], x[1], y[2], y[3], x[2], x[3]) for y in ys for x in xs)
-    return tiling.TilePlan((h, w), (hp, wp), win, halo, "exact", windows)
+def cluster_tiles(tiles: TileSettings, depth: int) -> TileSettings:
+    """The tiling the cluster runs for ``tiles``: exact windows aligned to output chunks (a
+    window size asked for sets the chunk, :meth:`TileSettings.aligned_to_chunks`); blend mode
+    is refused in one sentence, before any work."""
+    if tiles.mode != "exact":
+        raise SettingsError("The dask cluster computes exact tiles only; leave out --mode blend, or run "
+                            "without --workers/--scheduler.")
+    if tiles.plan is not None:
+        raise SettingsError("The dask cluster makes its own chunk-aligned plan; give a window size instead "
+                            "of a plan.")
+    return tiles.aligned_to_chunks(depth)
 
 
 def _bundle_bytes(bundle) -> bytes:
@@ -123,12 +114,16 @@ class _Slice:
 
 
 def _run_windows(payload: bytes, in_path: str, out_path: str, windows: list[tiling.Window],
-                 stats: np.ndarray, shape: tuple[int, int], predict_kwargs: dict) -> int:
+                 stats: np.ndarray, shape: tuple[int, int], job: tuple[TileSettings, Runtime, bool]) -> int:
     """Task: compute ``windows`` (each keeping one output chunk) and write their chunks."""
+    from dataclasses import replace
+
     import zarr
 
     from .inference import predict
 
+    tiles, runtime, tta = job
+    runtime = replace(runtime, prefetch=False)  # one window per call: nothing to read ahead
     bundle = _worker_model(payload)
     out = zarr.open_array(out_path, mode="r+")
     h, w = shape
@@ -140,18 +135,21 @@ def _run_windows(payload: bytes, in_path: str, out_path: str, windows: list[tili
         sub = tiling.TilePlan((y1 - win.y0, x1 - win.x0), win.shape, win.shape, 0, "exact",
                               (tiling.Window(0, win.shape[0], 0, win.shape[1], 0, win.shape[0], 0,
                                              win.shape[1]),))
-        probs = predict(bundle, view, plan=sub, stats=stats, prefetch=False, **predict_kwargs)
+        probs = predict(bundle, view, tiles=replace(tiles, plan=sub, chunk=None), runtime=runtime,
+                        stats=stats, tta=tta)
         ky1, kx1 = min(win.ky1, h), min(win.kx1, w)
         out[:, win.ky0 : ky1, win.kx0 : kx1] = probs[:, win.ky0 - win.y0 : ky1 - win.y0,
                                                      win.kx0 - win.x0 : kx1 - win.x0]
     return len(windows)
 
 
-def predict_distributed(client, bundle, image_path: str, out_path: str, *, chunk: int = 1024,
-                        tasks_per_worker: int = 4, **predict_kwargs: Any):
+def predict_distributed(client, bundle, image_path: str, out_path: str, *, tiles: TileSettings | None = None,
+                        runtime: Runtime | None = None, tta: bool = False, tasks_per_worker: int = 4):
     """Probabilities of the zarr image at ``image_path`` into a new zarr at ``out_path``.
 
-    Returns the output zarr array (n_classes, Y, X) float32.
+    ``tiles`` (exact; see :func:`cluster_tiles`), ``runtime`` (resolved on each worker) and
+    ``tta`` as in :func:`~napari_tiled_unet.inference.predict_iter`. Returns the output zarr
+    array (n_classes, Y, X) float32.
     """
     import zarr
 
@@ -163,8 +161,9 @@ def predict_distributed(client, bundle, image_path: str, out_path: str, *, chunk
             "The cluster path takes 2D single-channel zarr images; segment stacks plane by plane."
         )
     shape = tuple(src.shape)
-    depth = bundle.depth
-    plan = chunk_plan(shape, depth, chunk)
+    tiles = cluster_tiles(tiles or TileSettings(), bundle.depth)
+    chunk = tiles.chunk
+    plan = tiles.make_plan(shape, bundle.depth)
     stats = normalization.compute_stats(src, bundle.normalization)
     n_classes = len(bundle.class_names)
     out = zarr.open_array(out_path, mode="w", shape=(n_classes, *shape), chunks=(n_classes, chunk, chunk),
@@ -174,13 +173,19 @@ def predict_distributed(client, bundle, image_path: str, out_path: str, *, chunk
     n_workers = max(1, len(client.scheduler_info()["workers"]))
     n_tasks = min(len(plan), n_workers * tasks_per_worker)
     groups = [list(plan.windows[i::n_tasks]) for i in range(n_tasks)]
-    futures = [client.submit(_run_windows, payload, image_path, out_path, g, stats, shape, predict_kwargs,
-                             pure=False) for g in groups]
+    job = (tiles, runtime or Runtime(), tta)
+    futures = [client.submit(_run_windows, payload, image_path, out_path, g, stats, shape, job, pure=False)
+               for g in groups]
     done = sum(f.result() for f in futures)
     if done != len(plan):
         raise RuntimeError(f"Only {done} of {len(plan)} windows were computed.")
     out.attrs["complete"] = True
     return out
+
+
+def _log_warning(event: Any) -> None:
+    if isinstance(event, WarningEvent):
+        log.warning(event.message)
 
 
 @contextlib.contextmanager
@@ -201,10 +206,12 @@ def _cluster_failures(name: str) -> Iterator[None]:
         ) from None
 
 
-def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: dict | None = None,
-                        chunk: int = 1024, **predict_kwargs: Any):
+def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: Any = None,
+                        tiles: TileSettings | None = None, runtime: Runtime | None = None, tta: bool = False,
+                        on_event=None):
     """Segment a zarr image on the cluster; labels are written blockwise to ``dst`` (zarr) or
-    returned in memory for a tif destination."""
+    returned in memory for a tif destination. ``on_event`` receives the warnings (and the
+    post-processing's progress)."""
     from .io import ChunkWatch, scratch_prefix, store_path
     from .segmentation import Segmentation, labels_from, postprocess_params
 
@@ -212,19 +219,20 @@ def segment_distributed(client, bundle, image: Any, dst: Path, *, postprocess: d
     if path is None:
         raise ValueError("The cluster path needs a zarr image on disk that the workers can open.")
     params = postprocess_params(bundle, postprocess)
+    tiles = cluster_tiles(tiles or TileSettings(), bundle.depth)
+    on_event = on_event or _log_warning
     watch = ChunkWatch.of(image)
     if watch is not None and watch.absent_message():
-        log.warning(watch.absent_message())
-    predict_kwargs = {k: v for k, v in predict_kwargs.items() if k not in ("window", "mode")}
+        on_event(WarningEvent(watch.absent_message()))
     tmp = tempfile.mkdtemp(prefix=scratch_prefix("probabilities"), dir=Path(dst).parent)
     try:
         with _cluster_failures(path.name):
             probs = predict_distributed(client, bundle, str(path), str(Path(tmp) / "probabilities.zarr"),
-                                        chunk=chunk, **predict_kwargs)
+                                        tiles=tiles, runtime=runtime, tta=tta)
             if watch is not None:
                 watch.check()
             out = str(dst) if Path(dst).suffix == ".zarr" else None
-            labels = labels_from(probs, bundle.task, params, out=out)
+            labels = labels_from(probs, bundle.task, params, out=out, on_event=on_event)
         if out is None:
             labels = np.asarray(labels[:]) if hasattr(labels, "attrs") else np.asarray(labels)
         return Segmentation(labels, probs, bundle.task, bundle.class_names, params)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .normalization import ImageError
+from .errors import ImageError
 
 LUMINANCE = "luminance"
 #: ITU-R BT.709 luma weights (skimage.color.rgb2gray uses the same)

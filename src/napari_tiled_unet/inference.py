@@ -14,8 +14,6 @@ it would not fit the RAM budget.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import sys
@@ -27,85 +25,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import normalization, settings, tiling
+from . import normalization, tiling
 from ._readahead import ReadAhead
-from .errors import reading
+from .errors import ImageError, reading
 from .events import Progress, RunControl, WarningEvent, run_to_end
-from .model.bundle import ModelBundle, load_model
-from .normalization import ImageError
+from .model.bundle import ModelBundle, as_bundle
+from .runtime import (  # noqa: F401  (available_devices, memory_budget: public here too)
+    PRECISIONS,
+    Runtime,
+    autocast,
+    available_devices,
+    cpu_has_fast_bf16,
+    memory_budget,
+    resolve_device,
+    resolve_precision,
+)
+from .tiling import TileSettings
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: most pixels pushed through the network at once when the window and batch are automatic
 MAX_BATCH_PIXELS = 2048 * 2048
 
-
-# -- devices and budgets ------------------------------------------------------------------
-
-
-def available_devices() -> dict[str, bool]:
-    """Which of ``cuda``, ``mps`` and ``cpu`` can run here."""
-    mps = getattr(torch.backends, "mps", None)
-    return {
-        "cuda": torch.cuda.is_available(),
-        "mps": bool(mps and mps.is_available()),
-        "cpu": True,
-    }
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` -> cuda, then mps, then cpu; an explicit device that is absent is an error."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        avail = available_devices()
-        return torch.device("cuda" if avail["cuda"] else "mps" if avail["mps"] else "cpu")
-    kind = str(device).split(":")[0]
-    if kind not in ("cuda", "mps", "cpu") or not available_devices()[kind]:
-        raise ImageError(f"The device {device!r} is not available here; choose 'auto' or 'cpu'.")
-    return torch.device(device)
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX; Linux flags).
-
-    Without them PyTorch emulates bf16 on the CPU, slower than fp32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` -> bf16 on a CPU with fast bf16, bf16 (else fp16) on CUDA, fp32 otherwise.
-
-    bf16 gave the same objects as fp32 on the built-in model (docs/benchmarks.md, part c).
-    """
-    if precision != "auto":
-        if precision not in PRECISIONS:
-            raise ImageError(f"Unknown precision {precision!r}: use auto, fp32, bf16 or fp16.")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes that one batch of windows may use: most of the free GPU memory, or a share of RAM."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.6)
-    import psutil
-
-    return int(min(psutil.virtual_memory().available * 0.25, 8 * 1024**3))
+#: training still imports the autocast policy under this name; it moves to
+#: ``Runtime(device, precision).resolve().autocast()`` once training uses the runtime
+_autocast = autocast
 
 
 def bytes_per_pixel(model: torch.nn.Module, precision: str = "fp32") -> int:
@@ -214,13 +158,6 @@ class _PlaneSource:
 # -- the engine -------------------------------------------------------------------------------
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -240,27 +177,43 @@ def _make_output(out: Any, shape: tuple[int, ...], chunks: tuple[int, ...]) -> A
     return arr
 
 
+#: keyword shorthands of :func:`predict_iter` / :func:`predict` / ``segment``: which value each fills
+TILE_OPTIONS = ("mode", "window", "overlap", "blend", "batch_size", "halo", "plan")
+RUNTIME_OPTIONS = ("device", "precision", "channels_last", "ram_budget", "prefetch")
+
+
+def settings_from(tiles: TileSettings | None = None, runtime: Runtime | None = None,
+                  **options: Any) -> tuple[TileSettings, Runtime]:
+    """The typed settings from typed values and/or their keyword shorthands.
+
+    ``predict(..., window=256, device="cpu")`` is ``predict(..., tiles=TileSettings(window=256),
+    runtime=Runtime(device="cpu"))``. A keyword that belongs to neither, or one given beside
+    the value it would fill, is a ``TypeError``: nothing is dropped silently.
+    """
+    unknown = sorted(set(options) - set(TILE_OPTIONS) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise TypeError(f"Unknown option(s) {', '.join(unknown)}; the engine takes "
+                        f"{', '.join(TILE_OPTIONS + RUNTIME_OPTIONS)} (or tiles=/runtime=).")
+    tile_kw = {k: v for k, v in options.items() if k in TILE_OPTIONS}
+    run_kw = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS}
+    for value, kw, name in ((tiles, tile_kw, "tiles"), (runtime, run_kw, "runtime")):
+        if value is not None and kw:
+            raise TypeError(f"Give {', '.join(sorted(kw))} inside {name}=, not beside it.")
+    return tiles or TileSettings(**tile_kw), runtime or Runtime(**run_kw)
+
+
 def predict_iter(
     model: ModelBundle | torch.nn.Module | str,
     image: Any,
     *,
     axes: str | None = None,
-    mode: str = "exact",
-    window: int | tuple[int, int] | None = None,
-    overlap: float = 0.25,
-    blend: str = "gaussian",
-    batch_size: int | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-    out: Any = None,
-    ram_budget: int | None = None,
-    channels_last: bool | None = None,
-    prefetch: bool = True,
-    halo: int | None = None,
-    plan: tiling.TilePlan | None = None,
-    stats: np.ndarray | None = None,
+    tiles: TileSettings | None = None,
+    runtime: Runtime | None = None,
     tta: bool = False,
+    out: Any = None,
+    stats: np.ndarray | None = None,
     control: RunControl | None = None,
+    **options: Any,
 ) -> Generator[Progress | WarningEvent, None, Any]:
     """Predict class probabilities tile by tile, yielding progress events.
 
@@ -272,30 +225,22 @@ def predict_iter(
             whole: only windows are read.
         axes: the image's axes as a string (``"YX"``, ``"YXC"``, ``"CYX"``, ``"ZYX"``, ...;
             ``T`` is treated like ``Z``). None: inferred from the shape and the model.
-        mode: ``"exact"`` (the result equals the whole-image pass) or ``"blend"``.
-        window: window size in pixels (int or (h, w)); None chooses it from the memory budget.
-        overlap: blend mode: fraction of a window shared with its neighbour.
-        blend: blend mode weights, ``"gaussian"`` or ``"cosine"``.
-        batch_size: windows per forward pass; None chooses from the memory budget.
-        device: ``"auto"`` (cuda, then mps, then cpu), ``"cuda"``, ``"mps"`` or ``"cpu"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast), or ``"auto"``
-            (:func:`resolve_precision`).
-        out: None for a numpy result, or a zarr array / path to write into. When None and
-            the result would exceed the RAM budget, an error asks for a zarr path.
-        ram_budget: bytes for one batch of windows (default: from free GPU memory or RAM).
-        channels_last: use channels-last memory format (default: on CUDA and CPU).
-        prefetch: read and normalize the next batch in a thread while the model computes.
-        halo: override the derived halo (exact mode; for tests and experiments).
-        plan: a ready :class:`~napari_tiled_unet.tiling.TilePlan` (overrides the planning
-            arguments; the cluster path uses chunk-aligned plans).
-        stats: normalization statistics (C, 2) computed elsewhere (the cluster path computes
-            them once for the whole image); None computes them from ``image``.
+        tiles: the :class:`~napari_tiled_unet.tiling.TileSettings` (mode, window, batch,
+            blend, a chunk-aligned or ready plan); default: exact, automatic window and batch.
+        runtime: the :class:`~napari_tiled_unet.runtime.Runtime` (device, precision, memory
+            layout, RAM budget, read-ahead); default: automatic device, fp32.
         tta: test-time augmentation: average the probabilities of the window and its three
             mirror images (up-down, left-right, both). Four times the computation; exact
             tiling stays exact, because windows are whole 2^depth blocks at block offsets.
+        out: None for a numpy result, or a zarr array / path to write into. When None and
+            the result would exceed the RAM budget, an error asks for a zarr path.
+        stats: normalization statistics (C, 2) computed elsewhere (the cluster path computes
+            them once for the whole image); None computes them from ``image``.
         control: a :class:`~napari_tiled_unet.events.RunControl`: cancel between two layers
             of the network (raises :class:`~napari_tiled_unet.events.Cancelled`) and progress
             within a batch, for front ends whose windows take seconds.
+        **options: keyword shorthands of ``tiles`` and ``runtime`` (``window=256``,
+            ``device="cpu"``, ...; see :func:`settings_from`).
 
     Yields:
         ``Progress`` after every batch (windows done / total, elapsed, eta) and ``WarningEvent``
@@ -305,8 +250,8 @@ def predict_iter(
         float32 probabilities (n_classes, Y, X), or (Z, n_classes, Y, X) for stacks, as
         numpy or as the zarr array given in ``out``.
     """
-    settings.prediction(batch_size, window, overlap)
-    bundle = _as_bundle(model)
+    tiles, runtime = settings_from(tiles, runtime, **options)
+    bundle = as_bundle(model)
     net = bundle.model
     n_in = bundle.n_channels
     image = as_image(image)
@@ -314,10 +259,8 @@ def predict_iter(
     axes = _check_axes(axes, shape, n_in) if axes else infer_axes(shape, n_in)
     if not {"f", "i", "u", "b"} >= {np.dtype(image.dtype).kind}:
         raise ImageError(f"Images of type {image.dtype} cannot be segmented; use an integer or float image.")
-    dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
-    if channels_last is None:
-        channels_last = dev.type in ("cuda", "cpu")  # faster on both (measured 1.3x on CPU)
+    runtime = runtime.resolve()
+    dev = runtime.device
     height, width = shape[axes.index("Y")], shape[axes.index("X")]
     n_planes = shape[axes.index("Z")] if "Z" in axes else 1
     if height == 0 or width == 0 or n_planes == 0:
@@ -325,10 +268,10 @@ def predict_iter(
     n_classes = len(bundle.class_names)
     out_shape = (n_classes, height, width) if "Z" not in axes else (n_planes, n_classes, height, width)
 
-    budget = ram_budget or memory_budget(dev)
-    bpp = bytes_per_pixel(net, precision)
+    budget = runtime.budget()
+    bpp = bytes_per_pixel(net, runtime.precision)
     out_bytes = 4 * math.prod(out_shape)
-    if out is None and dev.type == "cpu" and ram_budget is None:
+    if out is None and dev.type == "cpu" and runtime.ram_budget is None:
         import psutil
 
         if out_bytes > 0.5 * psutil.virtual_memory().available:
@@ -343,26 +286,26 @@ def predict_iter(
             image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes else None
         )
     sigmoid = bundle.metadata.get("output_activation") == "sigmoid"
+    job = _Job(net, runtime, n_classes, sigmoid, tta, tiles.blend)
 
     depth = getattr(net, "depth", 4)
     bilinear = bool(getattr(net, "bilinear", False))
     # Pixels per batch: what the budget allows, but no more than MAX_BATCH_PIXELS, past which
     # larger windows stop paying (the halo overhead is already small) and only cost memory.
     batch_pixels = max(min(budget // bpp, MAX_BATCH_PIXELS), 1)
-    if plan is None:
-        plan = tiling.plan_tiles(
-            (height, width), depth, mode=mode, window=window, halo=halo, overlap=overlap,
-            max_pixels=batch_pixels, bilinear=bilinear,
-        )
-    elif plan.shape != (height, width):
-        raise ImageError(f"The tile plan is for shape {plan.shape}, not {(height, width)}.")
+    try:
+        plan = tiles.make_plan((height, width), depth, max_pixels=batch_pixels, bilinear=bilinear)
+    except ValueError as exc:
+        raise ImageError(str(exc)) from None
+    batch_size = tiles.batch_size
     if batch_size is None:
         batch_size = max(1, min(16, batch_pixels // (plan.window[0] * plan.window[1])))
 
+    log.info("tiles: %d window(s) of %dx%d px, %s mode, %d per batch; %s", len(plan), *plan.window, plan.mode,
+             batch_size, ", ".join(f"{k} {v}" for k, v in runtime.describe().items()))
     chunk = (min(height, 1024), min(width, 1024))
     store = _make_output(out, out_shape, (1, *chunk) if "Z" not in axes else (1, 1, *chunk))
-    net.eval()
-    net.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    runtime.place(net)
 
     start = time.perf_counter()
     total = len(plan) * n_planes
@@ -373,8 +316,8 @@ def predict_iter(
         source = _PlaneSource(image, axes, z if "Z" in axes else None)
         target = store if "Z" not in axes else _PlaneView(store, z)
         while True:  # re-entered only after an out-of-memory back-off shrinks the plan
-            gen = _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision,
-                            batch_size, channels_last, blend, prefetch, tta, _LayerWatch(net, control, done))
+            gen = _run_plan(job, plan, source, stats, tiling.sink_for(plan, target, n_classes, tiles.blend),
+                            batch_size, _LayerWatch(net, control, done))
             try:
                 for n in gen:
                     done += n
@@ -390,12 +333,9 @@ def predict_iter(
                     batch_size //= 2
                     msg = f"Out of GPU memory: continuing with {batch_size} window(s) per batch."
                 else:
-                    new = (max(plan.window[0] // 2, 1), max(plan.window[1] // 2, 1))
+                    tiles = tiles.smaller((max(plan.window[0] // 2, 1), max(plan.window[1] // 2, 1)))
                     try:
-                        plan = tiling.plan_tiles(
-                            (height, width), depth, mode=mode, window=new, halo=halo,
-                            overlap=overlap, bilinear=bilinear,
-                        )
+                        plan = tiles.make_plan((height, width), depth, bilinear=bilinear)
                     except ValueError:
                         raise ImageError(
                             "Out of GPU memory even with the smallest window; close other GPU "
@@ -405,13 +345,25 @@ def predict_iter(
                     if control is not None:
                         control.windows_total = total
                     msg = f"Out of GPU memory: continuing with {plan.window[0]}x{plan.window[1]} windows."
-                log.warning(msg)
+                log.info(msg)
                 yield WarningEvent(msg, kind="out_of_memory")
             finally:
                 gen.close()  # on cancel too: stops the reader thread, frees the batch
     if hasattr(store, "attrs"):
         store.attrs["complete"] = True
     return store
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every window of one prediction shares: the network and how to run it."""
+
+    net: torch.nn.Module
+    runtime: Runtime  # resolved
+    n_classes: int
+    sigmoid: bool
+    tta: bool
+    blend: str
 
 
 class _OutOfMemory(Exception):
@@ -496,31 +448,25 @@ class _LayerWatch:
         control.windows_done = self.done + self.batch * min(self.calls / self.per_batch, 1.0)
 
 
-def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precision, batch_size,
-              channels_last, blend, prefetch, tta=False, watch: _LayerWatch | None = None
+def _run_plan(job: _Job, plan: tiling.TilePlan, source: _PlaneSource, stats: np.ndarray,
+              sink: tiling.Sink, batch_size: int, watch: _LayerWatch | None = None
               ) -> Generator[int, None, None]:
-    """Run every window of ``plan`` for one plane; yields the number of windows finished."""
+    """Run every window of ``plan`` for one plane into ``sink``; yields the windows finished."""
     height, width = plan.shape
-    pin = dev.type == "cuda"
-    blending = plan.mode == "blend"
-    if blending:
-        weights = tiling.blend_weights(plan.window, blend)
-        acc = np.zeros((n_classes, *plan.padded_shape), dtype=np.float32)
-        norm = np.zeros(plan.padded_shape, dtype=np.float32)
+    runtime = job.runtime
     batches = list(_batches(plan, batch_size))
+    pin = runtime.pin_memory
     reader = ReadAhead(((b, _read_batch(source, b, stats, height, width, pin)) for b in batches),
-                       enabled=prefetch and len(batches) > 1, name="tiled-unet-reader")
+                       enabled=runtime.prefetch and len(batches) > 1, name="tiled-unet-reader")
     done = 0
-    watch = watch or _LayerWatch(net, None, 0)
+    watch = watch or _LayerWatch(job.net, None, 0)
     try:
         for wins, host in reader:
-            x = host.to(dev, non_blocking=pin)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = runtime.batch(host)
             try:
-                watch.start_batch(len(wins), len(TTA_FLIPS) if tta else 1)
-                with watch, torch.inference_mode(), _autocast(dev, precision):
-                    probs = _forward(net, x, sigmoid, tta)
+                watch.start_batch(len(wins), len(TTA_FLIPS) if job.tta else 1)
+                with watch, torch.inference_mode(), runtime.autocast():
+                    probs = _forward(job.net, x, job.sigmoid, job.tta)
                 probs = probs.cpu().numpy()
                 watch.end_batch()
             except (RuntimeError, torch.OutOfMemoryError) as exc:
@@ -530,21 +476,12 @@ def _run_plan(net, plan, source, stats, target, n_classes, sigmoid, dev, precisi
             finally:
                 x = None
             for w, p in zip(wins, probs):
-                if blending:
-                    acc[:, w.y0 : w.y1, w.x0 : w.x1] += p * weights
-                    norm[w.y0 : w.y1, w.x0 : w.x1] += weights
-                else:
-                    ky1, kx1 = min(w.ky1, height), min(w.kx1, width)
-                    if ky1 > w.ky0 and kx1 > w.kx0:
-                        target[:, w.ky0 : ky1, w.kx0 : kx1] = p[:, w.ky0 - w.y0 : ky1 - w.y0,
-                                                                w.kx0 - w.x0 : kx1 - w.x0]
+                sink.put(w, p)
             done += len(wins)
             probs = None
             _trim_heap()
             yield len(wins)
-        if blending:
-            acc /= norm
-            target[:, :height, :width] = acc[:, :height, :width]
+        sink.close()
     finally:
         reader.close()
 
@@ -602,20 +539,8 @@ def _activate(logits: torch.Tensor, sigmoid: bool) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def _as_bundle(model: ModelBundle | torch.nn.Module | str) -> ModelBundle:
-    if isinstance(model, ModelBundle):
-        return model
-    if isinstance(model, torch.nn.Module):
-        from .model.bundle import make_metadata
-
-        n = getattr(model, "n_classes", 3)
-        task = "instances" if n == 3 else "semantic"
-        return ModelBundle(model, make_metadata(model, task=task))
-    return load_model(model)
-
-
 def predict(model: ModelBundle | torch.nn.Module | str, image: Any, on_event=None, **kwargs: Any) -> Any:
-    """Synchronous twin of :func:`predict_iter`: returns the probabilities.
+    """Synchronous twin of :func:`predict_iter` (same arguments): returns the probabilities.
 
     ``on_event`` (optional) receives every event (e.g. to drive a tqdm bar).
     """
@@ -632,7 +557,7 @@ def whole_image_probabilities(bundle: ModelBundle | torch.nn.Module, image: np.n
     ``tta`` mirrors the image zero-padded to whole 2^depth blocks (as the tiled engine's
     windows are), so the two agree.
     """
-    bundle = _as_bundle(bundle)
+    bundle = as_bundle(bundle)
     shape = tuple(image.shape)
     axes = _check_axes(axes, shape, bundle.n_channels) if axes else infer_axes(shape, bundle.n_channels)
     if "Z" in axes:

@@ -36,12 +36,13 @@ def is_zarr(path: str | os.PathLike) -> bool:
 
 
 def store_path(array: Any) -> Path | None:
-    """The folder of a zarr array on local disk (zarr 2 or 3), or None for anything else."""
+    """The folder of a zarr array on local disk (zarr 2 or 3), or None for anything else (an
+    in-memory store, numpy, dask). The one store locator of the package."""
     store = getattr(array, "store", None)
     root = getattr(store, "root", None) or getattr(store, "path", None)
-    if not root:
+    if not root or not isinstance(root, (str, os.PathLike)) or not os.path.isdir(root):
         return None
-    path = Path(str(root))
+    path = Path(root)
     inner = getattr(array, "path", "") or ""  # an array inside a group
     return (path / inner if inner else path).resolve()
 

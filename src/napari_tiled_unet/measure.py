@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from . import blockwise
+from .blockwise import ProgressCounter, compute_iter, shared
 from .events import Progress, run_to_end
-from .postprocess import ProgressCounter, _blocks, _compute_iter, _shared
 
 _PROPERTIES = ("label", "num_pixels", "area", "centroid", "eccentricity", "solidity")
 _INTENSITY = ("intensity_mean", "intensity_max")
@@ -192,11 +193,11 @@ def _measure_blockwise(labels, image, layout, spacing, block_size, progress
 
     shape = tuple(int(s) for s in labels.shape)
     block = tuple(max(block_size // c[0], 1) * c[0] for c in labels.chunks)
-    blocks = _blocks(shape, block)
+    blocks = blockwise.blocks(shape, block)
     progress.total += 2 * len(blocks)
-    args = [_shared(labels), _shared(image), layout]
+    args = [shared(labels), shared(image), layout]
     task = dask.delayed(_block_table, pure=False)
-    parts = yield from _compute_iter([task(*args, window, spacing) for window in blocks], True, progress)
+    parts = yield from compute_iter([task(*args, window, spacing) for window in blocks], True, progress)
 
     ids = np.concatenate([p["label"] for p in parts])
     unique, counts = np.unique(ids, return_counts=True)
@@ -206,7 +207,7 @@ def _measure_blockwise(labels, image, layout, spacing, block_size, progress
 
     windows = _crossing_windows(parts, crossing, block)
     task = dask.delayed(_window_table, pure=False)
-    again = yield from _compute_iter([task(*args, w, i, spacing) for w, i in windows], True, progress)
+    again = yield from compute_iter([task(*args, w, i, spacing) for w, i in windows], True, progress)
     yield progress.add(len(blocks) - len(windows))
     tables = [whole, *again]
     table = {k: np.concatenate([t[k] for t in tables]) for k in whole}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .normalization import ImageError
+from .errors import ImageError
 
 #: diameters of built-in models whose files predate ``object_diameter`` (the area-weighted
 #: median of their training images' median nucleus diameters; DSB2018 training ids: 27.5 px)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .io import ReadError
+from .errors import ReadError
 
 #: the pyramid stops once y or x of a level would fall below this
 MIN_LEVEL_SIZE = 256

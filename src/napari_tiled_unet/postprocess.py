@@ -42,24 +42,76 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
-import time
-import uuid
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .events import Progress, run_to_end
+from .blockwise import ProgressCounter
+from .blockwise import blocks as _blocks
+from .blockwise import compute_iter as _compute_iter
+from .blockwise import shared as _shared
+from .events import Progress, WarningEvent, run_to_end
+from .io import scratch_prefix, store_path
 
 log = logging.getLogger(__name__)
 
 #: Largest object (pixels, in y and in x) for which blockwise labels equal in-memory ones.
 DEFAULT_OVERLAP = 96
-INSTANCE_PARAMS = ("foreground_threshold", "seed_threshold", "min_size", "fill_holes")
+
+
+# -- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceParams:
+    """Post-processing of an instances model (see :func:`instances_from_probabilities`)."""
+
+    foreground_threshold: float = 0.5
+    seed_threshold: float = 0.7
+    min_size: int = 16
+    fill_holes: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SemanticParams:
+    """Post-processing of a semantic model (see :func:`semantic_from_probabilities`)."""
+
+    thresholds: dict[int, float] | list[float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PostprocessParams = InstanceParams | SemanticParams
+
+INSTANCE_PARAMS = tuple(f.name for f in fields(InstanceParams))
+
+
+def params_for(task: str, values: dict[str, Any] | PostprocessParams | None = None) -> PostprocessParams:
+    """The typed parameters of ``task`` from a mapping (e.g. a bundle's ``postprocess``
+    metadata); None values take the defaults. Parameters of the other task, or unknown to this
+    version, are ignored with a log message (a model file may come from a newer version)."""
+    kinds = {"instances": InstanceParams, "semantic": SemanticParams}
+    if task not in kinds:
+        raise ValueError(f"Unknown task {task!r}: the model's task must be 'instances' or 'semantic'.")
+    kind = kinds[task]
+    if isinstance(values, kind):
+        return values
+    if isinstance(values, (InstanceParams, SemanticParams)):
+        raise ValueError(f"{type(values).__name__} given for a model whose task is {task!r}.")
+    values = dict(values or {})
+    names = {f.name for f in fields(kind)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        log.info("Ignoring post-processing parameters %s (known: %s).", unknown, sorted(names))
+    return kind(**{k: v for k, v in values.items() if k in names and v is not None})
 
 _LEVELS = 4096  # elevation steps over [-1, 1]: ~5e-4, finer than any useful threshold
 _MULTIPLIERS = (1_000_003, 999_983, 1_000_033)  # primes for the position permutation
@@ -261,8 +313,9 @@ def semantic_from_probabilities(
     return classes
 
 
-def labels_from_probabilities(prob: np.ndarray, task: str, **params: Any) -> np.ndarray:
-    """Labels for a model's task, with the bundle's ``postprocess`` parameters.
+def labels_from_probabilities(prob: np.ndarray, task: str, params: PostprocessParams | None = None,
+                              **values: Any) -> np.ndarray:
+    """Labels for a model's task.
 
     Parameters
     ----------
@@ -271,29 +324,25 @@ def labels_from_probabilities(prob: np.ndarray, task: str, **params: Any) -> np.
     task : str
         ``"instances"`` (see :func:`instances_from_probabilities`) or ``"semantic"`` (see
         :func:`semantic_from_probabilities`).
-    **params
-        Post-processing parameters, e.g. a bundle's ``postprocess`` metadata
-        (``foreground_threshold``, ``seed_threshold``, ``min_size``, ``fill_holes`` for
-        instances; ``thresholds`` for semantic). Parameters of the other task, or unknown to
-        this version, are ignored with a log message.
+    params : InstanceParams or SemanticParams, optional
+        The parameters; or give them as keywords (``min_size=30``, a bundle's ``postprocess``
+        metadata with ``**``), read by :func:`params_for`.
 
     Returns
     -------
     np.ndarray
         int32 (Y, X) object ids for instances; uint8/uint16 (Y, X) class indices for semantic.
     """
-    if task == "instances":
-        return instances_from_probabilities(prob, **_known(params, INSTANCE_PARAMS))
-    if task == "semantic":
-        return semantic_from_probabilities(prob, _known(params, ("thresholds",)).get("thresholds"))
-    raise ValueError(f"Unknown task {task!r}: the model's task must be 'instances' or 'semantic'.")
+    params = _params(task, params, values)
+    if isinstance(params, InstanceParams):
+        return instances_from_probabilities(prob, **params.as_dict())
+    return semantic_from_probabilities(prob, params.thresholds)
 
 
-def _known(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        log.info("Ignoring post-processing parameters %s (known: %s).", unknown, list(names))
-    return {k: v for k, v in params.items() if k in names and v is not None}
+def _params(task: str, params: PostprocessParams | None, values: dict[str, Any]) -> PostprocessParams:
+    if params is not None and values:
+        raise TypeError(f"Give {', '.join(sorted(values))} inside params=, not beside it.")
+    return params_for(task, params if params is not None else values)
 
 
 # -- blockwise ------------------------------------------------------------------------------
@@ -314,9 +363,8 @@ def _as_dask(prob: Any, block_size: int):
 
 def _local_dir(array: Any) -> str | None:
     """The folder of a zarr array's on-disk store, or None for an in-memory store."""
-    store = getattr(array, "store", None)
-    root = getattr(store, "root", None) or getattr(store, "path", None)
-    return str(root) if root is not None and os.path.isdir(str(root)) else None
+    path = store_path(array)
+    return None if path is None else str(path)
 
 
 def _open_out(out: Any, shape: tuple[int, int], block_size: int, dtype: str):
@@ -340,8 +388,6 @@ def _scratch(target: Any) -> Iterator[Any]:
     if _local_dir(target) is None:
         yield lambda name, shape, chunks, dtype: zarr.zeros(shape, chunks=chunks, dtype=dtype)
         return
-    from .io import scratch_prefix
-
     folder = tempfile.mkdtemp(prefix=scratch_prefix("postprocess"), dir=Path(_local_dir(target)).parent)
     try:
         yield lambda name, shape, chunks, dtype: zarr.open_array(
@@ -349,118 +395,6 @@ def _scratch(target: Any) -> Iterator[Any]:
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _compute_on_threads(tasks: list, callbacks: list) -> tuple:
-    """``dask.compute(*tasks)`` on local threads that leaves no thread writing once it has
-    returned or raised.
-
-    A Ctrl-C, an error or a stop from ``callbacks`` (dask's local-scheduler callback tuples)
-    waits for the running tasks and cancels the queued ones before it propagates: otherwise
-    dask's shared pool goes on running them, and their writes land in stores the caller has
-    already removed.
-    """
-    import dask
-    from dask.system import CPU_COUNT
-
-    pool = ThreadPoolExecutor(max_workers=CPU_COUNT, thread_name_prefix="postprocess")
-    try:
-        return dask.compute(*tasks, scheduler="threads", pool=pool, callbacks=callbacks)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _distributed() -> bool:
-    """Whether a scheduler other than local threads (a dask.distributed client) is the default."""
-    from dask.base import get_scheduler
-
-    return get_scheduler() is not None
-
-
-class _Stopped(Exception):
-    """Raised in dask's scheduling thread to stop a computation whose generator was closed."""
-
-
-def _compute_iter(tasks: list, threads_only: bool,
-                  progress: ProgressCounter) -> Generator[Progress, None, tuple]:
-    """``dask.compute(*tasks)`` as an engine generator: yields ``progress`` as the tasks end, and
-    stops the work when closed (Cancel) or interrupted.
-
-    On local threads (``threads_only``, or when no dask.distributed client is the default)
-    the computation runs in a thread of its own; closing the generator drops the queued
-    tasks, lets the running ones finish and only then goes on, so nothing writes afterwards.
-    On a distributed client the tasks run as one blocking call.
-    """
-    if not threads_only and _distributed():
-        import dask
-
-        result = dask.compute(*tasks)
-        yield progress.add(len(tasks))
-        return result
-    keys = {t.key for t in tasks}
-    ended: list = []  # keys of ``tasks`` that finished (list.append is atomic)
-    stop = threading.Event()
-
-    def pretask(key, dsk, state):  # dask calls this before it submits each task
-        if stop.is_set():
-            raise _Stopped
-
-    def posttask(key, result, dsk, state, worker_id):
-        if key in keys:
-            ended.append(key)
-
-    outcome: dict[str, Any] = {}
-    finished = threading.Event()  # not Thread.join: a Ctrl-C inside join can leave it unusable
-
-    def drive() -> None:
-        try:
-            outcome["result"] = _compute_on_threads(tasks, [(None, None, pretask, posttask, None)])
-        except BaseException as exc:  # handed to the generator's caller
-            outcome["error"] = exc
-        finally:
-            finished.set()
-
-    threading.Thread(target=drive, name="postprocess-driver", daemon=True).start()
-    seen = 0
-    try:
-        while not finished.wait(0.1) or len(ended) > seen:
-            if len(ended) > seen:
-                yield progress.add(len(ended) - seen)
-                seen = len(ended)
-    finally:
-        stop.set()
-        finished.wait()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-class ProgressCounter:
-    """Steps done (blocks over all passes, or planes) of one post-processing run, as
-    ``Progress(stage="postprocess")`` events timed from the counter's creation."""
-
-    def __init__(self, total: int) -> None:
-        self.done, self.total, self.start = 0, total, time.perf_counter()
-
-    def add(self, n: int) -> Progress:
-        self.done += n
-        return Progress(self.done, self.total, time.perf_counter() - self.start, "postprocess")
-
-
-def _shared(obj: Any) -> Any:
-    """``obj`` as one dask graph key, for an object many tasks read."""
-    import dask
-
-    return dask.delayed(obj, name=f"shared-{uuid.uuid4().hex}")
-
-
-def _blocks(shape: tuple[int, int], block: tuple[int, int]) -> list[tuple[slice, slice]]:
-    """Row-major list of the blocks tiling ``shape``."""
-    return [
-        (slice(y, min(y + block[0], shape[0])), slice(x, min(x + block[1], shape[1])))
-        for y in range(0, shape[0], block[0])
-        for x in range(0, shape[1], block[1])
-    ]
 
 
 def _grow(core: tuple[slice, slice], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -562,26 +496,32 @@ def _relabel_block(target, core, lut):
     target[core] = lut[target[core]]
 
 
-def instances_blockwise(prob: Any, out: Any = None, **params: Any) -> Any:
-    """Synchronous twin of :func:`instances_blockwise_iter` (same parameters)."""
-    return run_to_end(instances_blockwise_iter(prob, out, **params))
+def instances_blockwise(prob: Any, out: Any = None, params: InstanceParams | None = None,
+                        **kwargs: Any) -> Any:
+    """Synchronous twin of :func:`instances_blockwise_iter` (same parameters); the warning
+    events go to the log."""
+    return run_to_end(instances_blockwise_iter(prob, out, params, **kwargs), _log_warnings)
+
+
+def _log_warnings(event: Any) -> None:
+    if isinstance(event, WarningEvent):
+        log.warning(event.message)
 
 
 def instances_blockwise_iter(
     prob: Any,
     out: Any = None,
+    params: InstanceParams | None = None,
+    *,
     block_size: int = 1024,
     overlap: int | None = None,
-    foreground_threshold: float = 0.5,
-    seed_threshold: float = 0.7,
-    min_size: int = 16,
-    fill_holes: bool = True,
-    **ignored: Any,
-) -> Generator[Progress, None, Any]:
+    **values: Any,
+) -> Generator[Progress | WarningEvent, None, Any]:
     """:func:`instances_from_probabilities` for probability maps larger than memory.
 
     An engine generator: yields ``Progress(stage="postprocess")`` as blocks end (three
-    passes over the blocks), returns the labels; closing it stops the work within a block.
+    passes over the blocks) and a ``WarningEvent`` when the result may not be exact, returns
+    the labels; closing it stops the work within a block.
 
     Three passes, each holding a few blocks at a time: (1) per block, the masks, the
     quantised elevation and the connected components of the seeds and of the foreground go
@@ -601,14 +541,13 @@ def instances_blockwise_iter(
     block_size : int
         Side of the blocks processed at once and of the output chunks (when ``out`` is an
         existing array, blocks are the nearest multiple of its chunks).
+    params : InstanceParams, optional
+        As in :func:`instances_from_probabilities`; or give them as keywords (read by
+        :func:`params_for`).
     overlap : int, optional
         The largest object (pixels, in y and x) for which the result is exact; default
-        :data:`DEFAULT_OVERLAP`. Clusters of touching objects may be larger. A warning is
-        logged when an object reaches further than this beyond its block.
-    foreground_threshold, seed_threshold, min_size, fill_holes
-        As in :func:`instances_from_probabilities`.
-    **ignored
-        Other post-processing parameters (of another task or version): logged and ignored.
+        :data:`DEFAULT_OVERLAP`. Clusters of touching objects may be larger. A warning event
+        says when an object reaches further than this beyond its block.
 
     Returns
     -------
@@ -620,7 +559,7 @@ def instances_blockwise_iter(
     """
     import dask
 
-    _known(ignored, ())
+    params = _params("instances", params, values)
     overlap = DEFAULT_OVERLAP if overlap is None else int(overlap)
     if overlap < 1 or block_size < 1:
         raise ValueError("block_size and overlap must be positive numbers of pixels.")
@@ -640,7 +579,7 @@ def instances_blockwise_iter(
                   (("seeds", "int32"), ("foreground", "int32"), ("levels", "int16"))]
         task = dask.delayed(_label_block, pure=False)
         edges = yield from _compute_iter(
-            [task(piece, stores, core, foreground_threshold, seed_threshold)
+            [task(piece, stores, core, params.foreground_threshold, params.seed_threshold)
              for piece, core in zip(p.to_delayed().ravel(), blocks)],
             threads_only, progress,
         )
@@ -654,22 +593,21 @@ def instances_blockwise_iter(
         task = dask.delayed(_instances_block, pure=False)
         args = [_shared(a) for a in (stores[2], seeds, components, target)]
         results = yield from _compute_iter(
-            [task(*args, core, overlap, fill_holes, shape) for core in blocks], threads_only, progress)
+            [task(*args, core, overlap, params.fill_holes, shape) for core in blocks], threads_only, progress)
 
     sizes = np.zeros(seeds.n + components.n + 1, np.int64)
     for ids, counts, _ in results:
         sizes[ids] += counts
-    lut = _numbering(sizes, min_size)
+    lut = _numbering(sizes, params.min_size)
     task = dask.delayed(_relabel_block, pure=False)
     args = [_shared(target), _shared(lut)]
     yield from _compute_iter([task(args[0], core, args[1]) for core in blocks], threads_only, progress)
 
     inexact = sum(r[2] for r in results)
     if inexact:
-        log.warning(
-            "%d of %d blocks hold objects larger than overlap=%d px; labels near those block borders "
-            "may differ from whole-image post-processing: raise overlap.", inexact, len(blocks), overlap,
-        )
+        yield WarningEvent(
+            f"{inexact} of {len(blocks)} blocks hold objects larger than {overlap} px; labels near those "
+            "block borders may differ from whole-image post-processing: raise the overlap.", kind="inexact")
     target.attrs.update({"n_objects": int(lut.max(initial=0)), "exact": not inexact})
     return target
 
@@ -678,17 +616,19 @@ def _semantic_block(prob, target, core, thresholds, dtype) -> None:
     target[core] = semantic_from_probabilities(prob, thresholds).astype(dtype)
 
 
-def semantic_blockwise(prob: Any, out: Any = None, **params: Any) -> Any:
+def semantic_blockwise(prob: Any, out: Any = None, params: SemanticParams | None = None,
+                       **kwargs: Any) -> Any:
     """Synchronous twin of :func:`semantic_blockwise_iter` (same parameters)."""
-    return run_to_end(semantic_blockwise_iter(prob, out, **params))
+    return run_to_end(semantic_blockwise_iter(prob, out, params, **kwargs))
 
 
 def semantic_blockwise_iter(
     prob: Any,
     out: Any = None,
+    params: SemanticParams | None = None,
+    *,
     block_size: int = 1024,
-    thresholds: dict[int, float] | list[float] | None = None,
-    **ignored: Any,
+    **values: Any,
 ) -> Generator[Progress, None, Any]:
     """:func:`semantic_from_probabilities` block by block (each pixel needs only itself).
 
@@ -703,10 +643,8 @@ def semantic_blockwise_iter(
         an in-memory zarr array.
     block_size : int
         Side of the blocks processed at once and of the output chunks.
-    thresholds : dict or list, optional
-        As in :func:`semantic_from_probabilities`.
-    **ignored
-        Other post-processing parameters: logged and ignored.
+    params : SemanticParams, optional
+        ``thresholds`` as in :func:`semantic_from_probabilities`; or give it as a keyword.
 
     Returns
     -------
@@ -715,7 +653,7 @@ def semantic_blockwise_iter(
     """
     import dask
 
-    _known(ignored, ())
+    thresholds = _params("semantic", params, values).thresholds
     p = _as_dask(prob, block_size)
     dtype = np.uint8 if p.shape[0] <= 256 else np.uint16
     shape = tuple(int(s) for s in p.shape[1:])

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .events import Progress, WarningEvent, run_to_end
-from .inference import _as_bundle, predict_iter
-from .model.bundle import ModelBundle
+from .events import Progress, RunControl, WarningEvent, run_to_end
+from .inference import predict_iter, settings_from
+from .model.bundle import ModelBundle, as_bundle
+from .postprocess import PostprocessParams
+from .runtime import Runtime
+from .tiling import TileSettings
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Segmentation:
             thresholds can be applied without running the network again.
         task: ``"instances"`` or ``"semantic"``.
         class_names: names of the classes.
-        params: the post-processing parameters used.
+        params: the post-processing parameters used (``InstanceParams`` or ``SemanticParams``).
         seconds: wall time of prediction and post-processing.
         objects: per-object measurements (columns, see :mod:`~napari_tiled_unet.measure`) once
             measured; None before.
@@ -40,7 +43,7 @@ class Segmentation:
     probabilities: Any
     task: str
     class_names: list[str]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: PostprocessParams | None = None
     seconds: float = 0.0
     objects: dict[str, Any] | None = None
     diameter: float | None = None
@@ -48,10 +51,13 @@ class Segmentation:
 
     @property
     def n_objects(self) -> int:
-        """Objects found (instances) or classes present besides the first (semantic)."""
+        """Objects found (instances) or classes present besides the first (semantic).
+
+        Blockwise labels carry their count (``attrs["n_objects"]``), so this reads nothing."""
         labels = np.asarray(self.labels) if not hasattr(self.labels, "attrs") else self.labels
         if self.task == "instances":
-            return int(_max(labels))
+            stored = labels.attrs.get("n_objects") if hasattr(labels, "attrs") else None
+            return int(stored) if stored is not None else _max(labels)
         return len(np.unique(np.asarray(labels))) - 1
 
 
@@ -63,37 +69,45 @@ def _max(a: Any) -> int:
     return int(da.from_zarr(a).max().compute()) if hasattr(a, "attrs") else int(np.max(a))
 
 
-def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The bundle's default post-processing parameters updated with ``overrides`` (None ignored)."""
-    from . import settings
+def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | PostprocessParams | None = None
+                       ) -> PostprocessParams:
+    """The bundle's default post-processing parameters updated with ``overrides`` (None values
+    ignored), checked, as the typed value of the bundle's task."""
+    from . import postprocess, settings
 
+    if isinstance(overrides, (postprocess.InstanceParams, postprocess.SemanticParams)):
+        overrides = overrides.as_dict()
     params = dict(bundle.postprocess)
     params.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return settings.postprocess(params)
+    return postprocess.params_for(bundle.task, settings.postprocess(params))
 
 
-def labels_from(probabilities: Any, task: str, params: dict[str, Any], out: Any = None) -> Any:
-    """Synchronous twin of :func:`labels_from_iter`."""
-    return run_to_end(labels_from_iter(probabilities, task, params, out))
+def labels_from(probabilities: Any, task: str, params: PostprocessParams | dict[str, Any] | None = None,
+                out: Any = None, on_event=None) -> Any:
+    """Synchronous twin of :func:`labels_from_iter`; ``on_event`` receives its events."""
+    return run_to_end(labels_from_iter(probabilities, task, params, out), on_event)
 
 
-def labels_from_iter(probabilities: Any, task: str, params: dict[str, Any],
-                     out: Any = None) -> Generator[Progress, None, Any]:
+def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | dict[str, Any] | None = None,
+                     out: Any = None) -> Generator[Progress | WarningEvent, None, Any]:
     """Post-process probabilities of one image or a stack, in memory or blockwise.
 
     ``probabilities`` is (C, Y, X) or (Z, C, Y, X); numpy in memory (one step per plane),
-    zarr/dask blockwise (written to ``out`` when given), yielding ``Progress`` per block and
-    stopping within a block when closed.
+    zarr/dask blockwise (written to ``out`` when given), yielding ``Progress`` per block (and
+    a ``WarningEvent`` when a blockwise result may not be exact) and stopping within a block
+    when closed. ``params``: typed, or a mapping read by
+    :func:`~napari_tiled_unet.postprocess.params_for`.
     """
     from . import postprocess
 
+    params = postprocess.params_for(task, params)
     if isinstance(probabilities, np.ndarray):
         if probabilities.ndim == 3:
-            return postprocess.labels_from_probabilities(probabilities, task, **params)
+            return postprocess.labels_from_probabilities(probabilities, task, params)
         progress = postprocess.ProgressCounter(len(probabilities))
         planes = []
         for p in probabilities:
-            planes.append(postprocess.labels_from_probabilities(p, task, **params))
+            planes.append(postprocess.labels_from_probabilities(p, task, params))
             yield progress.add(1)
         return _stack_unique(planes, task)
     import dask.array as da
@@ -102,8 +116,8 @@ def labels_from_iter(probabilities: Any, task: str, params: dict[str, Any],
     if arr.ndim != 3:
         raise NotImplementedError("Blockwise post-processing of stacks: segment plane by plane.")
     if task == "instances":
-        return (yield from postprocess.instances_blockwise_iter(arr, out=out, **params))
-    return (yield from postprocess.semantic_blockwise_iter(arr, out=out, **params))
+        return (yield from postprocess.instances_blockwise_iter(arr, out, params))
+    return (yield from postprocess.semantic_blockwise_iter(arr, out, params))
 
 
 def _stack_unique(planes: list[np.ndarray], task: str) -> np.ndarray:
@@ -118,17 +132,37 @@ def _stack_unique(planes: list[np.ndarray], task: str) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _Passes:
+    """What every network pass of one segment call shares (the diameter search makes several)."""
+
+    tiles: TileSettings
+    runtime: Runtime
+    tta: bool = False
+    stats: Any = None
+    control: RunControl | None = None
+
+    def predict(self, bundle: ModelBundle, image: Any, axes: str | None, out: Any = None):
+        return predict_iter(bundle, image, axes=axes, tiles=self.tiles, runtime=self.runtime, tta=self.tta,
+                            out=out, stats=self.stats, control=self.control)
+
+
 def segment_iter(
     model: ModelBundle | str,
     image: Any,
     *,
     axes: str | None = None,
     channel: int | str | None = None,
-    postprocess: dict[str, Any] | None = None,
+    postprocess: dict[str, Any] | PostprocessParams | None = None,
     probabilities_out: Any = None,
     labels_out: Any = None,
     diameter: float | str | None = None,
-    **predict_kwargs: Any,
+    tiles: TileSettings | None = None,
+    runtime: Runtime | None = None,
+    tta: bool = False,
+    stats: Any = None,
+    control: RunControl | None = None,
+    **options: Any,
 ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """Segment ``image``: yields the engine's events, returns a :class:`Segmentation`.
 
@@ -142,23 +176,36 @@ def segment_iter(
             None: all channels when the model takes them, the luminance of RGB(A), else an
             error that asks for it.
         postprocess: overrides of the bundle's post-processing defaults (e.g.
-            ``{"min_size": 30}``).
+            ``{"min_size": 30}``), or the typed parameters.
         probabilities_out: zarr path/array for the probabilities (large images).
         labels_out: zarr path/array for the labels (used with ``probabilities_out``).
         diameter: the objects' diameter in pixels of ``image`` (or ``"auto"``: estimated from a
             first pass): the image is rescaled so that they match the diameter the model was
             trained at, and the labels come back at the input's shape (see
             :mod:`~napari_tiled_unet.objectsize`). None: no rescaling.
-        **predict_kwargs: passed to ``predict_iter`` (device, precision, window, mode, ...).
+        tiles, runtime, tta, stats, control: as in
+            :func:`~napari_tiled_unet.inference.predict_iter`.
+        **options: keyword shorthands of ``tiles`` and ``runtime`` (``window=256``,
+            ``device="cpu"``, ...).
     """
+    tiles, runtime = settings_from(tiles, runtime, **options)
+    bundle = as_bundle(model)
+    params = postprocess_params(bundle, postprocess)  # checked before the network runs
+    passes = _Passes(tiles, runtime.resolve(), tta, stats, control)
+    if diameter is not None:
+        return (yield from _segment_at_diameter(bundle, image, diameter, postprocess, passes,
+                                                probabilities_out is not None or labels_out is not None,
+                                                axes, channel))
+    return (yield from _segment_once(bundle, image, params, passes, axes, channel, probabilities_out,
+                                     labels_out))
+
+
+def _segment_once(bundle: ModelBundle, image: Any, params: PostprocessParams, passes: _Passes,
+                  axes: str | None, channel: int | str | None, probabilities_out: Any = None,
+                  labels_out: Any = None) -> Generator[Progress | WarningEvent, None, Segmentation]:
     from .imageview import ambiguity_warning, prepare
     from .io import ChunkWatch
 
-    bundle = _as_bundle(model)
-    params = postprocess_params(bundle, postprocess)  # checked before the network runs
-    if diameter is not None:
-        return (yield from _segment_at_diameter(bundle, image, diameter, postprocess, probabilities_out,
-                                                labels_out, axes, channel, predict_kwargs))
     start = time.perf_counter()
     watch = ChunkWatch.of(image)
     if watch is not None and watch.absent_message():
@@ -167,7 +214,7 @@ def segment_iter(
     message = ambiguity_warning(view, tuple(image.shape))
     if message:
         yield WarningEvent(message)
-    probs = yield from predict_iter(bundle, seen, axes=seen_axes, out=probabilities_out, **predict_kwargs)
+    probs = yield from passes.predict(bundle, seen, seen_axes, out=probabilities_out)
     if watch is not None:
         watch.check()  # every pixel has been read: a chunk gone since the start means a wrong result
     yield Progress(0, 1, 0.0, "postprocess")
@@ -177,8 +224,7 @@ def segment_iter(
 
 
 def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str, postprocess: Any,
-                         probabilities_out: Any, labels_out: Any, axes: str | None,
-                         channel: int | str | None, predict_kwargs: dict[str, Any],
+                         passes: _Passes, to_zarr: bool, axes: str | None, channel: int | str | None,
                          ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """:func:`segment_iter` with the image rescaled to the model's object diameter.
 
@@ -187,27 +233,27 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
     made at within 15 % (a model that splits large nuclei underestimates them at first).
     """
     from . import objectsize
+    from .errors import ImageError
     from .imageview import ambiguity_warning, prepare
 
     start = time.perf_counter()
     diameter = objectsize.check_diameter(diameter)
     trained = objectsize.model_diameter(bundle)
-    if probabilities_out is not None or labels_out is not None:
-        raise objectsize.ImageError("With an object diameter the results stay in memory; leave out the zarr "
-                                    "outputs or the diameter.")
+    if to_zarr:
+        raise ImageError("With an object diameter the results stay in memory; leave out the zarr "
+                         "outputs or the diameter.")
     seen, axes, view = prepare(objectsize.in_memory(image), bundle.n_channels, axes=axes, channel=channel)
     message = ambiguity_warning(view, tuple(image.shape))
     if message:
         yield WarningEvent(message)
     arr = np.asarray(seen[...]) if not isinstance(seen, np.ndarray) else seen  # the chosen channel(s)
     axes = axes.upper().replace("T", "Z")
-    predict_kwargs = {**predict_kwargs, "axes": axes}
     if diameter != "auto":
-        result = yield from _rescaled_pass(bundle, arr, axes, trained / float(diameter), postprocess,
-                                           predict_kwargs)
+        result = yield from _rescaled_pass(bundle, arr, axes, trained / float(diameter), postprocess, passes)
         result.diameter = float(diameter)
     else:
-        result = yield from segment_iter(bundle, arr, postprocess=postprocess, **predict_kwargs)
+        result = yield from _segment_once(bundle, arr, postprocess_params(bundle, postprocess), passes, axes,
+                                          None)
         current = trained  # the first pass takes the objects to be of the model's size
         for _ in range(objectsize.AUTO_PASSES - 1):
             estimated = objectsize.estimate_diameter(result.labels)
@@ -218,34 +264,36 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
             if abs(estimated / current - 1) < 0.15:
                 break
             current = estimated
-            result = yield from _rescaled_pass(bundle, arr, axes, trained / current, postprocess,
-                                               predict_kwargs)
+            result = yield from _rescaled_pass(bundle, arr, axes, trained / current, postprocess, passes)
         result.diameter = result.estimated_diameter = float(current)
     result.seconds = time.perf_counter() - start
     return result
 
 
 def _rescaled_pass(bundle: ModelBundle, arr: np.ndarray, axes: str, factor: float, postprocess: Any,
-                   predict_kwargs: dict[str, Any]) -> Generator[Progress | WarningEvent, None, Segmentation]:
+                   passes: _Passes) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """Segment ``arr`` resized by ``factor``; probabilities and labels at ``arr``'s size."""
+    from dataclasses import replace
+
     from . import objectsize
 
     y, x = objectsize.spatial_axes(axes)
     shape_yx = (arr.shape[y], arr.shape[x])
     small = objectsize.resize(arr, axes, objectsize.scaled_shape(shape_yx, factor))
-    probs = yield from predict_iter(bundle, small, **predict_kwargs)
+    probs = yield from passes.predict(bundle, small, axes)
     del small
     # probabilities are (C, Y, X) or (Z, C, Y, X): back to the input's grid
     probs = objectsize.resize(np.asarray(probs), "CYX" if probs.ndim == 3 else "ZCYX", shape_yx)
     params = postprocess_params(bundle, postprocess)
-    if "min_size" in bundle.postprocess and not (postprocess or {}).get("min_size"):
+    overrides = postprocess.as_dict() if hasattr(postprocess, "as_dict") else (postprocess or {})
+    if "min_size" in bundle.postprocess and not overrides.get("min_size"):
         # the model's default is in pixels of its own scale; the labels are in the input's
-        params["min_size"] = max(1, round(bundle.postprocess["min_size"] / factor**2))
+        params = replace(params, min_size=max(1, round(bundle.postprocess["min_size"] / factor**2)))
     yield Progress(0, 1, 0.0, "postprocess")
     labels = yield from labels_from_iter(probs, bundle.task, params)
     return Segmentation(labels, probs, bundle.task, bundle.class_names, params)
 
 
 def segment(model: ModelBundle | str, image: Any, on_event=None, **kwargs: Any) -> Segmentation:
-    """Synchronous twin of :func:`segment_iter`."""
+    """Synchronous twin of :func:`segment_iter` (same arguments)."""
     return run_to_end(segment_iter(model, image, **kwargs), on_event)

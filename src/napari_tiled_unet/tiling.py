@@ -10,6 +10,12 @@ Pure numpy, no torch. Two modes:
 * **blend**: overlapping windows (still aligned) whose outputs are averaged with gaussian or
   cosine weights accumulated in float32.
 
+:class:`TileSettings` is the one value that carries a front end's tiling choices (mode,
+window, batch, blend, a chunk-aligned or ready plan) down to the engine; it makes the plan.
+The two modes write their windows through two output sinks with one interface
+(:class:`ExactSink`, :class:`BlendSink`, chosen by :func:`sink_for`): the engine only
+calls ``put`` per window and ``close`` at the end of a plane.
+
 Coordinates refer to the image padded at its far end to a multiple of ``2**depth``, exactly
 as :class:`~napari_tiled_unet.model.unet.UNet` pads a whole image.
 """
@@ -17,10 +23,14 @@ as :class:`~napari_tiled_unet.model.unet.UNet` pads a whole image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
+from typing import Any, Protocol
 
 import numpy as np
+
+from . import settings
+from .errors import SettingsError
 
 #: bytes of activations per pixel and per base channel at float32 (a conservative estimate of
 #: the peak of an inference pass of the UNet; the concatenations of the last level dominate)
@@ -275,3 +285,162 @@ def blend_weights(shape: tuple[int, int], kind: str = "gaussian") -> np.ndarray:
     w = np.outer(axis(shape[0]), axis(shape[1]))
     w /= w.max()
     return np.maximum(w, 1e-4).astype(np.float32)
+
+
+def chunk_plan(shape: tuple[int, int], depth: int, chunk: int, halo: int | None = None) -> TilePlan:
+    """An exact-mode plan whose windows each keep one ``chunk`` x ``chunk`` output block.
+
+    ``chunk`` must be a multiple of ``2**depth``. Windows extend a halo (rounded to the
+    alignment) beyond their block and are pulled inside the (padded) image at the borders.
+    Tasks of the cluster path then write disjoint chunks of the output store.
+    """
+    m = 2**depth
+    if chunk % m:
+        raise ValueError(f"The chunk size {chunk} must be a multiple of {m}.")
+    halo = exact_halo(depth) if halo is None else halo
+    h, w = shape
+    hp, wp = _ceil_to(h, m), _ceil_to(w, m)
+    ext = _ceil_to(halo, m)
+    win = (min(chunk + 2 * ext, hp), min(chunk + 2 * ext, wp))
+
+    def axis(length: int, size: int) -> list[tuple[int, int, int, int]]:
+        out = []
+        for k0 in range(0, length, chunk):
+            k1 = min(k0 + chunk, length)
+            s = min(max(k0 - ext, 0), length - size)
+            out.append((s, s + size, k0, k1))
+        return out
+
+    ys, xs = axis(hp, win[0]), axis(wp, win[1])
+    windows = tuple(Window(y[0], y[1], x[0], x[1], y[2], y[3], x[2], x[3]) for y in ys for x in xs)
+    return TilePlan((h, w), (hp, wp), win, halo, "exact", windows)
+
+
+#: output chunk side of chunk-aligned plans when no window size is asked for
+DEFAULT_CHUNK = 1024
+
+BLENDS = ("gaussian", "cosine")
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """A front end's tiling choices, passed down whole to the engine.
+
+    Attributes:
+        mode: ``"exact"`` (the result equals the whole-image pass) or ``"blend"``.
+        window: window size in pixels (int or (h, w)); None: chosen from the memory budget.
+        overlap: blend mode: fraction of a window shared with its neighbour.
+        blend: blend mode weights, ``"gaussian"`` or ``"cosine"``.
+        batch_size: windows per forward pass; None: chosen from the memory budget.
+        halo: override the derived halo (exact mode; tests and experiments).
+        chunk: exact mode: a chunk-aligned plan (:func:`chunk_plan`) whose windows each keep
+            one ``chunk`` x ``chunk`` block (the zarr and cluster paths).
+        plan: a ready :class:`TilePlan` (overrides everything above but ``batch_size``).
+
+    The values are checked when the settings are made (one sentence per bad value).
+    """
+
+    mode: str = "exact"
+    window: int | tuple[int, int] | None = None
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    batch_size: int | None = None
+    halo: int | None = None
+    chunk: int | None = None
+    plan: TilePlan | None = None
+
+    def __post_init__(self) -> None:
+        settings.prediction(self.batch_size, self.window, self.overlap)
+        if self.mode not in ("exact", "blend"):
+            raise SettingsError(f"Unknown tiling mode {self.mode!r}: use 'exact' or 'blend'.")
+        if self.blend not in BLENDS:
+            raise SettingsError(f"Unknown blend weighting {self.blend!r}: use 'gaussian' or 'cosine'.")
+        if self.chunk is not None:
+            settings.integer("The chunk size", self.chunk, 1)
+            if self.mode != "exact":
+                raise SettingsError("Chunk-aligned tiling (zarr outputs, the dask cluster) keeps exact "
+                                    "windows; use the exact mode there.")
+
+    def aligned_to_chunks(self, depth: int, halo: int | None = None) -> TileSettings:
+        """These settings with a chunk-aligned plan, for exact mode (blend mode is returned as
+        it is): the chunk is the largest multiple of ``2**depth`` whose windows (chunk plus
+        a halo on each side) fit the asked window, else :data:`DEFAULT_CHUNK`."""
+        if self.mode != "exact" or self.plan is not None or self.chunk is not None:
+            return self
+        if self.window is None:
+            return replace(self, chunk=DEFAULT_CHUNK)
+        m = 2**depth
+        ext = _ceil_to(exact_halo(depth) if halo is None else halo, m)
+        side = min(self.window) if isinstance(self.window, (tuple, list)) else int(self.window)
+        return replace(self, chunk=max(_floor_to(side - 2 * ext, m), m))
+
+    def make_plan(self, shape: tuple[int, int], depth: int, *, max_pixels: int = 1024 * 1024,
+                  bilinear: bool = False) -> TilePlan:
+        """The windows for a plane of ``shape`` and a U-Net of ``depth``."""
+        if self.plan is not None:
+            if self.plan.shape != tuple(shape):
+                raise ValueError(f"The tile plan is for shape {self.plan.shape}, not {tuple(shape)}.")
+            return self.plan
+        if self.chunk is not None:
+            return chunk_plan(shape, depth, self.chunk, self.halo)
+        return plan_tiles(shape, depth, mode=self.mode, window=self.window, halo=self.halo,
+                          overlap=self.overlap, max_pixels=max_pixels, bilinear=bilinear)
+
+    def smaller(self, window: tuple[int, int]) -> TileSettings:
+        """These settings with ``window`` and no ready or chunk-aligned plan (out-of-memory back-off)."""
+        return replace(self, window=window, plan=None, chunk=None)
+
+
+# -- output sinks: where the windows' probabilities go ------------------------------------
+
+
+class Sink(Protocol):
+    """Receives each window's probabilities (C, wy, wx) and writes the plane's output."""
+
+    def put(self, window: Window, probs: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ExactSink:
+    """Exact mode: each window's kept centre is written to ``target`` as it comes."""
+
+    def __init__(self, plan: TilePlan, target: Any) -> None:
+        self.target = target
+        self.height, self.width = plan.shape
+
+    def put(self, w: Window, probs: np.ndarray) -> None:
+        ky1, kx1 = min(w.ky1, self.height), min(w.kx1, self.width)
+        if ky1 > w.ky0 and kx1 > w.kx0:
+            self.target[:, w.ky0 : ky1, w.kx0 : kx1] = probs[:, w.ky0 - w.y0 : ky1 - w.y0,
+                                                             w.kx0 - w.x0 : kx1 - w.x0]
+
+    def close(self) -> None:
+        """Nothing is held back."""
+
+
+class BlendSink:
+    """Blend mode: windows are accumulated with weights in float32 and written, normalized,
+    when the plane is done."""
+
+    def __init__(self, plan: TilePlan, target: Any, n_classes: int, kind: str = "gaussian") -> None:
+        self.target = target
+        self.height, self.width = plan.shape
+        self.weights = blend_weights(plan.window, kind)
+        self.acc = np.zeros((n_classes, *plan.padded_shape), dtype=np.float32)
+        self.norm = np.zeros(plan.padded_shape, dtype=np.float32)
+
+    def put(self, w: Window, probs: np.ndarray) -> None:
+        self.acc[:, w.y0 : w.y1, w.x0 : w.x1] += probs * self.weights
+        self.norm[w.y0 : w.y1, w.x0 : w.x1] += self.weights
+
+    def close(self) -> None:
+        self.acc /= self.norm
+        self.target[:, : self.height, : self.width] = self.acc[:, : self.height, : self.width]
+
+
+def sink_for(plan: TilePlan, target: Any, n_classes: int, blend: str = "gaussian") -> Sink:
+    """The sink of ``plan``'s mode, writing into ``target`` ((C, Y, X) array-like)."""
+    if plan.mode == "blend":
+        return BlendSink(plan, target, n_classes, blend)
+    return ExactSink(plan, target)

@@ -485,10 +485,10 @@ def test_rgb_and_channel_first_images_run_with_the_users_channel_choice(widget, 
 
 
 def test_the_advanced_panel_shows_the_models_own_defaults_from_the_start(make_napari_viewer):
-    from napari_tiled_unet.model import zoo
+    from napari_tiled_unet.model import load_model
 
     w = SegmentWidget(make_napari_viewer())
-    post = zoo.load().postprocess
+    post = load_model().postprocess
     assert w.fg_spin.value() == pytest.approx(post["foreground_threshold"])
     assert w.seed_spin.value() == pytest.approx(post["seed_threshold"])
     assert w.min_size_spin.value() == post["min_size"]

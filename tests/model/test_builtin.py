@@ -8,7 +8,7 @@ import tifffile
 
 from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
 from napari_tiled_unet.metrics import Matching, match_instances
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model import load_model, zoo
 from napari_tiled_unet.segmentation import segment
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +18,7 @@ VAL_IDS = REPO / "benchmarks" / "data" / "dsb2018_val_ids.txt"
 @pytest.fixture(scope="module")
 def builtin():
     assert zoo.DEFAULT is not None, "no built-in model is registered"
-    return zoo.load()
+    return load_model()
 
 
 def test_loads_by_name_with_complete_metadata(builtin):

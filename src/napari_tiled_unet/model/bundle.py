@@ -7,14 +7,13 @@ which refuses any pickle that would construct objects other than tensors and con
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
 import os
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ class ModelBundle:
     model: UNet
     metadata: dict[str, Any]
     path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -95,10 +93,6 @@ class ModelBundle:
     def save(self, path: str | os.PathLike) -> Path:
         """Write this bundle to ``path`` atomically (see :func:`save_bundle`)."""
         return save_bundle(self.model, path, self.metadata)
-
-    def copy(self) -> ModelBundle:
-        """A deep copy whose weights can be trained without touching this one."""
-        return ModelBundle(copy.deepcopy(self.model), copy.deepcopy(self.metadata), self.path)
 
 
 def make_metadata(
@@ -238,12 +232,14 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     check_tensors(skeleton, listed, path.name)
     model = build_model(meta.get("architecture"))
     state = load_file(str(path))
-    _load_state(model, state, path.name)
+    load_state(model, state, path.name)
     model.eval()
     return ModelBundle(model, meta, path)
 
 
-def _load_state(model: UNet, state: dict[str, torch.Tensor], name: str) -> None:
+def load_state(model: UNet, state: dict[str, torch.Tensor], name: str) -> None:
+    """Load ``state`` into ``model`` after checking its tensors and that they are finite;
+    ``name`` (the file) goes into the sentence of an error."""
     from .schema import check_tensors
 
     check_tensors(model, {k: (tuple(v.shape), v.is_floating_point(), str(v.dtype)) for k, v in state.items()},
@@ -313,7 +309,7 @@ def import_pytorch_unet(path: str | os.PathLike, task: str | None = None) -> Mod
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     config = infer_pytorch_unet_config(tensors)
     model = UNet(**config)
-    _load_state(model, tensors, path.name)
+    load_state(model, tensors, path.name)
     model.eval()
     n = config["n_classes"]
     if n == 1:
@@ -339,15 +335,20 @@ def import_pytorch_unet(path: str | os.PathLike, task: str | None = None) -> Mod
     return ModelBundle(model, meta, path)
 
 
-def load_model(source: str | os.PathLike | ModelBundle) -> ModelBundle:
-    """Load a model by built-in name, ``.safetensors`` bundle path, PyTorch-UNet ``.pth`` or
-    bioimage.io package (``.zip``, its folder or its ``rdf.yaml``)."""
+def load_model(source: str | os.PathLike | ModelBundle | None = None) -> ModelBundle:
+    """Load a model: the one place that turns a name or a file into a :class:`ModelBundle`.
+
+    ``source`` is a built-in name (:mod:`~napari_tiled_unet.model.zoo`; None: the default
+    built-in model), a ``.safetensors`` bundle path, a PyTorch-UNet ``.pth`` or a bioimage.io
+    package (``.zip``, its folder or its ``rdf.yaml``)."""
     if isinstance(source, ModelBundle):
         return source
     from . import zoo
 
+    if source is None:
+        return load_bundle(zoo.path(zoo.DEFAULT))
     if isinstance(source, str) and source in zoo.available():
-        return zoo.load(source)
+        return load_bundle(zoo.path(source))
     path = Path(source)
     if path.suffix.lower() in (".pth", ".pt"):
         return import_pytorch_unet(path)
@@ -359,3 +360,12 @@ def load_model(source: str | os.PathLike | ModelBundle) -> ModelBundle:
         names = ", ".join(zoo.available()) or "none installed"
         raise BundleError(f"No model file at {path} and no built-in model of that name (built-in: {names}).")
     return load_bundle(path)
+
+
+def as_bundle(model: ModelBundle | torch.nn.Module | str | os.PathLike | None) -> ModelBundle:
+    """:func:`load_model`, and a bare network wrapped with default metadata (percentile
+    normalization, softmax; instances for 3 classes, else semantic)."""
+    if isinstance(model, torch.nn.Module):
+        n = getattr(model, "n_classes", 3)
+        return ModelBundle(model, make_metadata(model, task="instances" if n == 3 else "semantic"))
+    return load_model(model)
