@@ -496,3 +496,61 @@ def test_the_api_reads_axes_as_the_cli_does(model_file):
         segment(model_file, rgb[..., :2], device="cpu")
     cyx = np.stack([np.zeros_like(gray), gray])
     assert np.array_equal(segment(model_file, cyx, axes="CYX", channel=1, device="cpu").labels, expected)
+
+
+def _zarr_image(path, img, chunks=(128, 128)):
+    import zarr
+
+    z = zarr.open_array(str(path), mode="w", shape=img.shape, chunks=chunks, dtype=img.dtype)
+    z[:] = img
+    return path
+
+
+def test_tile_size_and_blend_mode_reach_the_engine_for_2d_zarr_inputs(tmp_path, model_file, caplog):
+    """--tile-size and --mode used to be dropped for 2D zarr images (a fixed chunk-aligned plan)."""
+    import logging
+
+    import zarr
+
+    src = _zarr_image(tmp_path / "img.zarr", nuclei_image()[:300, :300])
+    base = ["segment", str(src), "-m", str(model_file), "--probabilities", "--device", "cpu",
+            "--precision", "fp32", "--batch-size", "1"]
+    probs = {}
+    for mode in ("exact", "blend"):
+        out = tmp_path / mode
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="napari_tiled_unet.inference"):
+            assert main([*base, "-o", str(out), "--tile-size", "128", "--mode", mode]) == 0
+        windows = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tiles:")]
+        assert len(windows) == 1 and f"{mode} mode" in windows[0], windows
+        side = int(windows[0].split(" of ")[1].split("x")[0])
+        assert side <= 128, windows  # the asked size, not the 1024-px chunk plan's windows
+        probs[mode] = zarr.open_array(str(out / "img_prob_interior.zarr"), mode="r")[:]
+    # blending averages overlapping windows: its probabilities differ from the exact ones
+    assert np.abs(probs["blend"] - probs["exact"]).max() > 1e-3
+    # exact windows of any size give the whole-image pass
+    from napari_tiled_unet.inference import predict
+    from napari_tiled_unet.model import load_model
+
+    whole = predict(load_model(model_file), nuclei_image()[:300, :300], device="cpu", window=320)
+    assert np.abs(probs["exact"] - whole[1]).max() < 1e-4
+
+
+def test_blend_mode_on_a_dask_cluster_is_one_sentence_before_any_work(tmp_path, model_file, capsys):
+    src = _zarr_image(tmp_path / "img.zarr", nuclei_image()[:200, :200])
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "-o", str(out), "-m", str(model_file), "--workers", "1",
+                 "--mode", "blend"]) == 1
+    assert "exact tiles only" in _one_sentence(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_unknown_engine_options_are_refused_not_dropped():
+    from napari_tiled_unet.inference import predict
+    from napari_tiled_unet.tiling import TileSettings
+
+    img = nuclei_image()[:64, :64]
+    with pytest.raises(TypeError, match="tile_size"):
+        predict("nuclei-dsb2018", img, tile_size=32)
+    with pytest.raises(TypeError, match="inside tiles="):
+        predict("nuclei-dsb2018", img, tiles=TileSettings(), window=32)
