@@ -255,3 +255,20 @@ def test_blockwise_reports_progress_block_by_block_and_stops_when_closed(tmp_pat
     assert "n_objects" not in zarr.open_array(str(tmp_path / "cancelled.zarr"), mode="r").attrs
     assert not list(tmp_path.glob(".postprocess-*"))
     assert not [t.name for t in threading.enumerate() if t.name.startswith("postprocess")]
+
+
+def test_object_count_of_blockwise_labels_is_read_from_the_store_not_computed(tmp_path):
+    """Segmentation.n_objects (the widget's status line) reads the stored count: no dask pass."""
+    import shutil
+
+    from napari_tiled_unet.segmentation import Segmentation
+
+    gt = discs((96, 96), [(20, 20), (60, 70)], 10)
+    out = instances_blockwise(probs_from_labels(gt), tmp_path / "labels.zarr", block_size=48, overlap=32)
+    result = Segmentation(out, None, "instances", ["background", "interior", "boundary"])
+    expected = int(np.asarray(out[:]).max())
+    assert expected == 2
+    for chunk in (tmp_path / "labels.zarr").rglob("c"):  # every pixel gone: counting would read zeros
+        shutil.rmtree(chunk)
+    assert int(np.asarray(out[:]).max()) == 0
+    assert result.n_objects == expected

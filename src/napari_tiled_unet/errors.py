@@ -5,8 +5,8 @@ Every front end turns an :class:`InputError` into that sentence: the CLI prints
 ``error: <message>`` and exits 1, the widgets show it as a napari notification, the API
 raises it. Anything else is a bug and keeps its traceback.
 
-The older names stay importable where they were defined (``normalization.ImageError``,
-``io.ReadError``, ``model.bundle.BundleError``): they are these classes.
+Import them from here; ``io.ReadError`` and ``model.bundle.BundleError`` stay importable
+there too (the same classes).
 """
 
 from __future__ import annotations
