@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from napari_tiled_unet.model import zoo
+from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.training.mixture import load_mixture, read_list_file, weighted_median
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     ckpt = torch.load(str(args.ckpt), map_location="cpu", weights_only=True)
     state = ckpt["best_state"] if args.which == "best" and ckpt.get("best_state") else ckpt["model"]
-    bundle = zoo.load("nuclei-dsb2018")
+    bundle = load_model("nuclei-dsb2018")
     bundle.model.load_state_dict(state)
     diameter = args.diameter
     if diameter is None:

@@ -763,7 +763,8 @@ def _add_train(sub) -> None:
                      help="validations without improvement before stopping early (0: never)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    opt.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    opt.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="fp32 (default), bf16, fp16, or auto (the rule segment uses)")
     opt.add_argument("--checkpoint", default=None,
                      help="checkpoint file; an existing matching checkpoint is resumed")
     opt.add_argument("--checkpoint-minutes", type=float, default=5.0,

@@ -82,7 +82,7 @@ class TrainConfig:
         val_every: steps between validations (default: one epoch).
         seed: seed of the patch sampling, augmentation and split.
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
-        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with a gradient
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast; fp16 with a gradient
             scaler); falls back to fp32 with a warning where the device cannot.
         checkpointing: gradient checkpointing (less memory, about 30 % more compute).
         early_stopping_patience: validations without improvement before stopping (None: never).
@@ -136,8 +136,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.annotation not in ANNOTATIONS:
             raise ValueError(f"Unknown annotation {self.annotation!r}: use 'instances' or 'scribbles'.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {self.precision!r}: use fp32, bf16 or fp16.")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}: use auto, fp32, bf16 or fp16.")
         if isinstance(self.lr_schedule, str) and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}: use "
                              f"{' or '.join(LR_SCHEDULES)}.")

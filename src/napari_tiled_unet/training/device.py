@@ -1,35 +1,24 @@
 """Where training runs: its device and its precision. THE one place training decides them.
 
 Everything in :mod:`napari_tiled_unet.training` that needs a device, an autocast context or
-the precision actually used goes through :func:`resolve` and :func:`autocast`. When the
-shared ``napari_tiled_unet.runtime.Runtime`` (device, precision, memory layout; issue 14)
-lands, this module is the only one to switch over to it.
-
-The rules are the inference engine's: ``"auto"`` picks cuda, then mps, then cpu
-(:func:`napari_tiled_unet.inference.resolve_device`); precisions are the engine's
-``PRECISIONS``. A precision the device cannot run falls back to fp32 with a sentence that
-says so.
+the precision actually used goes through :func:`resolve` and :func:`autocast`, which take
+their rules from :mod:`napari_tiled_unet.runtime` (the policy inference uses too): device
+``"auto"`` picks cuda, then mps, then cpu; precision ``"auto"`` is bf16 on a CPU that computes
+it in hardware and on CUDA (fp16 where CUDA lacks bf16), fp32 otherwise. A precision the
+device cannot run falls back to fp32 with a sentence that says so.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any
 
 import torch
 
-from ..inference import PRECISIONS, resolve_device
+from ..runtime import PRECISIONS, autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PRECISIONS", "autocast", "autocast_works", "resolve", "resolve_device"]
-
-
-def autocast(device: torch.device, precision: str) -> Any:
-    """The autocast context of ``precision`` on ``device`` (none for fp32)."""
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
@@ -46,6 +35,7 @@ def autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
 
 def resolve(device: torch.device, precision: str) -> tuple[str, str | None]:
     """The precision training will use on ``device`` -> (precision, warning or None)."""
+    precision = resolve_precision(precision, device)
     dtype = PRECISIONS[precision]
     if dtype is not None and not autocast_works(device, dtype):
         return "fp32", f"{precision} is not supported on {device.type}; training in fp32."
