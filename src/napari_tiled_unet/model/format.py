@@ -172,17 +172,9 @@ def save_bundle(model: UNet, path: str | os.PathLike, metadata: dict[str, Any]) 
     meta = dict(metadata)
     meta["architecture"] = {"name": type(model).__name__, "args": model.config}
     header = {METADATA_KEY: json.dumps(meta, sort_keys=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from ..io import publish, temp_beside
+    from ..io import write_atomically
 
-    tmp = temp_beside(path)
-    try:
-        save_file(state, tmp, metadata=header)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: save_file(state, tmp, metadata=header))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
