@@ -10,8 +10,9 @@ Instances (3 classes: background, interior, boundary), for probabilities ``p`` (
 3. seeds grow by watershed inside the foreground over the elevation p[2] - p[1], so touching
    objects meet where the boundary is most probable; foreground components that hold no seed
    become objects of their own;
-4. holes (background enclosed by a single object) take that object's id; objects smaller than
-   ``min_size`` pixels are dropped; ids are numbered 1..N.
+4. holes (background enclosed by a single object) take that object's id, and so does whatever
+   lies inside an object (fragments at bright spots: :mod:`napari_tiled_unet.enclosed`);
+   objects smaller than ``min_size`` pixels are dropped; ids are numbered 1..N.
 
 Why the blockwise result equals the in-memory one
 -------------------------------------------------
@@ -54,6 +55,7 @@ from .blockwise import ProgressCounter
 from .blockwise import blocks as _blocks
 from .blockwise import compute_iter as _compute_iter
 from .blockwise import shared as _shared
+from .enclosed import absorb_enclosed
 from .events import Progress, WarningEvent, run_to_end
 from .io import scratch_prefix, store_path
 
@@ -256,7 +258,8 @@ def instances_from_probabilities(
     min_size : int
         Objects smaller than this many pixels (after hole filling) are removed.
     fill_holes : bool
-        Give background regions enclosed by a single object to that object.
+        Give background regions enclosed by a single object to that object, and merge
+        whatever lies inside an object (other objects too) into it.
 
     Returns
     -------
@@ -271,7 +274,7 @@ def instances_from_probabilities(
     shape = prob.shape[1:]
     labels = _objects(_levels(prob[1], prob[2]), markers, components, n_seeds, (0, 0), shape)
     if fill_holes:
-        labels = _fill_holes(labels)
+        labels = absorb_enclosed(_fill_holes(labels))
     sizes = np.bincount(labels.ravel(), minlength=n_seeds + n_components + 1)
     return _numbering(sizes, min_size)[labels]
 
@@ -479,7 +482,7 @@ def _instances_block(levels, seeds, components, target, core, overlap, fill_hole
     inner = _grow(core, overlap, shape)
     labels = labels[tuple(slice(i.start - w.start, i.stop - w.start) for i, w in zip(inner, window))]
     if fill_holes:
-        labels = _fill_holes(labels)
+        labels = absorb_enclosed(_fill_holes(labels))
     block = labels[tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(core, inner))]
     target[core] = block.astype(np.int32)
     edges = [edge for edge, inside in (
