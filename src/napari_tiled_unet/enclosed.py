@@ -16,16 +16,20 @@ that only several objects together surround is left alone.
 
 Speed
 -----
-Only an object with a hole can enclose anything, and only few objects have one (after the
-background holes of single objects are filled, only those around fragments). They are
-found without a loop over objects, by Euler numbers: for 8-connected objects, Euler number
-= pieces - holes = V - E + F - D per object (the 4-connected count V - E + F less the
-diagonal bit-quads, after Gray, IEEE Trans. Comput. C-20, 1971), with V its pixels, E its
-4-adjacent pixel pairs, F its 2x2 squares and D the 2x2 windows in which it holds exactly one
-diagonal pair. These are a few comparisons and two ``np.bincount`` calls over the image. An
-object in one piece has a hole exactly when its Euler number is below 1; every object whose
-number is not 1 is looked at, in its bounding box only, where one ``scipy.ndimage.label`` of
-its padded complement finds its holes.
+No Python loop runs over objects. Only an object with a hole can enclose anything, and they
+are found by Euler numbers: for 8-connected objects, Euler number = pieces - holes
+= V - E + F - D per object (the 4-connected count V - E + F less the diagonal bit-quads,
+after Gray, IEEE Trans. Comput. C-20, 1971), with V its pixels, E its 4-adjacent pixel pairs,
+F its 2x2 squares and D the 2x2 windows in which it holds exactly one diagonal pair: a few
+comparisons over the image and two ``np.bincount`` calls. An object in one piece has a hole
+exactly when its number is below 1; every object whose number is not 1 is flagged. Then one
+``scipy.ndimage.label`` of the pixels outside the flagged objects gives the regions they cut
+off from the image's edge; a region that touches one flagged object only lies in a hole of
+it (its neighbours are all that object) and takes its id. A region that touches several is
+either shared (left alone) or lies in a hole of an outer object that holds another flagged
+object inside: after the round, numbers are counted again (the inner object has lost its
+hole) and the next round takes it. So there is one round per level of nesting, usually one:
+the cost does not grow with the number of objects, with holes or without.
 
 Blockwise
 ---------
@@ -67,11 +71,38 @@ def euler_numbers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return pixels, euler
 
 
-def holes(mask: np.ndarray) -> np.ndarray:
-    """The pixels ``ndi.binary_fill_holes(mask)`` adds: those outside ``mask`` that no
-    4-connected path outside ``mask`` links to the array's edge (one labelling pass)."""
-    components, _ = ndi.label(np.pad(~mask, 1, constant_values=True))
-    return (components[1:-1, 1:-1] != components[0, 0]) & ~mask
+def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> tuple[bool, bool]:
+    """One round: every region that the objects flagged in ``barrier_ids`` cut off from the
+    array's edge, and that touches only one of them, takes that object's id (in place).
+
+    Regions are the 4-connected components of the pixels outside those objects (background
+    and other objects alike). Returns (whether some region was filled, whether some cut-off
+    region touches several flagged objects and was left).
+    """
+    barrier = barrier_ids[labels]
+    padded, n = ndi.label(np.pad(~barrier, 1, constant_values=True))
+    regions = padded[1:-1, 1:-1]
+    ys, xs = np.nonzero(regions > 0)
+    cut_off = regions[ys, xs] != padded[0, 0]
+    ys, xs = ys[cut_off], xs[cut_off]  # never on the array's edge: their neighbours exist
+    if not ys.size:
+        return False, False
+    found, owners = [], []
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        on = barrier[ys + dy, xs + dx]
+        found.append(regions[ys[on], xs[on]])
+        owners.append(labels[ys[on] + dy, xs[on] + dx])
+    span = int(barrier_ids.size)
+    keys = np.unique(np.concatenate(found).astype(np.int64) * span + np.concatenate(owners))
+    region, owner = keys // span, keys % span
+    touching = np.bincount(region, minlength=n + 1)
+    single = touching[region] == 1
+    fill = np.zeros(n + 1, labels.dtype)
+    fill[region[single]] = owner[single]
+    new = fill[regions[ys, xs]]
+    filled = new > 0
+    labels[ys[filled], xs[filled]] = new[filled]
+    return bool(filled.any()), bool((touching > 1).any())
 
 
 def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
@@ -103,19 +134,15 @@ def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
         if ids[0] != 0:
             local = local + 1
             ids = np.concatenate([[0], ids])
-    pixels, euler = euler_numbers(local, top)
-    candidates = np.flatnonzero((pixels > 0) & (euler != 1))
-    candidates = candidates[candidates > 0]
-    if not candidates.size:
-        return labels
-    lookup = np.zeros(top + 1, np.int32)
-    lookup[candidates] = np.arange(1, len(candidates) + 1, dtype=np.int32)
-    boxes = ndi.find_objects(lookup[local], max_label=len(candidates))
-    for ident, box in zip(candidates.tolist(), boxes):
-        window = local[box]
-        inside = holes(window == ident)
-        if inside.any():
-            window[inside] = ident
+    while True:  # one round per level of nesting (objects inside objects inside objects)
+        pixels, euler = euler_numbers(local, top)
+        with_hole = (pixels > 0) & (euler != 1)
+        with_hole[0] = False
+        if not with_hole.any():
+            break
+        filled, left = _fill_from(local, with_hole)
+        if not (filled and left):
+            break
     if ids is not None:
         labels[...] = ids[local]
     return labels
