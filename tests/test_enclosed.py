@@ -103,10 +103,10 @@ def test_euler_numbers_match_scikit_image():
     rng = np.random.default_rng(1)
     for _ in range(100):
         lab = rng.integers(0, 4, size=tuple(rng.integers(1, 14, size=2)))
-        pixels, euler = euler_numbers(lab, 3)
+        present, euler = euler_numbers(lab, 3)
         for k in (1, 2, 3):
             mask = np.pad(lab == k, 1)
-            assert pixels[k] == mask.sum()
+            assert present[k] == mask.any()
             assert euler[k] == (euler_number(mask, connectivity=2) if mask.any() else 0)
 
 

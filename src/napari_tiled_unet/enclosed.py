@@ -17,19 +17,20 @@ that only several objects together surround is left alone.
 Speed
 -----
 No Python loop runs over objects. Only an object with a hole can enclose anything, and they
-are found by Euler numbers: for 8-connected objects, Euler number = pieces - holes
-= V - E + F - D per object (the 4-connected count V - E + F less the diagonal bit-quads,
-after Gray, IEEE Trans. Comput. C-20, 1971), with V its pixels, E its 4-adjacent pixel pairs,
-F its 2x2 squares and D the 2x2 windows in which it holds exactly one diagonal pair: a few
-comparisons over the image and two ``np.bincount`` calls. An object in one piece has a hole
-exactly when its number is below 1; every object whose number is not 1 is flagged. Then one
-``scipy.ndimage.label`` of the pixels outside the flagged objects gives the regions they cut
-off from the image's edge; a region that touches one flagged object only lies in a hole of
-it (its neighbours are all that object) and takes its id. A region that touches several is
-either shared (left alone) or lies in a hole of an outer object that holds another flagged
-object inside: after the round, numbers are counted again (the inner object has lost its
-hole) and the next round takes it. So there is one round per level of nesting, usually one:
-the cost does not grow with the number of objects, with holes or without.
+are found by Euler numbers: for 8-connected objects, Euler number
+(pieces - holes) = V - E + F - D per object (the 4-connected count V - E + F less the diagonal
+bit-quads, after Gray, IEEE Trans. Comput. C-20, 1971), with V its pixels, E its 4-adjacent
+pixel pairs, F its 2x2 squares and D the 2x2 windows in which it holds exactly one diagonal
+pair: a few comparisons over the image and ``np.bincount`` over the pixels along boundaries.
+An object in one piece has a hole exactly when its number is below 1; every object whose
+number is not 1 is flagged. Then one ``scipy.ndimage.label`` of the pixels outside the flagged
+objects gives the regions they cut off from the image's edge; a region that touches one
+flagged object only lies in a hole of it (its neighbours are all that object) and takes its
+id. A region that touches several is either shared (left alone) or lies in a hole of an outer
+object that holds another flagged object inside: when the inner one has just filled its own
+holes, numbers are counted again (it has none left) and the next round takes the region. So
+there is one round per level of nesting, usually one: the cost does not grow with the number
+of objects, with holes or without.
 
 Blockwise
 ---------
@@ -48,13 +49,15 @@ from scipy import ndimage as ndi
 
 
 def euler_numbers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel counts and Euler numbers (pieces minus holes) of objects 0..n of a 2-D label
-    image: two int64 arrays (n + 1,).
+    """Which of the ids 0..n are present in a 2-D label image, and the Euler number (pieces
+    minus holes) of each: a bool and an int64 array of n + 1.
 
     Objects are 8-connected and their holes 4-connected; an absent id scores 0. ``labels``
     holds ids 0..n (any integer type). Each pixel carries the terms V - E + F - D of the
-    pairs and 2x2 windows it starts (the anti-diagonal pair: its top right pixel), and one
-    weighted ``np.bincount`` sums them per object.
+    pairs and 2x2 windows it starts (the anti-diagonal pair: its top right pixel); inside an
+    object or the background they cancel, so one ``np.bincount`` over the few pixels with a
+    non-zero sum (along boundaries) adds them up per object. Every object has such a pixel
+    (its last pixel in raster order scores 1), which tells which ids are present.
     """
     weight = np.ones(labels.shape, np.int8)  # V
     right = labels[:, :-1] == labels[:, 1:]
@@ -65,28 +68,29 @@ def euler_numbers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     weight[:-1, :-1] += ab & cd & ac  # F
     weight[:-1, :-1] -= (labels[:-1, :-1] == labels[1:, 1:]) & ~ab & ~ac  # D, main diagonal
     weight[:-1, 1:] -= (labels[:-1, 1:] == labels[1:, :-1]) & ~ab & ~bd  # D, other diagonal
-    flat = labels.reshape(-1)
-    pixels = np.bincount(flat, minlength=n + 1)
-    euler = np.rint(np.bincount(flat, weight.reshape(-1), minlength=n + 1)).astype(np.int64)
-    return pixels, euler
+    edge = weight != 0
+    ids = labels[edge]
+    present = np.bincount(ids, minlength=n + 1) > 0
+    euler = np.rint(np.bincount(ids, weight[edge], minlength=n + 1)).astype(np.int64)
+    return present, euler
 
 
-def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> tuple[bool, bool]:
+def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> bool:
     """One round: every region that the objects flagged in ``barrier_ids`` cut off from the
     array's edge, and that touches only one of them, takes that object's id (in place).
 
     Regions are the 4-connected components of the pixels outside those objects (background
-    and other objects alike). Returns (whether some region was filled, whether some cut-off
-    region touches several flagged objects and was left).
+    and other objects alike). Returns whether another round can change anything: whether a
+    region that touches several flagged objects touches one that has just filled a hole
+    (once that object has no hole left, the region may be cut off by one object only).
     """
     barrier = barrier_ids[labels]
     padded, n = ndi.label(np.pad(~barrier, 1, constant_values=True))
     regions = padded[1:-1, 1:-1]
-    ys, xs = np.nonzero(regions > 0)
-    cut_off = regions[ys, xs] != padded[0, 0]
-    ys, xs = ys[cut_off], xs[cut_off]  # never on the array's edge: their neighbours exist
+    # cut off from the edge (never on it, so their neighbours exist); 0 marks the flagged objects
+    ys, xs = np.nonzero((regions != padded[0, 0]) & (regions > 0))
     if not ys.size:
-        return False, False
+        return False
     found, owners = [], []
     for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
         on = barrier[ys + dy, xs + dx]
@@ -102,7 +106,8 @@ def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> tuple[bool, bool]
     new = fill[regions[ys, xs]]
     filled = new > 0
     labels[ys[filled], xs[filled]] = new[filled]
-    return bool(filled.any()), bool((touching > 1).any())
+    shared = touching[region] > 1
+    return bool(np.isin(owner[shared], owner[single]).any())
 
 
 def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
@@ -135,13 +140,12 @@ def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
             local = local + 1
             ids = np.concatenate([[0], ids])
     while True:  # one round per level of nesting (objects inside objects inside objects)
-        pixels, euler = euler_numbers(local, top)
-        with_hole = (pixels > 0) & (euler != 1)
+        present, euler = euler_numbers(local, top)
+        with_hole = present & (euler != 1)
         with_hole[0] = False
         if not with_hole.any():
             break
-        filled, left = _fill_from(local, with_hole)
-        if not (filled and left):
+        if not _fill_from(local, with_hole):
             break
     if ids is not None:
         labels[...] = ids[local]
