@@ -77,6 +77,14 @@ def test_nested_diagonal_and_jointly_enclosed_cases():
     assert np.array_equal(out, expected)
     assert (out[2:32, 2:32] == 1).all() and (out[8:11, 43:46] == 4).all()
     assert (out == 8).sum() == 64
+    # an inner object that fills its host's hole edge to edge and holds a fragment itself
+    lab = np.ones((20, 20), np.int32)
+    lab[0, 0] = 0
+    square(lab, 4, 4, 12, 2)
+    lab[8:12, 8:12] = 0
+    lab[9:11, 9:11] = 3
+    assert np.array_equal(absorb_enclosed(lab.copy()), one_by_one(lab))
+    assert set(np.unique(absorb_enclosed(lab)).tolist()) == {0, 1}
 
 
 def test_merge_equals_the_slow_rule_on_random_labels():

@@ -26,11 +26,11 @@ An object in one piece has a hole exactly when its number is below 1; every obje
 number is not 1 is flagged. Then one ``scipy.ndimage.label`` of the pixels outside the flagged
 objects gives the regions they cut off from the image's edge; a region that touches one
 flagged object only lies in a hole of it (its neighbours are all that object) and takes its
-id. A region that touches several is either shared (left alone) or lies in a hole of an outer
-object that holds another flagged object inside: when the inner one has just filled its own
-holes, numbers are counted again (it has none left) and the next round takes the region. So
-there is one round per level of nesting, usually one: the cost does not grow with the number
-of objects, with holes or without.
+id. What lies in a hole of an outer object that also holds a flagged object (one with a hole
+of its own) is taken in a later round: after a round that filled anything, numbers are counted
+again (the inner object has no hole left, so it is no longer flagged) and the next round
+starts. So there is one round per level of nesting and a last that finds nothing, usually two
+in all: the cost does not grow with the number of objects, with holes or without.
 
 Blockwise
 ---------
@@ -80,9 +80,7 @@ def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> bool:
     array's edge, and that touches only one of them, takes that object's id (in place).
 
     Regions are the 4-connected components of the pixels outside those objects (background
-    and other objects alike). Returns whether another round can change anything: whether a
-    region that touches several flagged objects touches one that has just filled a hole
-    (once that object has no hole left, the region may be cut off by one object only).
+    and other objects alike). Returns whether some region was filled.
     """
     barrier = barrier_ids[labels]
     padded, n = ndi.label(np.pad(~barrier, 1, constant_values=True))
@@ -106,8 +104,7 @@ def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> bool:
     new = fill[regions[ys, xs]]
     filled = new > 0
     labels[ys[filled], xs[filled]] = new[filled]
-    shared = touching[region] > 1
-    return bool(np.isin(owner[shared], owner[single]).any())
+    return bool(filled.any())
 
 
 def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
