@@ -10,7 +10,8 @@ order after one warm-up run, in a worker thread while the main thread wakes ever
 printed are the median wall and CPU seconds, their ratio, and the longest the main thread
 waited for the GIL (napari's event loop would wait as long). Then the merge alone (and its
 Euler screen, with how many objects it flags as having a hole) and the blockwise path (zarr in
-memory, ``--block`` px blocks) with and without it.
+memory, ``--block`` px blocks) with and without it, and a worst case for the merge alone:
+every object a ring around a fragment.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import argparse
 import statistics
 import threading
 import time
+
+import numpy as np
 
 from napari_tiled_unet import enclosed, postprocess
 from napari_tiled_unet._synthetic import fragment_probabilities
@@ -106,6 +109,21 @@ def main() -> None:
 
     times = side_by_side(lambda: postprocess.instances_blockwise(prob, block_size=args.block, **params), 1)
     report(f"blockwise, {args.block} px blocks", times, cpu=False)
+    worst_case(args.size)
+
+
+def worst_case(size: int) -> None:
+    """Every object has a hole: 12 px cells, each a ring of 8x8 px around a fragment of 2x2."""
+    cell = np.zeros((12, 12), np.int64)
+    cell[2:10, 2:10], cell[4:8, 4:8], cell[5:7, 5:7] = 1, 0, 2
+    n = size // 12
+    offsets = np.kron(2 * np.arange(n * n).reshape(n, n), np.ones((12, 12), np.int64))
+    tiles = np.tile(cell, (n, n))
+    labels = np.where(tiles > 0, tiles + offsets, 0)
+    out, wall, cpu, gap = in_thread(lambda: enclosed.absorb_enclosed(labels.copy()))
+    assert len(np.unique(out)) == n * n + 1
+    print(f"worst case, {n * n} ring objects each holding a fragment: the merge alone {wall:.2f} s wall / "
+          f"{cpu:.2f} s CPU, longest GIL wait {1000 * gap:.0f} ms")
 
 
 if __name__ == "__main__":
