@@ -101,6 +101,9 @@ def main() -> None:
     current = bundle.postprocess
     for r in rows[:8]:
         print(r)
+    for fg in grid["foreground_threshold"]:  # the foreground threshold's curve, the rest at their best
+        r = max((r for r in rows if r["foreground_threshold"] == fg), key=lambda r: r["ap@0.5"])
+        print("foreground", fg, "best AP@0.5", r["ap@0.5"], "by set", r["by_set"])
     for name in weights:  # each set's own convention, for comparison
         own = max(rows, key=lambda r: r["by_set"][name])
         print(name, "alone would choose", {k: own[k] for k in grid}, "AP@0.5", own["by_set"][name])
