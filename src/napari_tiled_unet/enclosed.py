@@ -26,11 +26,11 @@ An object in one piece has a hole exactly when its number is below 1; every obje
 number is not 1 is flagged. Then one ``scipy.ndimage.label`` of the pixels outside the flagged
 objects gives the regions they cut off from the image's edge; a region that touches one
 flagged object only lies in a hole of it (its neighbours are all that object) and takes its
-id. What lies in a hole of an outer object that also holds a flagged object (one with a hole
-of its own) is taken in a later round: after a round that filled anything, numbers are counted
-again (the inner object has no hole left, so it is no longer flagged) and the next round
-starts. So there is one round per level of nesting and a last that finds nothing, usually two
-in all: the cost does not grow with the number of objects, with holes or without.
+id; such a region is one whole hole, so the object's Euler number goes up by one. What lies
+in a hole of an outer object that also holds a flagged object (one with holes of its own) is
+taken in the next round, once the inner object has no hole left and is no longer flagged; the
+rounds end when no object loses its last hole. So there is one round per level of nesting,
+usually one: the cost does not grow with the number of objects, with holes or without.
 
 Blockwise
 ---------
@@ -75,36 +75,38 @@ def euler_numbers(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return present, euler
 
 
-def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> bool:
+def _fill_from(labels: np.ndarray, barrier_ids: np.ndarray) -> np.ndarray:
     """One round: every region that the objects flagged in ``barrier_ids`` cut off from the
     array's edge, and that touches only one of them, takes that object's id (in place).
 
     Regions are the 4-connected components of the pixels outside those objects (background
-    and other objects alike). Returns whether some region was filled.
+    and other objects alike); such a region is one whole hole of the object it touches.
+    Returns the ids of the objects that filled a hole, once per hole.
     """
     barrier = barrier_ids[labels]
     padded, n = ndi.label(np.pad(~barrier, 1, constant_values=True))
-    regions = padded[1:-1, 1:-1]
-    # cut off from the edge (never on it, so their neighbours exist); 0 marks the flagged objects
-    ys, xs = np.nonzero((regions != padded[0, 0]) & (regions > 0))
-    if not ys.size:
-        return False
+    regions = padded[1:-1, 1:-1]  # 0 on the flagged objects
+    # (region, flagged object) across every 4-neighbour pair: whole-array shifts, so the cost
+    # follows the image's size, not the area the regions cover
     found, owners = [], []
-    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        on = barrier[ys + dy, xs + dx]
-        found.append(regions[ys[on], xs[on]])
-        owners.append(labels[ys[on] + dy, xs[on] + dx])
+    top, bottom = (slice(None, -1), slice(None)), (slice(1, None), slice(None))
+    left, right = (slice(None), slice(None, -1)), (slice(None), slice(1, None))
+    for here, there in ((top, bottom), (bottom, top), (left, right), (right, left)):
+        on = barrier[there] & ~barrier[here]
+        found.append(regions[here][on])
+        owners.append(labels[there][on])
+    found, owners = np.concatenate(found).astype(np.int64), np.concatenate(owners)
+    cut_off = found != padded[0, 0]  # regions reaching the edge are not holes
     span = int(barrier_ids.size)
-    keys = np.unique(np.concatenate(found).astype(np.int64) * span + np.concatenate(owners))
+    keys = np.unique(found[cut_off] * span + owners[cut_off])
     region, owner = keys // span, keys % span
-    touching = np.bincount(region, minlength=n + 1)
-    single = touching[region] == 1
-    fill = np.zeros(n + 1, labels.dtype)
-    fill[region[single]] = owner[single]
-    new = fill[regions[ys, xs]]
-    filled = new > 0
-    labels[ys[filled], xs[filled]] = new[filled]
-    return bool(filled.any())
+    single = np.bincount(region, minlength=n + 1)[region] == 1
+    if single.any():
+        fill = np.zeros(n + 1, labels.dtype)
+        fill[region[single]] = owner[single]
+        new = fill[regions]
+        np.copyto(labels, new, where=new > 0)
+    return owner[single]
 
 
 def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
@@ -136,14 +138,15 @@ def absorb_enclosed(labels: np.ndarray) -> np.ndarray:
         if ids[0] != 0:
             local = local + 1
             ids = np.concatenate([[0], ids])
-    while True:  # one round per level of nesting (objects inside objects inside objects)
-        present, euler = euler_numbers(local, top)
-        with_hole = present & (euler != 1)
-        with_hole[0] = False
-        if not with_hole.any():
+    present, euler = euler_numbers(local, top)
+    flagged = present & (euler != 1)
+    flagged[0] = False
+    while flagged.any():  # one round per level of nesting (objects inside objects inside ...)
+        euler += np.bincount(_fill_from(local, flagged), minlength=top + 1)  # a hole less each
+        still = flagged & (euler != 1)
+        if np.array_equal(still, flagged):  # no object lost its last hole: nothing new to find
             break
-        if not _fill_from(local, with_hole):
-            break
+        flagged = still
     if ids is not None:
         labels[...] = ids[local]
     return labels
