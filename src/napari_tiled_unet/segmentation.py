@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ def postprocess_params(bundle: ModelBundle, overrides: dict[str, Any] | Postproc
     return postprocess.params_for(bundle.task, settings.postprocess(params))
 
 
+#: the side of post-processing's blocks (its default), for ``in_blocks``
+BLOCK_SIZE = 1024
+
+
 def labels_from(probabilities: Any, task: str, params: PostprocessParams | dict[str, Any] | None = None,
                 out: Any = None, on_event=None) -> Any:
     """Synchronous twin of :func:`labels_from_iter`; ``on_event`` receives its events."""
@@ -89,19 +94,30 @@ def labels_from(probabilities: Any, task: str, params: PostprocessParams | dict[
 
 
 def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | dict[str, Any] | None = None,
-                     out: Any = None) -> Generator[Progress | WarningEvent, None, Any]:
+                     out: Any = None, in_blocks: bool = False
+                     ) -> Generator[Progress | WarningEvent, None, Any]:
     """Post-process probabilities of one image or a stack, in memory or blockwise.
 
     ``probabilities`` is (C, Y, X) or (Z, C, Y, X); numpy in memory (one step per plane),
     zarr/dask blockwise (written to ``out`` when given), yielding ``Progress`` per block (and
     a ``WarningEvent`` when a blockwise result may not be exact) and stopping within a block
     when closed. ``params``: typed, or a mapping read by
-    :func:`~napari_tiled_unet.postprocess.params_for`.
+    :func:`~napari_tiled_unet.postprocess.params_for`. With ``in_blocks``, numpy (C, Y, X)
+    larger than one block goes the blockwise way too (same objects, ids numbered in another
+    order; numpy labels back): a front end then counts blocks and can stop between them, and
+    no single call holds the interpreter for seconds.
     """
     from . import postprocess
 
     params = postprocess.params_for(task, params)
     if isinstance(probabilities, np.ndarray):
+        if in_blocks and probabilities.ndim == 3 and math.prod(probabilities.shape[1:]) > BLOCK_SIZE**2:
+            import dask.array as da
+
+            # name=False: dask would otherwise hash the whole array (0.3 s of the GIL at 4096^2)
+            blocks = da.from_array(probabilities, chunks=(-1, BLOCK_SIZE, BLOCK_SIZE), name=False)
+            labels = yield from labels_from_iter(blocks, task, params)
+            return np.asarray(labels[...])
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, params)
         progress = postprocess.ProgressCounter(len(probabilities))
@@ -141,6 +157,7 @@ class _Passes:
     tta: bool = False
     stats: Any = None
     control: RunControl | None = None
+    in_blocks: bool = False  # see labels_from_iter
 
     def predict(self, bundle: ModelBundle, image: Any, axes: str | None, out: Any = None):
         return predict_iter(bundle, image, axes=axes, tiles=self.tiles, runtime=self.runtime, tta=self.tta,
@@ -162,6 +179,7 @@ def segment_iter(
     tta: bool = False,
     stats: Any = None,
     control: RunControl | None = None,
+    in_blocks: bool = False,
     **options: Any,
 ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """Segment ``image``: yields the engine's events, returns a :class:`Segmentation`.
@@ -185,13 +203,15 @@ def segment_iter(
             :mod:`~napari_tiled_unet.objectsize`). None: no rescaling.
         tiles, runtime, tta, stats, control: as in
             :func:`~napari_tiled_unet.inference.predict_iter`.
+        in_blocks: post-process in-memory results larger than one block blockwise too
+            (see :func:`labels_from_iter`; the widget's progress count and Cancel).
         **options: keyword shorthands of ``tiles`` and ``runtime`` (``window=256``,
             ``device="cpu"``, ...).
     """
     tiles, runtime = settings_from(tiles, runtime, **options)
     bundle = as_bundle(model)
     params = postprocess_params(bundle, postprocess)  # checked before the network runs
-    passes = _Passes(tiles, runtime.resolve(), tta, stats, control)
+    passes = _Passes(tiles, runtime.resolve(), tta, stats, control, in_blocks)
     if diameter is not None:
         return (yield from _segment_at_diameter(bundle, image, diameter, postprocess, passes,
                                                 probabilities_out is not None or labels_out is not None,
@@ -218,7 +238,8 @@ def _segment_once(bundle: ModelBundle, image: Any, params: PostprocessParams, pa
     if watch is not None:
         watch.check()  # every pixel has been read: a chunk gone since the start means a wrong result
     yield Progress(0, 1, 0.0, "postprocess")
-    labels = yield from labels_from_iter(probs, bundle.task, params, out=labels_out)
+    labels = yield from labels_from_iter(probs, bundle.task, params, out=labels_out,
+                                         in_blocks=passes.in_blocks)
     elapsed = time.perf_counter() - start
     return Segmentation(labels, probs, bundle.task, bundle.class_names, params, elapsed)
 
@@ -290,7 +311,7 @@ def _rescaled_pass(bundle: ModelBundle, arr: np.ndarray, axes: str, factor: floa
         # the model's default is in pixels of its own scale; the labels are in the input's
         params = replace(params, min_size=max(1, round(bundle.postprocess["min_size"] / factor**2)))
     yield Progress(0, 1, 0.0, "postprocess")
-    labels = yield from labels_from_iter(probs, bundle.task, params)
+    labels = yield from labels_from_iter(probs, bundle.task, params, in_blocks=passes.in_blocks)
     return Segmentation(labels, probs, bundle.task, bundle.class_names, params)
 
 

@@ -99,60 +99,46 @@ def test_cancel_mid_run_leaves_no_layer_and_ends_the_worker(widget, qtbot):
     assert "Cancelled" in w.status.text()
 
 
-def test_the_event_loop_stays_free_while_a_4096_image_is_segmented_and_shown(widget, qtbot):
-    """Click on Segment until the labels and both probability layers are on screen, 4096x4096.
+def test_the_event_loop_stays_free_while_a_4096_image_is_segmented_and_shown(widget, qtbot, event_loop_watch):
+    """Click on Segment and wait until the labels and both probability layers are on screen,
+    4096x4096: the event loop is never held for 200 ms, from the click through prediction,
+    post-processing (counted in blocks), measuring and the adding of the three layers.
 
-    A 20 ms timer keeps ticking through the run: no gap of 200 ms, on the wall clock or in the
-    main thread's CPU time, until the result is handed over. Then the result appears one layer
-    per event-loop turn, and no turn costs the main thread more than napari's own price of
-    adding a 64x64 layer of the same kind to this viewer first (measured here, before the run)
-    plus 100 ms: the image's size costs nothing there. (napari 0.9 spends 0.05-0.4 s of CPU on
-    each new layer on this busy machine, most of it the first time a kind of layer is drawn;
-    that part no plugin can slice.)"""
-    from qtpy.QtCore import QTimer
-
+    Held means the wall time between two ticks of a 20 ms timer minus the time the main thread
+    waited for a CPU that other processes had (this machine's two cores are shared with other
+    work; the raw wall-clock gaps are in the message)."""
     viewer, w = widget
-
-    def napari_price(add):
-        cpu = time.thread_time()
-        layer = add()
-        cost = time.thread_time() - cpu
-        viewer.layers.remove(layer)
-        return cost
-
-    price = {"_show_labels": napari_price(lambda: viewer.add_labels(np.zeros((64, 64), np.uint16))),
-             "_add_probability": napari_price(lambda: viewer.add_image(np.zeros((64, 64), np.float32)))}
     viewer.add_image(np.tile(nuclei_image(), (8, 8))[:4096, :4096], name="img")
     w.image_combo.setCurrentText("img")
     w.show_probs.setChecked(True)
     qtbot.wait(200)
-    ticks, handed_over = [], []
-    timer = QTimer()
-    timer.setInterval(20)
-    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
-    pump = w._pump
-
-    def first_display_step():
-        handed_over.append(time.perf_counter())
-        pump()
-
-    w._pump = first_display_step
-    timer.start()
+    counts = set()
+    event_loop_watch.label = lambda: counts.add(w.status.text().split(",")[0]) or w.status.text()[:40]
+    event_loop_watch.start()
     w.run_button.click()
     _wait(qtbot, w, timeout=300_000)
     qtbot.wait(300)  # the layers are drawn
-    timer.stop()
+    event_loop_watch.stop()
     names = [layer.name for layer in viewer.layers]
     assert names == ["img", "img interior probability", "img boundary probability", "img labels"], names
-    ticks = np.array(ticks)
-    before = ticks[ticks[:, 0] <= handed_over[0]]
-    wall, cpu = np.diff(before, axis=0).T
-    assert len(wall) > 10
-    assert max(wall.max(), cpu.max()) < 0.2, f"blocked {wall.max():.3f} s, CPU {cpu.max():.3f} s"
-    steps = [(name, c) for name, _, c in w.step_times]
-    assert [n for n, _ in steps].count("_add_probability") == 2
-    for name, cost in steps:
-        assert cost < price.get(name, 0.0) + 0.1, (name, cost, price, w.step_times)
+    wall, blocked, _, _ = event_loop_watch.gaps()
+    assert len(wall) > 50
+    assert blocked.max() < 0.2, f"{event_loop_watch.worst()}; longest wall gap {wall.max():.3f} s"
+    assert "Labels: 1/48" in counts  # the in-memory post-processing was counted in blocks (16, three passes)
+
+
+def test_in_memory_post_processing_counts_its_blocks_and_cancels(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(np.tile(nuclei_image(), (6, 5))[:3072, :3072], name="img")  # in memory: 9 blocks
+    w.image_combo.setCurrentText("img")
+    w.run_button.click()
+    qtbot.waitUntil(lambda: w.status.text().startswith("Labels: "), timeout=120_000)
+    assert "/27, " in w.status.text() and w.progress.maximum() == 27
+    w.cancel_button.click()
+    _wait(qtbot, w)
+    assert w.status.text() == "Cancelled: nothing was added."
+    assert [layer.name for layer in viewer.layers] == ["img"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("postprocess")]
 
 
 def test_resegment_changes_labels_without_running_the_model(widget, qtbot, monkeypatch):

@@ -553,9 +553,11 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
 
     def run(self) -> None:
         """Start segmenting the selected image in a worker thread."""
-        from ..events import RunControl
+        from ..events import RunControl, WarningEvent
         from ..imageview import interpret
+        from ..inference import resolve_device
         from ..segmentation import segment_iter
+        from .cancel_window import cpu_limits
 
         layer = self.selected_layer()
         if layer is None:
@@ -605,7 +607,12 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             # spares the user a one-second freeze when the result is shown
             with contextlib.suppress(ImportError):
                 importlib.import_module("pandas")
-            result = yield from segment_iter(bundle, image, control=control, **kwargs)
+            if resolve_device(kwargs["device"]).type == "cpu":  # Cancel within 2 s, whatever the model
+                limits = cpu_limits(bundle.model, kwargs["window"], kwargs["batch_size"])
+                kwargs["window"], kwargs["batch_size"] = limits.window, limits.batch_size
+                if limits.note:
+                    yield WarningEvent(limits.note, kind="info")
+            result = yield from segment_iter(bundle, image, control=control, in_blocks=True, **kwargs)
             result = yield from measure(result)
             result.labels = _for_display(result.labels)
             levels = _pyramid_on_disk(result.labels, store / "labels-levels") if store is not None else None
@@ -871,7 +878,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
 
         def work():
             start = time.perf_counter()
-            labels = yield from labels_from_iter(probs, task, params, out=out)
+            labels = yield from labels_from_iter(probs, task, params, out=out, in_blocks=True)
             new = Segmentation(labels, probs, task, old.class_names, params, time.perf_counter() - start)
             new = yield from measure(new)
             new.labels = _for_display(new.labels)
