@@ -706,9 +706,9 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
                 self.progress.setRange(0, 0)  # one step that cannot be counted: busy
                 self.status.setText("Turning probabilities into labels …")
         elif isinstance(event, WarningEvent):
-            from napari.utils.notifications import show_warning
+            from napari.utils.notifications import show_info, show_warning
 
-            show_warning(event.message)
+            (show_info if event.kind == "info" else show_warning)(event.message)
         return None
 
     def _on_result(self, value) -> None:
