@@ -99,12 +99,12 @@ def test_save_labels_in_the_segment_widget_adds_them_to_a_chosen_ome_zarr(
     from qtpy.QtCore import Qt
 
     from napari_tiled_unet._qt import predict_widget
+    from napari_tiled_unet._qt.session import ModelSession
 
-    monkeypatch.setattr(predict_widget, "_last_used", [None])  # this session's "last used" stays as it was
     src = _ome_image(tmp_path / "c.ome.zarr", nuclei_image()[:128, :160], "0.5")
     before = _tree(src)
     viewer = make_napari_viewer()
-    w = predict_widget.SegmentWidget(viewer)
+    w = predict_widget.SegmentWidget(viewer, session=ModelSession())
     viewer.window.add_dock_widget(w)
     w.add_model_file(tiny_model_file)
     w.device_combo.setCurrentText("cpu")

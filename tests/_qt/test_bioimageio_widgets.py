@@ -23,11 +23,10 @@ def tiny_package(tiny_model_file, tmp_path_factory):
 
 def test_the_segment_widget_segments_with_a_bioimageio_package(make_napari_viewer, qtbot, tiny_package,
                                                                tiny_model_file, monkeypatch):
-    from napari_tiled_unet._qt import predict_widget
+    from napari_tiled_unet._qt.session import ModelSession
 
-    monkeypatch.setattr(predict_widget, "_last_used", [None])  # this session's "last used" stays as it was
     viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
+    w = SegmentWidget(viewer, session=ModelSession())  # this session's "last used" stays as it was
     viewer.window.add_dock_widget(w)
     w.add_model_file(tiny_package)
     w.device_combo.setCurrentText("cpu")

@@ -5,11 +5,10 @@ from napari_tiled_unet._synthetic import disc_field
 
 
 def test_auto_diameter_shows_the_estimate_and_keeps_the_image_shape(make_napari_viewer, qtbot, monkeypatch):
-    from napari_tiled_unet._qt import predict_widget
+    from napari_tiled_unet._qt.session import ModelSession
 
-    monkeypatch.setattr(predict_widget, "_last_used", [None])  # this session's "last used" stays as it was
     viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
+    w = SegmentWidget(viewer, session=ModelSession())  # this session's "last used" stays as it was
     viewer.window.add_dock_widget(w)
     w.device_combo.setCurrentText("cpu")
     image, _ = disc_field(shape=(180, 220), diameter=48, seed=3)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_tiled_unet._qt import predict_widget
 from napari_tiled_unet._qt.finetune_widget import NEW_MODEL, FineTuneWidget
+from napari_tiled_unet._qt.predict_widget import SegmentWidget
+from napari_tiled_unet._qt.session import ModelSession
 from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.training.loop import finetune, new_bundle
@@ -37,7 +38,7 @@ def notes(monkeypatch):
 @pytest.fixture
 def widget(make_napari_viewer, model_file, notes):
     viewer = make_napari_viewer()
-    w = FineTuneWidget(viewer)
+    w = FineTuneWidget(viewer, session=ModelSession())
     viewer.window.add_dock_widget(w)
     w.add_model_file(model_file)
     w.device_combo.setCurrentText("cpu")
@@ -74,6 +75,8 @@ def test_the_widget_opens_from_napari_plugins_menu(make_napari_viewer):
 
 def test_training_keeps_napari_responsive_plots_the_loss_and_stop_keeps_a_finite_model(widget, qtbot,
                                                                                       tmp_path, model_file):
+    """Stop asks the trainer to stop (Trainer.stop): the step under way ends, the model is
+    validated once more at that step, and the best weights so far are the result."""
     from qtpy.QtCore import QTimer
 
     viewer, w = widget
@@ -104,13 +107,16 @@ def test_training_keeps_napari_responsive_plots_the_loss_and_stop_keeps_a_finite
     assert drawn_while_training > 0
     assert w.val_points[0][0] == 0  # the starting model was validated first
     assert len(w.plot.train_line) == len(w.train_points) and len(w.plot.val_line) == len(w.val_points)
-    assert w.job.generator_closed and w.job.cancelled
-    assert "Stopped" in w.status.text()
+    assert w.job.generator_closed and not w.job.cancelled  # it ended on its own, after Stop
+    stopped_at = w.trainer.step
+    assert stopped_at >= 8 and w.val_points[-1][0] == stopped_at  # the final validation ran
+    assert "Stopped" in w.status.text() and f"after {stopped_at} steps" in w.status.text()
     assert w.train_button.isEnabled() and not w.stop_button.isEnabled() and w.save_button.isEnabled()
 
     saved = load_model(w.save_model(tmp_path / "stopped.safetensors"))
     assert all(torch.isfinite(v).all() for v in saved.model.state_dict().values() if v.is_floating_point())
-    assert saved.metadata["training"]["stopped"] == "interrupted"
+    reason = getattr(w.trainer.stop_reason, "value", w.trainer.stop_reason)
+    assert saved.metadata["training"]["stopped"] == reason and reason not in ("interrupted", None)
     assert [layer.name for layer in viewer.layers] == ["img", "my labels"]
     assert np.array_equal(viewer.layers["img"].data, image)
     assert np.array_equal(viewer.layers["my labels"].data, labels)
@@ -213,9 +219,36 @@ def test_a_new_model_trained_on_scribbles_is_semantic_with_the_typed_class_names
     assert list(preview.features["class"]) == ["background", "nucleus"]  # shown on hover by napari
 
 
-def _rgb(viewer):
-    viewer.add_image(np.stack([nuclei_image()[CROP]] * 3, axis=-1), name="img", rgb=True)
+def test_rgb_and_channel_first_images_follow_the_segment_widgets_channel_rule(widget, qtbot, notes):
+    """As in Segment: RGB trains on its luminance or the chosen colour; a (C, Y, X) image asks
+    which channel holds the nuclei (its 2D labels say that the first axis is channels)."""
+    viewer, w = widget
+    img = nuclei_image()[CROP].copy()
+    zeros = np.zeros_like(img)
+    viewer.add_image(np.stack([zeros, img, zeros], axis=-1), name="rgb", rgb=True)
     viewer.add_labels(nuclei_labels()[CROP].copy(), name="my labels")
+    w.image_combo.setCurrentText("rgb")
+    w.labels_combo.setCurrentText("my labels")
+    assert not w.channel_row.isHidden() and w.channel_row.channel_combo.currentText() == "luminance"
+    luminance = np.asarray(w.training_plane(viewer.layers["rgb"], 1).image)
+    assert np.allclose(luminance, 0.7154 * img, rtol=1e-4)  # BT.709, as skimage.color.rgb2gray
+    w.channel_row.channel_combo.setCurrentText("1 (green)")
+    assert np.array_equal(np.asarray(w.training_plane(viewer.layers["rgb"], 1).image), img)
+    w.train_button.click()
+    _wait(qtbot, w)
+    assert w.bundle is not None and "Done after 3 steps" in w.status.text(), w.status.text()
+
+    viewer.add_image(np.stack([img[::-1], img]), name="cyx")
+    w.image_combo.setCurrentText("cyx")
+    w.labels_combo.setCurrentText("my labels")
+    w.train_button.click()
+    assert notes["error"] and "choose the one that holds the nuclei" in notes["error"][-1], notes["error"]
+    assert w.channel_row.axis_combo.currentData() == 0  # the labels answered "channels"
+    w.channel_row.channel_combo.setCurrentText("1")
+    assert np.array_equal(np.asarray(w.training_plane(viewer.layers["cyx"], 1).image), img)
+    w.train_button.click()
+    _wait(qtbot, w)
+    assert "Done after 3 steps" in w.status.text(), w.status.text()
 
 
 @pytest.mark.parametrize(
@@ -225,11 +258,10 @@ def _rgb(viewer):
         (lambda v: _add_nuclei(v, np.zeros((128, 128), np.uint8)), SCRIBBLES, "No pixel is annotated"),
         (lambda v: _add_nuclei(v, np.ones((128, 128), np.uint8)), SCRIBBLES, "Only class 1"),
         (lambda v: _add_nuclei(v, np.zeros((128, 128), np.uint8)), INSTANCES, "No object is painted"),
-        (_rgb, INSTANCES, "channel"),
         (lambda v: _add_nuclei(v, np.arange(128 * 128).reshape(128, 128) % 6), SCRIBBLES,
          "label values up to 5, but tiny is an instances model"),
     ],
-    ids=["labels-shape", "nothing-painted", "one-class", "no-object", "channels", "five-classes"],
+    ids=["labels-shape", "nothing-painted", "one-class", "no-object", "five-classes"],
 )
 def test_bad_input_shows_one_error_and_changes_nothing(widget, notes, setup, annotation, message):
     viewer, w = widget
@@ -333,15 +365,21 @@ def test_a_time_budget_trains_until_the_time_is_up_and_counts_the_time_down(widg
     assert w.trainer.stop_reason == "time budget" and w.bundle is not None
 
 
-def test_the_model_last_used_for_segmenting_can_be_the_base(widget, monkeypatch):
-    _, w = widget
+def test_the_model_last_used_for_segmenting_can_be_the_base(widget, qtbot, tiny_model_file):
+    """The Segment widget's last model (this session, another dock) is offered as the base."""
+    viewer, w = widget
     assert w.model_combo.findText("Model last used for segmenting") == -1
-    used = load_model(w._loaded["tiny.safetensors"])
-    monkeypatch.setattr(predict_widget, "_last_used", [used])
+    segment = SegmentWidget(viewer, session=w.session)
+    segment.add_model_file(tiny_model_file)
+    segment.device_combo.setCurrentText("cpu")
+    viewer.add_image(nuclei_image()[:64, :64].copy(), name="small")
+    segment.image_combo.setCurrentText("small")
+    segment.run_button.click()
+    qtbot.waitUntil(lambda: not segment.busy, timeout=60_000)
     w.model_combo.showPopup()  # the list is refreshed when it opens
     w.model_combo.hidePopup()
     w.model_combo.setCurrentText("Model last used for segmenting")
-    assert w._base_model() is used
+    assert w._base_model() is segment.bundle
 
 
 _TRAIN_IN_NAPARI = """
@@ -413,7 +451,7 @@ def test_removing_the_image_never_trains_the_labels_against_another_image(widget
 def test_the_default_layers_are_the_ones_being_worked_on_and_never_hidden(make_napari_viewer, notes):
     """The labels the Segment widget made for the image (and the user edited) are chosen, not
     a hidden ground truth that happens to come first; a whole-image region warns."""
-    from napari_tiled_unet._qt.predict_widget import META_KEY
+    from napari_tiled_unet._qt.layerview import META_KEY
 
     viewer = make_napari_viewer()
     viewer.add_labels(nuclei_labels()[CROP].copy(), name="ground truth", visible=False)

@@ -127,9 +127,10 @@ def test_save_labels_writes_the_layer_with_its_edits(widget, qtbot, monkeypatch,
 
 def test_a_large_result_is_measured_blockwise_and_saved_tile_by_tile(widget, qtbot, monkeypatch, tmp_path):
     import napari_tiled_unet._qt.predict_widget as pw
+    import napari_tiled_unet._qt.result_layers as result_layers
 
     monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
-    monkeypatch.setattr(pw, "PYRAMID_TOP", 256)
+    monkeypatch.setattr(result_layers, "PYRAMID_TOP", 256)
     viewer, w = widget
     img = nuclei_image()
     viewer.add_image(img, name="img")

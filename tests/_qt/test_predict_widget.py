@@ -123,8 +123,10 @@ def test_the_event_loop_stays_free_while_a_4096_image_is_segmented_and_shown(wid
     assert names == ["img", "img interior probability", "img boundary probability", "img labels"], names
     wall, blocked, _, _ = event_loop_watch.gaps()
     assert len(wall) > 50
-    assert blocked.max() < 0.2, f"{event_loop_watch.worst()}; longest wall gap {wall.max():.3f} s"
-    assert "Labels: 1/48" in counts  # the in-memory post-processing was counted in blocks (16, three passes)
+    assert blocked.max() < 0.2, (f"{event_loop_watch.worst()}; longest wall gap {wall.max():.3f} s; "
+                                 f"display steps (name, wall, CPU): {w.step_times}")
+    # the in-memory post-processing was counted in blocks (16, three passes)
+    assert len({c for c in counts if c.startswith("Labels: ") and c.endswith("/48")}) > 10, counts
 
 
 def test_in_memory_post_processing_counts_its_blocks_and_cancels(widget, qtbot):
@@ -183,6 +185,7 @@ def test_large_results_stay_on_disk_and_display_lazily(widget, qtbot, monkeypatc
     """Above LARGE_PIXELS the probabilities and labels go to zarr and napari gets a lazy
     multiscale pyramid; the objects are the same as in memory (up to their numbering)."""
     import napari_tiled_unet._qt.predict_widget as pw
+    import napari_tiled_unet._qt.result_layers as result_layers
     from napari_tiled_unet.metrics import match_instances
 
     viewer, w = widget
@@ -193,7 +196,7 @@ def test_large_results_stay_on_disk_and_display_lazily(widget, qtbot, monkeypatc
     _wait(qtbot, w)
     in_memory = np.asarray(viewer.layers["img labels"].data).copy()
     monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
-    monkeypatch.setattr(pw, "PYRAMID_TOP", 256)
+    monkeypatch.setattr(result_layers, "PYRAMID_TOP", 256)
     w.run()
     _wait(qtbot, w)
     layer = viewer.layers["img labels"]
@@ -482,7 +485,8 @@ def test_the_advanced_panel_shows_the_models_own_defaults_from_the_start(make_na
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["built-in", "64 base channels"])
-def test_cancel_in_the_middle_of_one_large_window_returns_within_2_s(make_napari_viewer, qtbot, tmp_path, model):
+def test_cancel_in_the_middle_of_one_large_window_returns_within_2_s(make_napari_viewer, qtbot, tmp_path,
+                                                                      model):
     """2048x2048 on the CPU in fp32, tile size 2048 asked for: the built-in model runs it as one
     window (several seconds), a model four times as wide (each convolution 16 times the work)
     in tiles the widget lowers to 512 px, telling the user. Cancel in the middle of a window

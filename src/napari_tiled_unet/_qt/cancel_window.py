@@ -13,9 +13,12 @@ docs/benchmarks.md ("Cancel within a window") gives the cost.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: floating-point operations of the built-in model's largest convolution on one 2048x2048
 #: window (16 base channels: the first convolution of the last up block, 32 -> 16 channels,
@@ -27,7 +30,9 @@ MIN_WINDOW = 256
 
 def largest_conv_flops_per_pixel(net: Any) -> float:
     """Floating-point operations of the network's most expensive convolution per input pixel,
-    from one pass over a small zero image (hooks read each convolution's output size)."""
+    from one pass over a small zero image (hooks read each convolution's output size; a few
+    milliseconds). Not on PyTorch's ``meta`` device: ``torch.func.functional_call`` imports
+    ``torch._dynamo``, which napari must never load (see docs/architecture.md)."""
     import torch
 
     depth = int(getattr(net, "depth", 4))
@@ -44,11 +49,15 @@ def largest_conv_flops_per_pixel(net: Any) -> float:
         return 0.0
     hooks = [m.register_forward_hook(record) for m in convs]
     weight = convs[0].weight
+    x = torch.zeros(1, convs[0].in_channels, side, side, device=weight.device, dtype=weight.dtype)
     was_training = net.training
     try:
         net.eval()  # no BatchNorm statistics change
         with torch.no_grad():
-            net(torch.zeros(1, convs[0].in_channels, side, side, dtype=weight.dtype, device=weight.device))
+            net(x)
+    except RuntimeError as exc:  # e.g. out of memory: the engine will say so itself
+        log.info("Could not estimate the convolutions' cost (%s); the window is not capped.", exc)
+        return 0.0
     finally:
         net.train(was_training)
         for h in hooks:

@@ -12,24 +12,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QPointF, QRectF
-from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -38,14 +32,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from .predict_widget import (
-    LOAD_FILE,
-    DockControls,
-    _fmt_seconds,
-    last_used_bundle,
-    layer_image_and_axes,
-    layer_origin,
-)
+from . import layerview
+from .finetune_results import ResultActions, Task
+from .layerview import TrainingPlane, full_resolution, layer_image_and_axes, layer_origin
+from .loss_plot import LossPlot
+from .pickers import LOAD_FILE, ChannelPicker, DockControls, PickerComboBox, show_engine_message
+from .progress import fmt_seconds
+from .session import ModelSession, shared_session
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -61,143 +54,11 @@ ANNOTATIONS = {"instances (one label per object)": "instances", "scribbles (labe
 FIGURE_NAMES = {"f1@0.5": "F1@0.5 (objects)"}
 #: seconds between two redraws of the loss plot (events can arrive every few milliseconds)
 PLOT_INTERVAL = 0.5
+#: why training stopped, not worth repeating in the status line
+QUIET_STOP_REASONS = {"completed", "stopped by user", "interrupted", "user", "stopped"}
 
 
-# -- the loss plot ------------------------------------------------------------------------------
-
-
-class LossPlot(QWidget):
-    """Training and validation loss against the step, drawn with QPainter.
-
-    ``set_data`` stores the lines and schedules one repaint; the painting reads only the
-    stored arrays, so it costs the same however often events arrive. Plain Qt keeps the
-    plugin free of a plotting dependency.
-
-    Attributes:
-        train_line: float (N, 2) array of (step, loss) as last drawn.
-        val_line: float (M, 2) array of (step, validation loss) as last drawn.
-    """
-
-    TRAIN_COLOR = QColor(80, 160, 255)
-    VAL_COLOR = QColor(255, 150, 40)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.train_line = np.empty((0, 2))
-        self.val_line = np.empty((0, 2))
-        self.setMinimumHeight(150)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setToolTip("Training loss (blue) and validation loss (orange) against the training step.")
-
-    def set_data(self, train: list[tuple[int, float]], val: list[tuple[int, float]]) -> None:
-        self.train_line = np.asarray(train, dtype=np.float64).reshape(-1, 2)
-        self.val_line = np.asarray(val, dtype=np.float64).reshape(-1, 2)
-        self.update()
-
-    def _ranges(self) -> tuple[float, float, float, float] | None:
-        pts = np.concatenate([self.train_line, self.val_line])
-        pts = pts[np.isfinite(pts).all(axis=1)]
-        if not len(pts):
-            return None
-        x1 = max(float(pts[:, 0].max()), 1.0)
-        y0, y1 = float(pts[:, 1].min()), float(pts[:, 1].max())
-        pad = 0.05 * (y1 - y0) if y1 > y0 else max(abs(y1) * 0.05, 1e-3)
-        return 0.0, x1, y0 - pad, y1 + pad
-
-    def paintEvent(self, event: Any) -> None:
-        p = QPainter(self)
-        p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        text = self.palette().windowText().color()
-        fm = p.fontMetrics()
-        left, bottom, top, right = fm.horizontalAdvance("0.000") + 8, fm.height() + 6, fm.height() + 4, 8
-        box = QRectF(left, top, max(self.width() - left - right, 10), max(self.height() - top - bottom, 10))
-        p.setPen(QPen(text, 1))
-        p.drawRect(box)
-        p.setPen(self.TRAIN_COLOR)
-        p.drawText(int(box.left()), fm.ascent() + 1, "training loss")
-        p.setPen(self.VAL_COLOR)
-        p.drawText(int(box.left()) + fm.horizontalAdvance("training loss") + 12, fm.ascent() + 1,
-                   "validation loss")
-        ranges = self._ranges()
-        if ranges is None:
-            p.end()
-            return
-        x0, x1, y0, y1 = ranges
-
-        def to_screen(pts: np.ndarray) -> np.ndarray:
-            sx = box.left() + (pts[:, 0] - x0) / (x1 - x0) * box.width()
-            sy = box.bottom() - (pts[:, 1] - y0) / (y1 - y0) * box.height()
-            return np.stack([sx, sy], axis=1)
-
-        p.setPen(text)
-        p.drawText(2, int(box.top()) + fm.ascent(), f"{y1:.3g}")
-        p.drawText(2, int(box.bottom()), f"{y0:.3g}")
-        p.drawText(int(box.left()), int(box.bottom()) + fm.ascent() + 3, "0")
-        last = f"step {x1:.0f}"
-        p.drawText(int(box.right()) - fm.horizontalAdvance(last), int(box.bottom()) + fm.ascent() + 3, last)
-        p.setClipRect(box)
-        lines = ((self.train_line, self.TRAIN_COLOR, False), (self.val_line, self.VAL_COLOR, True))
-        for line, color, dots in lines:
-            line = line[np.isfinite(line).all(axis=1)]
-            if not len(line):
-                continue
-            stride = max(1, math.ceil(len(line) / max(box.width(), 1)))  # at most one point per pixel
-            pts = to_screen(line[::stride] if stride == 1 else _bin_means(line, stride))
-            p.setPen(QPen(color, 1.5))
-            path = QPainterPath(QPointF(*pts[0]))
-            for x, y in pts[1:]:
-                path.lineTo(x, y)
-            p.drawPath(path)
-            if dots:
-                p.setBrush(color)
-                for x, y in pts:
-                    p.drawEllipse(QPointF(x, y), 2.5, 2.5)
-        p.end()
-
-
-def _bin_means(line: np.ndarray, size: int) -> np.ndarray:
-    n = len(line) // size * size
-    binned = line[:n].reshape(-1, size, 2).mean(axis=1)
-    return np.concatenate([binned, line[n:].mean(axis=0, keepdims=True)]) if n < len(line) else binned
-
-
-# -- Qt-free helpers ----------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingPlane:
-    """The 2D plane of an image layer (and of its labels) that training sees.
-
-    Attributes:
-        image: the plane, lazily: (Y, X), (Y, X, C) or (C, Y, X).
-        axes: ``"YX"``, ``"YXC"`` or ``"CYX"``.
-        channel_axis: what :class:`~napari_tiled_unet.training.loop.Trainer` needs (None
-            for grayscale and RGB(A)).
-        index: the indices of the leading (stack) axes of the layer, ``()`` for a 2D layer.
-    """
-
-    image: Any
-    axes: str
-    channel_axis: int | None
-    index: tuple[int, ...]
-
-
-# -- the widget ---------------------------------------------------------------------------------
-
-
-class _PickerComboBox(QComboBox):
-    """A combo box that refreshes its entries just before it opens."""
-
-    def __init__(self, refresh) -> None:
-        super().__init__()
-        self._refresh = refresh
-
-    def showPopup(self) -> None:
-        self._refresh()
-        super().showPopup()
-
-
-class FineTuneWidget(DockControls, QWidget):
+class FineTuneWidget(DockControls, ResultActions, QWidget):
     """Fine-tune a U-Net on labels painted in napari, with a live loss plot and a Stop button.
 
     Attributes:
@@ -209,9 +70,10 @@ class FineTuneWidget(DockControls, QWidget):
         before, after: the validation figures of the starting and of the fine-tuned model.
     """
 
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.Viewer, session: ModelSession | None = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.session = session if session is not None else shared_session()
         self._track_lifetime()
         self.job: EngineJob | None = None
         self.trainer = None
@@ -225,10 +87,11 @@ class FineTuneWidget(DockControls, QWidget):
         self._preview_place: tuple[Any, ...] = ()  # image name, crop offset, scale, translate
         self._failed = False  # the last job ended with an error
         self._last_draw = 0.0
-        self._kind = ""  # what the running job does: "train", "evaluate", "preview", "export"
+        self._stop_asked = False  # Stop was pressed during this training
         self._first_step_at: tuple[int, float] | None = None  # (step, elapsed) of the first step seen
 
         self.image_combo = QComboBox()
+        self.channel_row = ChannelPicker()  # the same channel choice as in Segment
         self.labels_combo = QComboBox()
         self.annotation_combo = QComboBox()
         self.annotation_combo.addItems(list(ANNOTATIONS))
@@ -251,7 +114,7 @@ class FineTuneWidget(DockControls, QWidget):
                                   "what you painted (a Shapes layer) and choose it as the region.")
         self.region_hint.setWordWrap(True)
         self.region_hint.setStyleSheet("color: #e0a030;")
-        self.model_combo = _PickerComboBox(self._fill_models)
+        self.model_combo = PickerComboBox(self._fill_models)
         self.budget_spin = QDoubleSpinBox()
         self.budget_spin.setRange(0.1, 100000)
         self.budget_spin.setDecimals(1)
@@ -288,7 +151,8 @@ class FineTuneWidget(DockControls, QWidget):
         self.train_button = QPushButton("Train")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
-        self.stop_button.setToolTip("Stop now and keep the best weights so far.")
+        self.stop_button.setToolTip("Stop after the current step, validate once more and keep the best "
+                                    "weights so far.")
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -311,6 +175,8 @@ class FineTuneWidget(DockControls, QWidget):
 
         form = QFormLayout()
         form.addRow("image", self.image_combo)
+        form.addRow("channels", self.channel_row)
+        self.channel_row.form_label = form.labelForField(self.channel_row)
         form.addRow("labels", self.labels_combo)
         form.addRow("annotation", self.annotation_combo)
         form.addRow("class names", self.classes_edit)
@@ -359,8 +225,10 @@ class FineTuneWidget(DockControls, QWidget):
         self._refresh_layers()
         self.region_combo.currentIndexChanged.connect(self._show_region_hint)
         self.annotation_combo.currentIndexChanged.connect(self._show_region_hint)
+        self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
+        self._on_image_chosen()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_layers)
+            self._connect(ev, self._refresh_layers)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.train_button.clicked.connect(self.train)
         self.stop_button.clicked.connect(self.stop)
@@ -376,7 +244,7 @@ class FineTuneWidget(DockControls, QWidget):
 
         current = self.model_combo.currentText()
         names = list(zoo.available())
-        if last_used_bundle() is not None:
+        if self.session.last_used is not None:
             names.append(LAST_USED)
         names += [*self._loaded, NEW_MODEL]
         self.model_combo.blockSignals(True)
@@ -428,6 +296,9 @@ class FineTuneWidget(DockControls, QWidget):
         candidates = [layer for layer in labels if layer.visible]
         return max(reversed(candidates), key=score) if candidates else None
 
+    def _on_image_chosen(self, *_: Any) -> None:
+        self.channel_row.set_layer(self._layer(self.image_combo))
+
     def _show_region_hint(self, *_: Any) -> None:
         whole = self.region_combo.currentText() == WHOLE_IMAGE
         instances = ANNOTATIONS.get(self.annotation_combo.currentText()) == "instances"
@@ -435,7 +306,7 @@ class FineTuneWidget(DockControls, QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
-        self.stop_button.setEnabled(running and self._kind == "train")
+        self.stop_button.setEnabled(running and self.job.kind is Task.TRAIN and not self._stop_asked)
         self.save_button.setEnabled(not running and self.bundle is not None)
         self.preview_button.setEnabled(not running and self.bundle is not None)
         self.export_button.setEnabled(not running and self.bundle is not None)
@@ -467,52 +338,44 @@ class FineTuneWidget(DockControls, QWidget):
     def _layer(self, combo: QComboBox):
         return self._combo_layer(combo)
 
-    def training_plane(self, image_layer, labels_shape: tuple[int, ...] | None = None) -> TrainingPlane:
-        """The 2D plane of ``image_layer`` to train on or preview: the one on display for stacks.
+    def _channel_choice(self, image_layer) -> layerview.ChannelChoice:
+        """The channel pickers' choice; while they still ask whether the first axis of an
+        (N, Y, X) image holds channels or planes, the chosen labels answer (labels of the
+        image's shape: planes; of one plane's: channels), and the pickers show it."""
+        picker = self.channel_row
+        if picker.layer is not image_layer:
+            picker.set_layer(image_layer)
+        labels_layer = self._layer(self.labels_combo)
+        if picker.axis_combo.currentData() == layerview.CHOOSE and labels_layer is not None:
+            shape = tuple(layer_image_and_axes(image_layer)[0].shape)
+            labels_shape = tuple(full_resolution(labels_layer).shape)
+            answer = {shape: None, shape[1:]: 0}.get(labels_shape, layerview.CHOOSE)
+            picker.axis_combo.setCurrentIndex(picker.axis_combo.findData(answer))
+        return picker.choice(image_layer)
 
-        ``labels_shape`` (the painted labels) decides what a 3D non-RGB layer is: channels
-        when the labels are 2D, a stack of planes when they have the image's shape.
+    def training_plane(self, image_layer, n_model_channels: int) -> TrainingPlane:
+        """The 2D plane of ``image_layer`` to train on or preview (the one on display for
+        stacks), read with the same channel rule as Segment (:mod:`~napari_tiled_unet.imageview`).
+
+        Raises:
+            ValueError: a channel choice is missing or does not fit the model (one sentence).
         """
-        data, axes = layer_image_and_axes(image_layer)
-        shape = tuple(data.shape)
-        if axes in ("YXC", "ZYXC"):  # RGB(A)
-            n_stack, plane_axes = data.ndim - 3, "YXC"
-        elif data.ndim == 2:
-            n_stack, plane_axes = 0, "YX"
-        elif data.ndim == 3 and labels_shape is not None and len(labels_shape) == 2:
-            if shape[1:] == tuple(labels_shape):
-                n_stack, plane_axes = 0, "CYX"
-            elif shape[:2] == tuple(labels_shape):
-                n_stack, plane_axes = 0, "YXC"
-            else:
-                raise ValueError(self._shape_message(labels_shape, shape))
-        else:
-            n_stack, plane_axes = data.ndim - 2, "YX"
-        index: tuple[int, ...] = ()
-        if n_stack:
-            pos = image_layer.world_to_data(self.viewer.dims.point)
-            index = tuple(int(np.clip(round(float(pos[i])), 0, shape[i] - 1)) for i in range(n_stack))
-        plane = data[index] if index else data
-        rgb = axes in ("YXC", "ZYXC")
-        channel_axis = None if rgb or plane_axes == "YX" else plane_axes.index("C")
-        return TrainingPlane(plane, plane_axes, channel_axis, index)
+        return layerview.training_plane(image_layer, self._channel_choice(image_layer), n_model_channels,
+                                        self.viewer.dims.point)
 
     @staticmethod
     def _shape_message(labels_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> str:
         return (f"The labels have shape {tuple(labels_shape)} but the image is {tuple(image_shape)}; "
                 "paint the labels on a layer of the image's size.")
 
-    def _labels_array(self, labels_layer, image_layer) -> tuple[np.ndarray, TrainingPlane]:
-        data = labels_layer.data[0] if getattr(labels_layer, "multiscale", False) else labels_layer.data
-        plane = self.training_plane(image_layer, tuple(data.shape))
-        if plane.index:
-            image_shape = tuple(layer_image_and_axes(image_layer)[0].shape)
-            n = len(plane.index)
-            spatial = image_shape[: n + 2]
-            if tuple(data.shape) != spatial:
-                raise ValueError(self._shape_message(tuple(data.shape), spatial))
+    def _labels_array(self, labels_layer, plane: TrainingPlane) -> np.ndarray:
+        """The painted labels of ``plane`` (a copy: training never touches the user's layer)."""
+        data = full_resolution(labels_layer)
+        if plane.index and data.ndim == len(plane.index) + 2:
             data = data[plane.index]
-        return np.array(data, copy=True), plane  # a copy: training never touches the user's layer
+        if tuple(data.shape) != plane.shape:
+            raise ValueError(self._shape_message(tuple(full_resolution(labels_layer).shape), plane.shape))
+        return np.array(data, copy=True)
 
     def _region(self, image_layer, plane: TrainingPlane) -> list[np.ndarray] | None:
         """The rectangles of the chosen Shapes layer in the image's pixel coordinates (2D)."""
@@ -542,15 +405,24 @@ class FineTuneWidget(DockControls, QWidget):
                              "membrane, cell).")
         return names
 
-    def _new_model(self, annotation: str, labels: np.ndarray, plane: TrainingPlane):
+    def _new_model(self, annotation: str, labels: np.ndarray, n_channels: int):
         """A new model for the annotation: semantic with the typed class names for scribbles."""
         from ..training.loop import new_bundle_for_annotation
 
-        n_channels = 1 if plane.axes == "YX" else 3 if plane.axes == "YXC" else int(plane.image.shape[0])
         task = "semantic" if annotation == "scribbles" else "instances"
         return new_bundle_for_annotation(annotation, [labels], self.class_names(), n_channels=n_channels,
                                          base_channels=16, depth=4, seed=self.seed_spin.value(),
                                          name=f"new-{task}-model")
+
+    def _new_model_channels(self, image_layer) -> int:
+        """Input channels of a new model: one when one channel (or RGB's luminance) is chosen,
+        else every channel of the image."""
+        choice = self._channel_choice(image_layer)
+        if choice.channel is not None or choice.axes is None or "C" not in choice.axes:
+            return 1
+        data, _ = layer_image_and_axes(image_layer)
+        rgb = getattr(image_layer, "rgb", False)
+        return 1 if rgb else int(data.shape[choice.axes.index("C")])
 
     def _base_model(self):
         from ..model.bundle import load_model
@@ -558,7 +430,7 @@ class FineTuneWidget(DockControls, QWidget):
 
         name = self.model_combo.currentText()
         if name == LAST_USED:
-            bundle = last_used_bundle()
+            bundle = self.session.last_used
             if bundle is None:
                 raise ValueError("No model has been used for segmenting yet; choose another base model.")
         elif not name or name == LOAD_FILE:
@@ -579,14 +451,18 @@ class FineTuneWidget(DockControls, QWidget):
         image_layer, labels_layer = self._layer(self.image_combo), self._layer(self.labels_combo)
         if image_layer is None or labels_layer is None:
             raise ValueError("Choose an image layer and a labels layer painted on it (Layers > New Labels).")
-        labels, plane = self._labels_array(labels_layer, image_layer)
+        annotation = ANNOTATIONS[self.annotation_combo.currentText()]
+        new = self.model_combo.currentText() == NEW_MODEL
+        base = None if new else self._base_model()
+        n_channels = self._new_model_channels(image_layer) if new else base.n_channels
+        plane = self.training_plane(image_layer, n_channels)
+        labels = self._labels_array(labels_layer, plane)
         region = self._region(image_layer, plane)
         budget = self.budget_spin.value()
         minutes = self.budget_unit.currentText() == "minutes"
-        annotation = ANNOTATIONS[self.annotation_combo.currentText()]
+        model = self._new_model(annotation, labels, n_channels) if new else base
         return Trainer(
-            self._new_model(annotation, labels, plane) if self.model_combo.currentText() == NEW_MODEL
-            else self._base_model(), [plane.image], [labels],
+            model, [np.asarray(plane.image)], [labels],
             annotation=annotation,
             regions=[region], channel_axis=plane.channel_axis, names=[image_layer.name],
             epochs=None if minutes else budget, minutes=budget if minutes else None,
@@ -628,34 +504,36 @@ class FineTuneWidget(DockControls, QWidget):
 
             show_warning("No region chosen: every pixel you did not paint counts as background. If you "
                          "painted only some objects, draw rectangles around them and use them as the region.")
-        self._start("train", trainer.iter, self._on_trained)
+        self._stop_asked = False
+        self._start(Task.TRAIN, trainer.iter, self._on_trained)
 
-    def _start(self, kind: str, make_generator, on_result) -> None:
-        self._kind, self._failed = kind, False
+    def _start(self, kind: Task, make_generator, on_result) -> None:
+        self._failed = False
         self.job = EngineJob(make_generator, on_event=self._on_event, on_result=on_result,
-                             on_error=self._on_error, on_done=self._on_done)
+                             on_error=self._on_error, on_done=self._on_done, kind=kind)
         self.job.owner_alive = self._is_alive
         self._set_running(True)
         self.job.start()
 
     def stop(self) -> None:
-        """Stop training now; the best weights so far become the result."""
-        if self.running and self._kind == "train":
-            self.status.setText("Stopping …")
-            self.job.cancel()
+        """Ask the trainer to stop after the current step (:meth:`Trainer.stop`): it validates
+        once more and returns the best weights so far, which become the result."""
+        if self.running and self.job.kind is Task.TRAIN and not self._stop_asked:
+            self._stop_asked = True
+            self.trainer.stop()
+            self.status.setText("Stopping after this step (one last validation) …")
+            self._set_running(True)  # Stop is pressed once
 
     def _on_event(self, event: Any) -> None:
         from ..events import Progress, TrainStep, WarningEvent
 
         if isinstance(event, TrainStep):
             self._on_step(event)
-        elif isinstance(event, Progress) and self._kind == "preview":
+        elif isinstance(event, Progress) and self.job.kind is Task.PREVIEW:
             self.progress.setRange(0, max(event.total, 1))
             self.progress.setValue(event.done)
         elif isinstance(event, WarningEvent):
-            from napari.utils.notifications import show_info, show_warning
-
-            (show_info if event.kind == "info" else show_warning)(event.message)
+            show_engine_message(event)
 
     def _on_step(self, ev: Any) -> None:
         if ev.val_loss is None:
@@ -677,8 +555,11 @@ class FineTuneWidget(DockControls, QWidget):
             left = self._steps_left_time(ev)
         loss = f"loss {ev.loss:.3f}" if math.isfinite(ev.loss) else "validating the starting model"
         steps = f"step {ev.step}" if timed else f"step {ev.step}/{ev.total}"
+        if self._stop_asked:
+            loss = f"stopping, last validation loss {ev.val_loss:.3f}" if ev.val_loss is not None \
+                else f"{loss}; stopping after this step"
         self.status.setText(f"{steps} (epoch {ev.epoch:.1f}), {loss}, "
-                            f"{_fmt_seconds(ev.elapsed)} elapsed, {_fmt_seconds(left)} left")
+                            f"{fmt_seconds(ev.elapsed)} elapsed, {fmt_seconds(left)} left")
         if time.monotonic() - self._last_draw >= PLOT_INTERVAL:
             self._refresh_plot()
 
@@ -700,21 +581,20 @@ class FineTuneWidget(DockControls, QWidget):
     def _on_error(self, exc: BaseException) -> None:
         self._failed = True
         if not isinstance(exc, ValueError):
-            log.error("The %s job failed", self._kind, exc_info=exc)
+            log.error("The %s job failed", self.job.kind, exc_info=exc)
         self._notify_error(str(exc))
 
     def _on_done(self) -> None:
-        kind, job = self._kind, self.job
-        self._kind = ""
+        job = self.job
         self.progress.setRange(0, 1)
         self.progress.setValue(0 if job.cancelled or self._failed else 1)  # no "100 %" beside an error
-        if kind == "train":
+        if job.kind is Task.TRAIN:
             self._finish_training(job)
-        elif kind == "evaluate":
+        elif job.kind is Task.EVALUATE:
             self._show_table()
-        elif kind == "preview" and job.cancelled:
+        elif job.kind is Task.PREVIEW and job.cancelled:
             self.status.setText("Preview cancelled.")
-        self._set_running(self._kind != "")
+        self._set_running(self.running)  # _finish_training may have started the evaluation
 
     def _finish_training(self, job: EngineJob) -> None:
         trainer = self.trainer
@@ -724,10 +604,14 @@ class FineTuneWidget(DockControls, QWidget):
         if self.bundle is None:
             return
         self.bundle.metadata.pop("_source", None)  # the Segment widget's cache key, not model metadata
-        best = "the starting weights were kept" if trainer.best_step == 0 else (
+        best = _words(getattr(trainer, "selection_reason", None)) or (
+            "the starting weights were kept" if trainer.best_step == 0 else
             f"best at step {trainer.best_step}" if trainer.best_step is not None else "last weights kept")
-        how = "Failed" if self._failed else "Stopped" if job.cancelled else "Done"
-        self.status.setText(f"{how} after {trainer.step} steps in {_fmt_seconds(trainer.elapsed)} ({best}). "
+        how = "Failed" if self._failed else "Stopped" if job.cancelled or self._stop_asked else "Done"
+        reason = _words(trainer.stop_reason)
+        if not self._failed and reason and reason not in QUIET_STOP_REASONS:
+            how = f"{how} ({reason})"
+        self.status.setText(f"{how} after {trainer.step} steps in {fmt_seconds(trainer.elapsed)} ({best}). "
                             "Save the model or preview it on the view.")
         if trainer.best_step is None:
             return
@@ -735,7 +619,7 @@ class FineTuneWidget(DockControls, QWidget):
         self.after["validation loss"] = float(trainer.best_val)
         if trainer.annotation == "scribbles" and trainer.val_windows:
             bundles = [trainer.base, self.bundle]
-            self._start("evaluate", lambda: trainer.class_iou_iter(bundles), self._on_evaluated)
+            self._start(Task.EVALUATE, lambda: trainer.class_iou_iter(bundles), self._on_evaluated)
         else:
             self._show_table()
 
@@ -744,173 +628,13 @@ class FineTuneWidget(DockControls, QWidget):
         self.before.update(before)
         self.after.update(after)
 
-    def save_model(self, path: str | Path) -> Path | None:
-        """Write the fine-tuned model to ``path`` (``.safetensors`` is added when missing); atomic.
 
-        Returns:
-            The file written, or None when there was nothing to save or the write failed
-            (the user is told why).
-        """
-        path = self._result_path(path, ".safetensors", "save")
-        if path is None:
-            return None
-        try:
-            written = self.bundle.save(path)
-        except OSError as exc:
-            self._notify_error(f"Could not write {path} ({exc.strerror or exc}); choose another folder.")
-            return None
-        from napari.utils.notifications import show_info
-
-        self.status.setText(f"Saved to {written}.")
-        show_info(f"Model saved to {written}.")
-        return written
-
-    def _result_path(self, path: str | Path, suffix: str, verb: str) -> Path | None:
-        """``path`` with ``suffix`` added when missing; None (the user told) before any training."""
-        if self.bundle is None:
-            self._notify_error(f"Train a model first; there is nothing to {verb} yet.")
-            return None
-        path = Path(path)
-        return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
-
-    def _ask_save(self) -> None:
-        if self.bundle is None:
-            return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save the fine-tuned model", f"{self.bundle.name}.safetensors", "Models (*.safetensors)"
-        )
-        if path:
-            self.save_model(path)
-
-    def export_bioimageio(self, path: str | Path) -> Path | None:
-        """Start writing the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is
-        added when missing; atomic) on a worker thread: it runs the network on the test image and
-        traces it, seconds that napari stays responsive for. Returns the path being written, or
-        None when there is nothing to export; the status line says when it is done."""
-        path = self._result_path(path, ".zip", "export")
-        if path is None or self.running:
-            return None
-        bundle = self.bundle
-
-        def export():
-            from ..bioimageio import export_bioimageio
-            from ..events import Progress
-
-            yield Progress(0, 1, 0.0, "export")
-            try:
-                return export_bioimageio(bundle, path)
-            except OSError as exc:
-                raise ValueError(f"Could not write {path} ({exc.strerror or exc}); choose another folder.") \
-                    from exc
-
-        self.status.setText(f"Exporting for bioimage.io to {path} …")
-        self._start("export", export, self._on_exported)
-        return path
-
-    def _on_exported(self, written: Path) -> None:
-        from napari.utils.notifications import show_info
-
-        self.status.setText(f"Exported for bioimage.io to {written}.")
-        show_info(f"bioimage.io package written to {written}.")
-
-    def _ask_export(self) -> None:
-        if self.bundle is None:
-            return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export for bioimage.io", f"{self.bundle.name}.zip", "bioimage.io packages (*.zip)"
-        )
-        if path:
-            self.export_bioimageio(path)
-
-    def visible_box(self, image_layer, plane: TrainingPlane) -> tuple[int, int, int, int]:
-        """``(y0, x0, y1, x1)`` of the image plane's pixels on display (the whole plane when the
-        view is 3D, in grid mode, transposed, or does not overlap the image)."""
-        h, w = (plane.image.shape[1:] if plane.axes == "CYX" else plane.image.shape[:2])
-        whole = (0, 0, int(h), int(w))
-        viewer = self.viewer
-        scene = getattr(viewer, "scene", None)
-        camera = scene.camera if scene is not None else viewer.camera
-        canvas = getattr(viewer, "canvas", None)
-        size = getattr(canvas, "size", None) if canvas is not None else getattr(viewer, "_canvas_size", None)
-        grid = getattr(canvas, "grid", None) or getattr(viewer, "grid", None)
-        n = viewer.dims.ndim
-        if (size is None or viewer.dims.ndisplay != 2 or tuple(viewer.dims.displayed) != (n - 2, n - 1)
-                or (grid is not None and grid.enabled)):
-            return whole
-        centre = np.asarray(camera.center[-2:], dtype=float)
-        half = np.asarray(size[-2:], dtype=float) / (2 * camera.zoom)
-        corners = []
-        for dy, dx in ((-1, -1), (1, 1), (-1, 1), (1, -1)):
-            point = np.asarray(viewer.dims.point, dtype=float)
-            point[-2:] = centre + half * (dy, dx)
-            corners.append(image_layer.world_to_data(point)[-2:])
-        corners = np.asarray(corners)
-        y0, x0 = np.floor(corners.min(axis=0)).astype(int)
-        y1, x1 = np.ceil(corners.max(axis=0)).astype(int)
-        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(int(h), y1), min(int(w), x1)
-        if y1 - y0 < 8 or x1 - x0 < 8:
-            return whole
-        return int(y0), int(x0), int(y1), int(x1)
-
-    def preview(self) -> None:
-        """Segment the visible part of the image with the fine-tuned model into the plugin's own
-        preview layer (added once, then replaced); the user's layers are not touched."""
-        from ..normalization import compute_stats
-        from ..segmentation import segment_iter
-
-        if self.bundle is None or self.running:
-            return
-        layer = self._layer(self.image_combo)
-        if layer is None:
-            self._notify_error("Choose the image to preview on.")
-            return
-        try:
-            labels_layer = self._layer(self.labels_combo)
-            labels_shape = None
-            if labels_layer is not None and not getattr(labels_layer, "multiscale", False):
-                labels_shape = tuple(labels_layer.data.shape)
-            try:
-                plane = self.training_plane(layer, labels_shape)
-            except ValueError:  # labels of another image chosen: read the image on its own
-                plane = self.training_plane(layer)
-            y0, x0, y1, x1 = self.visible_box(layer, plane)
-        except Exception as exc:
-            log.exception("Could not find what to preview")
-            self._notify_error(f"Could not find what to preview: {exc}")
-            return
-        image, axes, bundle = plane.image, plane.axes, self.bundle
-        crop = image[:, y0:y1, x0:x1] if axes == "CYX" else image[y0:y1, x0:x1]
-        device, precision = self.device_combo.currentText(), self.precision_combo.currentText()
-
-        def work():
-            # normalize with the whole plane's statistics, as in training (never the crop's own)
-            stats = compute_stats(image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes
-                                  else None)
-            yield None
-            return (yield from segment_iter(bundle, crop, axes=axes, stats=stats, device=device,
-                                            precision=precision))
-
-        self._preview_place = (layer.name, y0, x0, np.asarray(layer.scale[-2:]),
-                               np.asarray(layer.translate[-2:]))
-        self.status.setText(f"Previewing the fine-tuned model on {layer.name} ({y1 - y0}x{x1 - x0} px) …")
-        self.progress.setRange(0, 0)
-        self._start("preview", work, self._on_preview)
-
-    def _on_preview(self, result) -> None:
-        name, y0, x0, scale, translate = self._preview_place
-        kwargs = {"scale": scale, "translate": translate + scale * (y0, x0)}
-        title = f"{name} preview (fine-tuned)"
-        if self._preview is not None and self._preview in self.viewer.layers:
-            self._preview.data = result.labels
-            self._preview.name = title
-            self._preview.scale, self._preview.translate = kwargs["scale"], kwargs["translate"]
-        else:
-            self._preview = self.viewer.add_labels(result.labels, name=title, **kwargs)
-            self._refresh_layers()
-        # the class names on hover (napari shows a Labels layer's features in the status bar)
-        self._preview.features = {"class": result.class_names} if result.task == "semantic" else {}
-        self.status.setText(f"Preview: {result.n_objects} objects." if result.task == "instances"
-                            else "Preview done.")
+def _words(value: Any) -> str:
+    """A trainer's reason (a string or an enum member) as words for the status line."""
+    if value is None:
+        return ""
+    value = getattr(value, "value", value)
+    return str(value).replace("_", " ")
 
 
 #: npe2 widget factory: ``make_finetune_widget(napari_viewer)``. It is the class itself because

@@ -1,14 +1,20 @@
-"""The "Segment (U-Net)" dock widget: builds the view and wires events; computes nothing."""
+"""The "Segment (U-Net)" dock widget: builds the view and wires events; computes nothing.
+
+The pickers are :mod:`~napari_tiled_unet._qt.pickers`, the reading of layers
+:mod:`~napari_tiled_unet._qt.layerview`, the result layers
+:mod:`~napari_tiled_unet._qt.result_layers` and the measurements
+:mod:`~napari_tiled_unet._qt.table`; the engine runs in an
+:class:`~napari_tiled_unet._qt.workers.EngineJob`.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import importlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +24,6 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -30,6 +35,12 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from . import layerview
+from .layerview import layer_image_and_axes
+from .pickers import LOAD_FILE, ChannelPicker, DockControls, show_engine_message
+from .progress import eta, fmt_seconds
+from .result_layers import ResultLayers, Run, for_display, pyramid_on_disk, warm_up_labels
+from .session import ModelSession, shared_session
 from .table import MeasureControls
 from .workers import EngineJob
 
@@ -40,184 +51,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOAD_FILE = "Load file…"
-
-#: 2D images above this many pixels keep their probabilities and labels in zarr stores on
-#: disk and are shown as lazy multiscale layers (napari then reads only what is on screen).
+#: 2D images of at least this many pixels keep their probabilities and labels in zarr stores
+#: on disk and are shown as lazy multiscale layers (napari then reads only what is on screen).
 LARGE_PIXELS = 8192 * 8192
-#: the coarsest level of such a lazy pyramid has no side longer than this
-PYRAMID_TOP = 2048
-
-_last_used: list[Any] = [None]  # the bundle the Segment widget ran last (in any viewer)
 
 
-def last_used_bundle():
-    """The model the Segment widget used last in this session, or None (for the fine-tune widget)."""
-    return _last_used[0]
+class RunKind(enum.Enum):
+    """What the Segment widget's job does."""
 
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "…"
-    if s < 9.95:  # "0 s" for a re-run of 0.4 s says nothing
-        return f"{s:.1f} s"
-    s = round(s)
-    return f"{s // 60}:{s % 60:02d}" if s >= 60 else f"{s} s"
-
-
-def layer_image_and_axes(layer) -> tuple[Any, str | None]:
-    """The full-resolution array of an Image layer (lazily) and its axes when they are known.
-
-    Multiscale layers give their first (full-resolution) level; RGB(A) layers are ``...YXC``.
-    """
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    if getattr(layer, "rgb", False):
-        return data, "YXC" if data.ndim == 3 else "ZYXC"
-    return data, None
-
-
-class DockControls:
-    """What both dock widgets share: the device picker, the model picker's files, layer pickers
-    that hold the layer objects (not their names), errors shown as napari notifications, and
-    knowing when the widget has been deleted. Expects ``device_combo``, ``model_combo``,
-    ``status``, a ``_loaded`` dict (display name -> file) and a ``_fill_models`` method."""
-
-    def _track_lifetime(self) -> None:
-        """Remember when Qt deletes this widget (the viewer was closed): a run that ends
-        afterwards must not touch it."""
-        alive = self._alive = [True]
-
-        def gone(*_: Any) -> None:
-            alive[0] = False
-            job = getattr(self, "job", None)
-            if job is not None and not job.finished:
-                job.cancel()
-
-        self.destroyed.connect(gone)
-
-    def _is_alive(self) -> bool:
-        return self._alive[0]
-
-    def _fill_devices(self) -> None:
-        from ..inference import available_devices
-
-        self.device_combo.addItem("auto")
-        for name, ok in available_devices().items():
-            self.device_combo.addItem(name)
-            item = self.device_combo.model().item(self.device_combo.count() - 1)
-            if not ok:
-                item.setEnabled(False)
-                item.setToolTip(f"{name} is not available on this computer")
-
-    def _fill_layer_combo(self, combo: QComboBox, layers: list[Any], first: str | None = None,
-                          default: Any = None) -> None:
-        """Offer ``layers`` (the objects are the item data, so a renamed or same-named layer is
-        never mistaken for another). The layer chosen before stays chosen while it exists; once
-        it is removed nothing is chosen until the user chooses again (no other layer silently
-        takes its place); an empty choice takes ``default`` (else the first entry)."""
-        lost = getattr(combo, "_lost_choice", False)
-        before_index, before = combo.currentIndex(), combo.currentData()
-        combo.blockSignals(True)
-        combo.clear()
-        if first:
-            combo.addItem(first, None)
-        for layer in layers:
-            combo.addItem(layer.name, layer)
-        if before is not None:
-            index = next((i for i in range(combo.count()) if combo.itemData(i) is before), -1)
-            lost = index < 0
-        elif before_index >= 0 and first:  # the ``first`` entry was chosen
-            index = 0
-        elif lost:
-            index = -1
-        else:
-            index = next((i for i in range(combo.count()) if combo.itemData(i) is default), 0 if combo.count()
-                         else -1) if default is not None else (0 if combo.count() else -1)
-        if not hasattr(combo, "_lost_choice"):
-            combo.currentIndexChanged.connect(lambda i: i < 0 or setattr(combo, "_lost_choice", False))
-        combo._lost_choice = lost  # type: ignore[attr-defined]
-        combo.setCurrentIndex(index)
-        combo.blockSignals(False)
-        if combo.currentData() is not before or combo.currentIndex() != before_index:
-            combo.currentIndexChanged.emit(combo.currentIndex())
-
-    def _combo_layer(self, combo: QComboBox):
-        """The layer chosen in ``combo`` if it is still in the viewer, else None."""
-        layer = combo.currentData()
-        return layer if layer is not None and layer in self.viewer.layers else None
-
-    def add_model_file(self, path: str | Path) -> None:
-        """Add a model file to the model picker and select it (also used by tests and scripts)."""
-        path = Path(path)
-        self._loaded[path.name] = str(path)
-        self._fill_models()
-        self.model_combo.setCurrentText(path.name)
-
-    def _on_model_chosen(self, index: int) -> None:
-        if self.model_combo.itemText(index) != LOAD_FILE:
-            return
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Load a U-Net model", "",
-            "Models (*.safetensors *.pth *.pt *.zip rdf.yaml *.bioimageio.yaml);;All files (*)",
-        )
-        if path:
-            self.add_model_file(path)
-        else:
-            self.model_combo.setCurrentIndex(0)
-
-    def _notify_error(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
-        self.status.setText(message)
-        show_error(message)
-
-
-#: what the plugin writes into the metadata of the layers it makes
-META_KEY = "napari_tiled_unet"
-
-
-def layer_origin(layer) -> dict[str, Any]:
-    """What the plugin recorded about a layer it made: ``{"role", "image", "edited"}``, or {}."""
-    meta = getattr(layer, "metadata", None) or {}
-    return meta.get(META_KEY, {}) if isinstance(meta, dict) else {}
-
-
-@dataclass
-class _Run:
-    """What a run is bound to: the image layer object (not its name) and how it was read."""
-
-    image: Any
-    view: Any  # imageview.ImageView
-    drop_axis: int | None  # the layer dimension that holds channels (not RGB), else None
-
-
-@dataclass
-class _Output:
-    """The plugin's result layers for one image layer."""
-
-    image: Any
-    labels: Any = None
-    probabilities: list[Any] = field(default_factory=list)
-    edited: bool = False
-
-
-def placement(layer, drop_axis: int | None = None) -> dict[str, Any]:
-    """Keyword arguments that put a result layer where ``layer`` is: scale, translate, rotation,
-    shear, affine, units and axis labels (without the layer dimension ``drop_axis``)."""
-    keep = [i for i in range(layer.ndim) if i != drop_axis]
-    out: dict[str, Any] = {
-        "scale": np.asarray(layer.scale)[keep],
-        "translate": np.asarray(layer.translate)[keep],
-        "rotate": np.asarray(layer.rotate)[np.ix_(keep, keep)],
-        "affine": np.asarray(layer.affine.affine_matrix)[np.ix_([*keep, layer.ndim], [*keep, layer.ndim])],
-    }
-    if drop_axis is None:
-        out["shear"] = np.asarray(layer.shear)
-    for key in ("units", "axis_labels"):
-        values = getattr(layer, key, None)
-        if values is not None:
-            out[key] = tuple(values[i] for i in keep)
-    return out
+    SEGMENT = "segment"  # the network and post-processing
+    RESEGMENT = "resegment"  # post-processing of the kept probabilities only
 
 
 class SegmentWidget(DockControls, MeasureControls, QWidget):
@@ -231,34 +74,32 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
     :class:`~napari_tiled_unet._qt.table.MeasureControls`.
     """
 
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.Viewer, session: ModelSession | None = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.session = session if session is not None else shared_session()
         self.job: EngineJob | None = None
         self.bundle = None  # the model last used (the fine-tune widget can pick it up)
         self._bundle_source: Any = None
         self.result = None  # last Segmentation, for Re-segment
-        self._result_run: _Run | None = None
-        self._pending: _Run | None = None  # the run in progress
-        self._kind = ""  # "segment" or "resegment"
+        self._result_run: Run | None = None
+        self._pending: Run | None = None  # the run in progress
         self._loaded: dict[str, str] = {}  # display name -> file path
-        self._outputs: list[_Output] = []  # the plugin's own layers, per image layer
-        self._writing = False  # the plugin itself is changing a result layer
         self._tmp = None  # folder of zarr outputs of large images (see _disk_outputs)
         self._runs = 0
         self._defaults_shown_for: Any = None
-        self._channels_needed = False
         self._queue: list[Callable[[], None]] = []  # display steps, one per event-loop turn
         self._pumping = False
+        self._pump_scheduled = False
         #: (name, wall seconds, main-thread CPU seconds) of every display step (for diagnostics)
         self.step_times: list[tuple[str, float, float]] = []
         self._track_lifetime()
+        self.results = ResultLayers(self.viewer, self._connect)  # the plugin's own layers, per image
 
         self.image_combo = QComboBox()
-        self.channel_axis_combo = QComboBox()
-        self.channel_axis_combo.setToolTip("Which axis of the image holds colour channels, if any.")
-        self.channel_combo = QComboBox()
-        self.channel_combo.setToolTip("The channel that holds the nuclei (or the luminance of RGB).")
+        self.channel_row = ChannelPicker()
+        self.channel_axis_combo = self.channel_row.axis_combo
+        self.channel_combo = self.channel_row.channel_combo
         self.model_combo = QComboBox()
         self.device_combo = QComboBox()
         self.precision_combo = QComboBox()
@@ -312,18 +153,10 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self._started = 0.0
         self._last_progress: Any = None
 
-        channels = QWidget()
-        channel_row = QHBoxLayout(channels)
-        channel_row.setContentsMargins(0, 0, 0, 0)
-        channel_row.addWidget(QLabel("axis"))
-        channel_row.addWidget(self.channel_axis_combo)
-        channel_row.addWidget(QLabel("nuclei"))
-        channel_row.addWidget(self.channel_combo)
-        self.channel_row = channels
-
         self.form = form = QFormLayout()
         form.addRow("image", self.image_combo)
-        form.addRow("channels", channels)
+        form.addRow("channels", self.channel_row)
+        self.channel_row.form_label = form.labelForField(self.channel_row)
         form.addRow("model", self.model_combo)
         form.addRow("device", self.device_combo)
         form.addRow("precision", self.precision_combo)
@@ -362,17 +195,16 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self._fill_devices()
         self._fill_models()
         self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
-        self.channel_axis_combo.currentIndexChanged.connect(self._fill_channels)
         self._refresh_images()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_images)
+            self._connect(ev, self._refresh_images)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.resegment_button.clicked.connect(self.resegment)
         self._on_model_changed()
-        _warm_up_labels()
+        warm_up_labels()
 
     # -- view helpers -------------------------------------------------------------------
 
@@ -402,7 +234,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
 
         if not self._is_alive():
             return
-        own = {id(layer) for out in self._outputs for layer in out.probabilities}
+        own = self.results.probability_layers()
         images = [layer for layer in self.viewer.layers
                   if isinstance(layer, napari.layers.Image) and id(layer) not in own]
         active = self.viewer.layers.selection.active
@@ -411,87 +243,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
 
     def _on_image_chosen(self, *_: Any) -> None:
         """Offer the channel choices the chosen image needs (hidden when it has none)."""
-        from ..imageview import MAX_CHANNELS, guess_axes
-
-        layer = self._combo_layer(self.image_combo)
-        combo = self.channel_axis_combo
-        combo.blockSignals(True)
-        combo.clear()
-        needed = False
-        if layer is not None:
-            data, axes = layer_image_and_axes(layer)
-            shape = tuple(data.shape)
-            if axes is not None:  # RGB(A): the last axis, always
-                combo.addItem(f"RGB{'A' if shape[-1] == 4 else ''} (last)", data.ndim - 1)
-                needed = True
-            elif 3 <= data.ndim <= 4:
-                candidates = [i for i, n in enumerate(shape[:-2]) if n <= MAX_CHANNELS]
-                if data.ndim == 3 and shape[-1] <= MAX_CHANNELS:
-                    candidates.append(2)
-                try:
-                    guess, ambiguous = guess_axes(shape)
-                except ValueError:
-                    guess, ambiguous = "", False
-                if candidates:
-                    needed = True
-                    if ambiguous:
-                        combo.addItem("choose…", "choose")
-                    if data.ndim == 3:
-                        combo.addItem(f"none ({shape[0]} planes)" if 2 not in candidates else "none", None)
-                    for i in candidates:
-                        combo.addItem(f"axis {i} ({shape[i]} channels)", i)
-                    if not ambiguous and "C" in guess:
-                        combo.setCurrentIndex(combo.findData(guess.index("C")))
-        combo.blockSignals(False)
-        self._channels_needed = needed
-        self.channel_row.setVisible(needed)
-        label = self.form.labelForField(self.channel_row)
-        if label is not None:
-            label.setVisible(needed)
-        self._fill_channels()
-
-    def _fill_channels(self, *_: Any) -> None:
-        layer = self._combo_layer(self.image_combo)
-        axis = self.channel_axis_combo.currentData()
-        combo = self.channel_combo
-        combo.clear()
-        combo.setEnabled(isinstance(axis, int))
-        if layer is None or not isinstance(axis, int):
-            return
-        data, rgb_axes = layer_image_and_axes(layer)
-        n = int(data.shape[axis])
-        combo.addItem("auto", None)
-        if rgb_axes is not None or (axis == data.ndim - 1 and n in (3, 4)):
-            combo.addItem("luminance", "luminance")
-            names = ["red", "green", "blue", "alpha"]
-            for c in range(min(n, 3)):
-                combo.addItem(f"{c} ({names[c]})", c)
-            combo.setCurrentIndex(1)
-        else:
-            for c in range(n):
-                combo.addItem(str(c), c)
-
-    def channel_choice(self, layer) -> tuple[str | None, int | str | None, int | None]:
-        """(axes, channel, layer dimension of the channels) for the image as the user described it.
-
-        Raises:
-            ValueError: the user still has to say whether an axis holds channels.
-        """
-        data, rgb_axes = layer_image_and_axes(layer)
-        if not self._channels_needed:
-            return rgb_axes, None, None
-        axis = self.channel_axis_combo.currentData()
-        if axis == "choose":
-            raise ValueError(f"Say whether the first axis of {layer.name} ({data.shape[0]} entries) holds "
-                             "channels or planes, with 'channels: axis'.")
-        channel = self.channel_combo.currentData() if isinstance(axis, int) else None
-        if rgb_axes is not None:
-            return rgb_axes, channel, None
-        if axis is None:
-            return ("YX" if data.ndim == 2 else "ZYX"), None, None
-        spatial = "YX" if data.ndim == 3 else "ZYX"
-        axes = spatial[:axis] + "C" + spatial[axis:]
-        return axes, channel, axis
+        self.channel_row.set_layer(self._combo_layer(self.image_combo))
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -554,7 +306,6 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
     def run(self) -> None:
         """Start segmenting the selected image in a worker thread."""
         from ..events import RunControl, WarningEvent
-        from ..imageview import interpret
         from ..inference import resolve_device
         from ..segmentation import segment_iter
         from .cancel_window import cpu_limits
@@ -568,17 +319,16 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             if self._bundle_source != self._defaults_shown_for:
                 self._defaults_shown_for = self._bundle_source
                 self._show_model_defaults(bundle)
-            _last_used[0] = bundle
-            axes, channel, drop_axis = self.channel_choice(layer)
+            self.session.remember(bundle, self._bundle_source)
+            choice = self.channel_row.choice(layer)
             image, _ = layer_image_and_axes(layer)
-            view = interpret(tuple(image.shape), bundle.n_channels, axes=axes, channel=channel,
-                             option="the 'nuclei' channel picker")
+            view = layerview.image_view(layer, choice, bundle.n_channels)
         except Exception as exc:  # BundleError, ImageError and friends: one sentence to the user
             self._notify_error(str(exc))
             return
         kwargs = {
-            "axes": axes,
-            "channel": channel,
+            "axes": choice.axes,
+            "channel": choice.channel,
             "device": self.device_combo.currentText(),
             "precision": self.precision_combo.currentText(),
             "mode": self.mode_combo.currentText(),
@@ -596,7 +346,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             kwargs["probabilities_out"] = str(store / "probabilities.zarr")
             kwargs["labels_out"] = str(store / "labels.zarr")
         measure = self._measurer(layer)
-        self._pending = _Run(layer, view, drop_axis)
+        self._pending = Run(layer, view, choice.drop_axis)
         how = view.describe()
         self.status.setText(f"Segmenting {layer.name}{f' ({how})' if how else ''} …")
 
@@ -614,14 +364,13 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
                     yield WarningEvent(limits.note, kind="info")
             result = yield from segment_iter(bundle, image, control=control, in_blocks=True, **kwargs)
             result = yield from measure(result)
-            result.labels = _for_display(result.labels)
-            levels = _pyramid_on_disk(result.labels, store / "labels-levels") if store is not None else None
+            result.labels = for_display(result.labels)
+            levels = pyramid_on_disk(result.labels, store / "labels-levels") if store is not None else None
             return result, result.n_objects, levels  # counted here: on disk, counting reads every block
 
-        self._start("segment", work, control)
+        self._start(RunKind.SEGMENT, work, control)
 
-    def _start(self, kind: str, work, control: RunControl | None = None) -> EngineJob:
-        self._kind = kind
+    def _start(self, kind: RunKind, work, control: RunControl | None = None) -> EngineJob:
         self.job = EngineJob(
             work,
             on_event=self._on_event,
@@ -629,6 +378,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             on_error=lambda exc: self._notify_error(str(exc)),
             on_done=self._on_done,
             control=control,
+            kind=kind,
         )
         self.job.owner_alive = self._is_alive
         self.progress.setRange(0, 0)
@@ -680,12 +430,14 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * done / total))
             elapsed = time.monotonic() - self._started
-            self.status.setText(f"{done:.1f}/{total} tiles, {_fmt_seconds(elapsed)} elapsed, "
-                                f"{_fmt_seconds(_eta(elapsed, done / total))} left")
+            self.status.setText(f"{done:.1f}/{total} tiles, {fmt_seconds(elapsed)} elapsed, "
+                                f"{fmt_seconds(eta(elapsed, done / total))} left")
 
     def _on_event(self, event: Any) -> None:
         from ..events import Progress, WarningEvent
 
+        if isinstance(event, WarningEvent):
+            return show_engine_message(event)
         if isinstance(event, Progress):
             self._last_progress = event
             elapsed = time.monotonic() - self._started
@@ -695,44 +447,41 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
                 self.progress.setRange(0, max(event.total, 1))
                 self.progress.setValue(event.done)
                 self.status.setText(f"Measuring objects: {event.done}/{event.total}, "
-                                    f"{_fmt_seconds(elapsed)} elapsed")
+                                    f"{fmt_seconds(elapsed)} elapsed")
             elif event.total > 1:  # blocks of a large image, or planes of a stack
                 self.progress.setRange(0, event.total)
                 self.progress.setValue(event.done)
-                left = _eta(event.elapsed, event.done / event.total)
-                self.status.setText(f"Labels: {event.done}/{event.total}, {_fmt_seconds(elapsed)} elapsed, "
-                                    f"{_fmt_seconds(left)} left")
+                left = eta(event.elapsed, event.done / event.total)
+                self.status.setText(f"Labels: {event.done}/{event.total}, {fmt_seconds(elapsed)} elapsed, "
+                                    f"{fmt_seconds(left)} left")
             else:
                 self.progress.setRange(0, 0)  # one step that cannot be counted: busy
                 self.status.setText("Turning probabilities into labels …")
-        elif isinstance(event, WarningEvent):
-            from napari.utils.notifications import show_info, show_warning
-
-            (show_info if event.kind == "info" else show_warning)(event.message)
         return None
 
     def _on_result(self, value) -> None:
         result, n_objects, levels = value
-        run = self._pending if self._kind == "segment" else self._result_run
+        run = self._pending if self.job.kind is RunKind.SEGMENT else self._result_run
         seconds = time.monotonic() - self._started  # this run's own time, reading to labels
         result.seconds = seconds
         self.result, self._result_run = result, run
-        self._queue.extend(self._display_steps(result, run, levels))
+        self._queue.extend(self.results.display_steps(result, run, levels, self.show_probs.isChecked(),
+                                                      then=self._announce))
         size = ""
         if getattr(result, "estimated_diameter", None):
             size = f" Estimated object diameter: {result.estimated_diameter:.1f} px."
         elif getattr(result, "diameter", None):
             size = f" Rescaled for objects of {result.diameter:.1f} px."
         self._queue.append(lambda: self.status.setText(
-            (f"{n_objects} objects found in {_fmt_seconds(seconds)}." if result.task == "instances"
-             else f"Done in {_fmt_seconds(seconds)}.") + size))
-        self._pump()
+            (f"{n_objects} objects found in {fmt_seconds(seconds)}." if result.task == "instances"
+             else f"Done in {fmt_seconds(seconds)}.") + size))
+        self._schedule()
 
     def _on_done(self) -> None:
         self._poll.stop()
         job = self.job
         self._queue.append(lambda: self._finish(job))
-        self._pump()
+        self._schedule()
 
     def _finish(self, job: EngineJob | None) -> None:
         if job is not None and job.cancelled and self.result is None:
@@ -744,10 +493,18 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self._pending = None
         self._set_running(False)
 
+    def _schedule(self) -> None:
+        """Run the queued display steps from the next event-loop turn on (never inside the
+        handler of the worker's signal, which Qt may deliver right after another one)."""
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            QTimer.singleShot(0, self._pump)
+
     def _pump(self) -> None:
         """Run the next display step, then yield to the event loop before the one after: adding
         a layer costs napari a few hundred ms on a slow machine, so one layer per turn keeps
         the viewer responsive while a result with several layers appears."""
+        self._pump_scheduled = False
         if self._pumping or not self._is_alive():
             return
         self._pumping = True
@@ -761,104 +518,19 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         finally:
             self._pumping = False
         if self._queue:
-            QTimer.singleShot(0, self._pump)
+            self._schedule()
 
     @property
     def busy(self) -> bool:
         """A run is going, or its result is still being put on screen."""
         return bool(self._queue) or (self.job is not None and not self.job.finished)
 
-    # -- result layers --------------------------------------------------------------------
+    # -- result layers ----------------------------------------------------------------------
 
-    def _output_for(self, image) -> _Output:
-        for out in self._outputs:
-            if out.image is image:
-                return out
-        out = _Output(image)
-        self._outputs.append(out)
-        return out
-
-    def _display_steps(self, result, run: _Run, levels: list[Any] | None = None) -> list[Callable[[], None]]:
-        """The steps that put ``result`` on screen, one layer each: the labels into the image's
-        result layer (in place unless the user painted into it since, else a new layer, the
-        edited one kept), then one probability layer per foreground class, just below them."""
-        out = self._output_for(run.image)
-        place = placement(run.image, run.drop_axis)
-        steps: list[Callable[[], None]] = [partial(self._show_labels, result, run, out, place, levels)]
-        steps += [partial(self._remove_layer, layer) for layer in out.probabilities]
-        steps.append(out.probabilities.clear)
-        if self.show_probs.isChecked():
-            steps += [partial(self._add_probability, result, out, place, c)
-                      for c in range(1, len(result.class_names))]
-        steps.append(partial(self._announce, out, run, result))
-        return steps
-
-    def _remove_layer(self, layer) -> None:
-        if layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
-
-    def _show_labels(self, result, run: _Run, out: _Output, place: dict[str, Any],
-                     levels: list[Any] | None = None) -> None:
-        from napari.utils.notifications import show_info
-
-        data = levels or _lazy_pyramid(result.labels)
-        old = out.labels if out.labels is not None and out.labels in self.viewer.layers else None
-        self._writing = True
-        try:
-            if old is not None and not out.edited and bool(old.multiscale) == isinstance(data, list):
-                old.data = data
-                for key, value in place.items():
-                    setattr(old, key, value)
-                labels = old
-            else:
-                kwargs: dict[str, Any] = {"name": f"{run.image.name} labels", **place}
-                if result.task == "semantic":
-                    kwargs["features"] = {"class": result.class_names}
-                labels = self.viewer.add_labels(data, **kwargs)
-                if old is not None and not out.edited:  # single-scale <-> multiscale: same spot
-                    index = self.viewer.layers.index(old)
-                    self.viewer.layers.remove(old)
-                    self.viewer.layers.move(self.viewer.layers.index(labels), index)
-                    labels.name = kwargs["name"]
-                elif old is not None:
-                    show_info(f"Your edits of '{old.name}' are kept; the new result is '{labels.name}'.")
-                labels.metadata[META_KEY] = {"role": "labels", "image": run.image.name}
-                self._watch_edits(labels, out)
-        finally:
-            self._writing = False
-        out.labels, out.edited = labels, False
-        labels.metadata[META_KEY]["edited"] = False
-
-    def _watch_edits(self, labels, out: _Output) -> None:
-        """Mark ``out`` edited when the user paints into ``labels`` or replaces its data."""
-
-        def edited(*_: Any) -> None:
-            if not self._writing and out.labels is labels:
-                out.edited = True
-                labels.metadata.setdefault(META_KEY, {})["edited"] = True
-
-        labels.events.paint.connect(edited)
-        labels.events.data.connect(edited)
-
-    def _add_probability(self, result, out: _Output, place: dict[str, Any], c: int) -> None:
-        probs = result.probabilities
-        plane = probs[..., c, :, :] if not hasattr(probs, "attrs") else _zarr_class(probs, c)
-        colormaps = ["green", "magenta", "cyan", "yellow", "blue", "red"]
-        layer = self.viewer.add_image(
-            _lazy_pyramid(plane, in_memory_too=True),
-            name=f"{out.image.name} {result.class_names[c]} probability",
-            colormap=colormaps[(c - 1) % len(colormaps)], blending="additive",
-            contrast_limits=(0.0, 1.0), **place,
-        )
-        layer.metadata[META_KEY] = {"role": "probability", "image": out.image.name}
-        if out.labels in self.viewer.layers:  # below the labels, which it must not cover
-            self.viewer.layers.move(self.viewer.layers.index(layer), self.viewer.layers.index(out.labels))
-        out.probabilities.append(layer)
-
-    def _announce(self, out: _Output, run: _Run, result) -> None:
+    def _announce(self, out) -> None:
         self._refresh_images()
         if out.labels is not None:
-            self._show_objects(out.labels, result)  # features, the Objects table, the buttons
+            self._show_objects(out.labels, self.result)  # features, the Objects table, the buttons
 
     def resegment(self) -> None:
         """Apply the current thresholds to the cached probabilities (no network run)."""
@@ -881,81 +553,12 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             labels = yield from labels_from_iter(probs, task, params, out=out, in_blocks=True)
             new = Segmentation(labels, probs, task, old.class_names, params, time.perf_counter() - start)
             new = yield from measure(new)
-            new.labels = _for_display(new.labels)
-            levels = _pyramid_on_disk(new.labels, folder / "labels-levels") if folder is not None else None
+            new.labels = for_display(new.labels)
+            levels = pyramid_on_disk(new.labels, folder / "labels-levels") if folder is not None else None
             return new, new.n_objects, levels
 
         self.status.setText("Re-segmenting with the new thresholds …")
-        self._start("resegment", work)
-
-
-def _warm_up_labels() -> None:
-    """Build (and drop) a 1x1 Labels layer: napari's one-time set-up of the Labels class
-    (about 0.1-0.2 s of the main thread here) then happens when the widget opens, not in the
-    middle of showing the first result."""
-    from napari.layers import Labels
-
-    Labels(np.zeros((1, 1), np.uint8))
-
-
-def _for_display(labels: Any) -> Any:
-    """In-memory labels as uint16 when the ids fit (the worker does the conversion): napari
-    draws uint8/uint16 labels as they are, but hashes every pixel of wider types on the main
-    thread whenever the layer is drawn (0.4 s for 4096x4096 on a slow CPU)."""
-    if isinstance(labels, np.ndarray) and labels.size and labels.min() >= 0 and labels.max() < 2**16:
-        return labels.astype(np.uint16)
-    return labels
-
-
-def _eta(elapsed: float, fraction: float) -> float | None:
-    """Seconds left from the share done, or None while that share is too small to tell."""
-    if fraction <= 0.03 or elapsed < 2.0:
-        return None
-    return elapsed / fraction * (1 - fraction)
-
-
-def _zarr_class(probs: Any, c: int) -> Any:
-    """Class ``c`` of zarr (C, Y, X) probabilities, lazily."""
-    import dask.array as da
-
-    return da.from_zarr(probs)[c]
-
-
-def _pyramid_on_disk(labels: Any, folder: Path) -> list[Any] | None:
-    """For labels kept on disk: their coarser levels written as zarr (in the worker), each
-    from the one before, so that napari's drawing of a zoomed-out view reads a small array
-    instead of every chunk of the full-resolution one (1.6 s on the main thread for 8192^2).
-    The list of lazy levels, full resolution first; None when one level is enough."""
-    import dask.array as da
-
-    if isinstance(labels, np.ndarray) or len(labels.shape) != 2:
-        return None
-    levels = [da.from_zarr(labels)]
-    while max(levels[-1].shape) > PYRAMID_TOP:
-        path = str(folder / f"{len(levels)}.zarr")
-        coarser = levels[-1][::2, ::2]
-        coarser.rechunk(tuple(min(s, 1024) for s in coarser.shape)).to_zarr(path, overwrite=True)
-        levels.append(da.from_zarr(path))
-    return levels if len(levels) > 1 else None
-
-
-def _lazy_pyramid(data: Any, in_memory_too: bool = False) -> Any:
-    """A zarr result becomes a list of lazy dask levels (every level half the size of the one
-    before, nearest-neighbour) that napari shows as multiscale; numpy stays as it is, or with
-    ``in_memory_too`` becomes such a list of strided views (no copy): napari then turns into a
-    texture only the level it draws, instead of the whole array on the main thread."""
-    if isinstance(data, np.ndarray) and not in_memory_too:
-        return data
-    if isinstance(data, np.ndarray):
-        arr = data
-    else:
-        import dask.array as da
-
-        arr = da.from_zarr(data) if not isinstance(data, da.Array) else data
-    levels = [arr]
-    while max(levels[-1].shape[-2:]) > PYRAMID_TOP:
-        levels.append(levels[-1][..., ::2, ::2])
-    return levels if len(levels) > 1 else arr
+        self._start(RunKind.RESEGMENT, work)
 
 
 # npe2 widget factory: napari gives the viewer to a QWidget class whose __init__ takes
@@ -963,4 +566,4 @@ def _lazy_pyramid(data: Any, in_memory_too: bool = False) -> Any:
 make_segment_widget = SegmentWidget
 
 
-__all__ = ["SegmentWidget", "last_used_bundle", "make_segment_widget"]
+__all__ = ["RunKind", "SegmentWidget", "make_segment_widget"]

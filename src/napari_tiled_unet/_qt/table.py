@@ -9,6 +9,7 @@ the label in napari's ``index`` column; the table shows the active result layer'
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .layerview import labels_data, layer_image_and_axes, layer_scale_and_unit
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -36,15 +38,6 @@ CSV_FILTER = "CSV table (*.csv)"
 LABELS_FILTER = "TIFF (*.tif *.tiff);;Zarr folder (*.zarr)"
 
 
-def layer_scale_and_unit(layer) -> dict[str, Any]:
-    """``scale`` and ``unit`` of a layer for :func:`~napari_tiled_unet.measure.measure_objects`:
-    the pixel size per axis, and the unit's short name (``um``, ``nm`` ...) when the Y and X
-    axes share one other than pixels."""
-    units = {u for u in tuple(getattr(layer, "units", ()))[-2:] if str(u) != "pixel"}
-    unit = f"{units.pop():~}".replace("µ", "u") if len(units) == 1 else None
-    return {"scale": tuple(float(s) for s in layer.scale), "unit": unit}
-
-
 def features_of(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A measurement table as Labels ``features``: napari finds each label's row by ``index``."""
     return {"index": table["label"], **{k: v for k, v in table.items() if k != "label"}}
@@ -54,13 +47,6 @@ def table_of(layer) -> dict[str, np.ndarray]:
     """A layer's ``features`` as a measurement table (``index`` named ``label`` again)."""
     df = layer.features
     return {("label" if c == "index" else str(c)): df[c].to_numpy() for c in df.columns}
-
-
-def _labels_data(layer) -> Any:
-    """The full-resolution labels of a layer, without reading a lazy layer into memory; a
-    copy of in-memory data (the user may paint on while a worker reads it)."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    return data.copy() if isinstance(data, np.ndarray) else data
 
 
 class _TableModel(QAbstractTableModel):
@@ -158,7 +144,8 @@ class MeasureControls:
     """The Segment widget's measurement part: measuring in the worker after each run, the
     layer features, the table dock, "Export CSV…" and "Save labels…".
 
-    Expects ``viewer``, ``status`` and ``_notify_error`` (see ``DockControls``).
+    Expects ``viewer``, ``status``, ``_connect`` and ``_notify_error`` (see
+    :class:`~napari_tiled_unet._qt.pickers.DockControls`).
     """
 
     def _init_measurements(self, layout) -> None:
@@ -182,7 +169,7 @@ class MeasureControls:
         row.addWidget(self.export_button)
         row.addWidget(self.save_labels_button)
         layout.addLayout(row)
-        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._connect(self.viewer.layers.selection.events.active, self._on_active_layer)
 
     # -- measuring ---------------------------------------------------------------------
 
@@ -190,7 +177,6 @@ class MeasureControls:
         """measure(result): a generator for the worker that measures an instance result
         against ``image_layer``'s intensities and pixel size (kept for Re-segment)."""
         from ..measure import measure_objects_iter
-        from .predict_widget import layer_image_and_axes
 
         image, _ = layer_image_and_axes(image_layer)
         scale = self._measure_scale = layer_scale_and_unit(image_layer)
@@ -211,8 +197,8 @@ class MeasureControls:
         self._measured = {i: m for i, m in self._measured.items() if i in alive}
         if layer not in self._results:
             self._results.append(layer)
-            layer.events.paint.connect(lambda *_: self._mark_stale(layer))
-            layer.events.data.connect(lambda *_: self._mark_stale(layer))
+            self._connect(layer.events.paint, partial(self._mark_stale, layer))
+            self._connect(layer.events.data, partial(self._mark_stale, layer))
         self.save_labels_button.setEnabled(True)
         if getattr(result, "objects", None) is None:
             self._measured.pop(id(layer), None)
@@ -223,7 +209,7 @@ class MeasureControls:
         self.export_button.setEnabled(True)
         self._show_table(layer)
 
-    def _mark_stale(self, layer) -> None:
+    def _mark_stale(self, layer, *_: Any) -> None:
         info = self._measured.get(id(layer))
         if info is not None and not info["stale"]:
             info["stale"] = True
@@ -260,7 +246,7 @@ class MeasureControls:
         if self._side_job is not None and not self._side_job.finished:
             self._notify_error("Still measuring or saving; wait until it is done.")
             return
-        labels, kwargs = _labels_data(layer), layer_scale_and_unit(layer)
+        labels, kwargs = labels_data(layer), layer_scale_and_unit(layer)
         kwargs["unit"] = kwargs["unit"] or info["unit"]  # the layer may not carry the image's units
         image = info["image"]
         info["stale"] = False  # edits from now on make it stale again
@@ -352,7 +338,7 @@ class MeasureControls:
                                  (".tif", ".tiff", ".zarr"))
         if path is None:
             return
-        labels = _labels_data(layer)
+        labels = labels_data(layer)
 
         def work():
             yield from ()
@@ -362,4 +348,4 @@ class MeasureControls:
         self._start_side_job(work, lambda p: self.status.setText(f"Labels saved to {Path(p).name}."))
 
 
-__all__ = ["MeasureControls", "ObjectsTable", "features_of", "layer_scale_and_unit", "table_of"]
+__all__ = ["MeasureControls", "ObjectsTable", "features_of", "table_of"]

@@ -1,7 +1,9 @@
 """Running engine generators in napari's ``thread_worker`` with a clean cancel.
 
 Compute code never receives a Qt object: the widget hands a plain generator to
-:func:`start_generator` and gets Qt signals back.
+:class:`EngineJob` and gets its events, result and errors back on the main thread. What the
+engine logs as a warning while the job runs reaches the widget as a
+:class:`~napari_tiled_unet.events.WarningEvent` too (napari users never see a log).
 """
 
 from __future__ import annotations
@@ -11,6 +13,24 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+class _LogWarnings(logging.Handler):
+    """Collects the package's log warnings emitted outside the main thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName != "MainThread":
+            self.messages.append(record.getMessage())
+
+    def drain(self) -> list[Any]:
+        from ..events import WarningEvent
+
+        messages, self.messages = self.messages, []
+        return [WarningEvent(m) for m in messages]
 
 
 class EngineJob:
@@ -33,22 +53,37 @@ class EngineJob:
         on_error: Callable[[BaseException], None],
         on_done: Callable[[], None],
         control: Any = None,
+        kind: Any = None,
     ) -> None:
         from napari.qt.threading import thread_worker
 
         from ..events import Cancelled, RunControl
 
         self._gen: Generator | None = None
+        self.kind = kind  # what the job does (the widget's own enum)
         self.cancelled = False
         self.finished = False
         self.control = control if control is not None else RunControl()
         self.succeeded = False
         self.owner_alive: Callable[[], bool] = lambda: True
 
+        package_log = logging.getLogger(__package__.rsplit(".", 1)[0])
+        warnings = _LogWarnings()
+
         def run():
-            self._gen = make_generator()
-            result = yield from self._gen
-            return result
+            package_log.addHandler(warnings)
+            try:
+                self._gen = gen = make_generator()
+                while True:
+                    try:
+                        event = next(gen)
+                    except StopIteration as stop:
+                        yield from warnings.drain()
+                        return stop.value
+                    yield from warnings.drain()
+                    yield event
+            finally:
+                package_log.removeHandler(warnings)
 
         # errors go to on_error (a notification), not re-raised in the Qt event loop
         self.worker = thread_worker(run, start_thread=False, ignore_errors=True)()
@@ -66,6 +101,7 @@ class EngineJob:
         self.worker.errored.connect(self._guard(error))
 
         def done():
+            package_log.removeHandler(warnings)
             self._close()
             self.finished = True
             if self.owner_alive():
