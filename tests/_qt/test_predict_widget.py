@@ -576,3 +576,54 @@ def test_a_full_bar_never_stays_beside_a_new_error(widget, qtbot, _capture_error
     _wait(qtbot, w)
     assert errors and "constant" in w.status.text()
     assert w.progress.value() == 0
+
+
+def test_a_widget_taken_off_the_viewer_lets_go_of_the_viewer_and_its_layers(make_napari_viewer, qtbot,
+                                                                            tiny_model):
+    """Removed from its dock (or closed), a widget no longer listens to the layer list, the
+    selection or the result layer it made: adding a layer afterwards reaches nothing of it."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+    from napari_tiled_unet._qt.session import ModelSession
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image()[:64, :64].copy(), name="img")
+    emitters = [viewer.layers.events.inserted, viewer.layers.events.removed,
+                viewer.layers.selection.events.active]
+    before = [len(e.callbacks) for e in emitters]
+    segment = SegmentWidget(viewer, session=ModelSession())
+    viewer.window.add_dock_widget(segment)
+    segment.add_model_file(tiny_model)
+    segment.device_combo.setCurrentText("cpu")
+    segment.run_button.click()
+    _wait(qtbot, segment)
+    labels = viewer.layers["img labels"]
+    labels_before = [len(labels.events.paint.callbacks), len(labels.events.data.callbacks)]
+    finetune = FineTuneWidget(viewer, session=ModelSession())
+    viewer.window.add_dock_widget(finetune)
+    assert [len(e.callbacks) for e in emitters] > before
+    viewer.window.remove_dock_widget(segment)
+    segment.deleteLater()
+    finetune.close()
+    qtbot.wait(50)
+    assert [len(e.callbacks) for e in emitters] == before
+    assert [len(labels.events.paint.callbacks), len(labels.events.data.callbacks)] < labels_before
+    viewer.add_image(nuclei_image()[:64, :64].copy(), name="later")
+    assert finetune.image_combo.findText("later") == -1
+
+
+def test_a_warning_the_engine_logs_reaches_the_user(widget, qtbot, tmp_path, monkeypatch):
+    """Post-processing in blocks logs that an object is larger than the blocks' overlap (an
+    untrained model calls the whole image one object): napari users see it as a warning."""
+    import torch
+
+    viewer, w = widget
+    torch.manual_seed(0)
+    net = UNet(1, 3, base_channels=4, depth=2).eval()
+    w.add_model_file(save_bundle(net, tmp_path / "untrained.safetensors", make_metadata(net)))
+    warnings = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", warnings.append)
+    viewer.add_image(np.tile(nuclei_image(), (4, 2))[:2048, :1100], name="img")
+    w.image_combo.setCurrentText("img")
+    w.run_button.click()
+    _wait(qtbot, w)
+    assert any("larger than overlap" in m for m in warnings), warnings
