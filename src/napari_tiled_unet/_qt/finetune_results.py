@@ -60,14 +60,16 @@ class ResultActions:
         path = Path(path)
         return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
 
-    def _ask_save(self) -> None:
+    def _ask_path(self, caption: str, suffix: str, filters: str, then) -> None:
+        """Ask where to write the fine-tuned model, then ``then(path)`` (nothing when cancelled)."""
         if self.bundle is None:
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save the fine-tuned model", f"{self.bundle.name}.safetensors", "Models (*.safetensors)"
-        )
+        path, _ = QFileDialog.getSaveFileName(self, caption, f"{self.bundle.name}{suffix}", filters)
         if path:
-            self.save_model(path)
+            then(path)
+
+    def _ask_save(self) -> None:
+        self._ask_path("Save the fine-tuned model", ".safetensors", "Models (*.safetensors)", self.save_model)
 
     def export_bioimageio(self, path: str | Path) -> Path | None:
         """Start writing the fine-tuned model as a bioimage.io package at ``path`` (``.zip`` is
@@ -101,13 +103,8 @@ class ResultActions:
         show_info(f"bioimage.io package written to {written}.")
 
     def _ask_export(self) -> None:
-        if self.bundle is None:
-            return
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export for bioimage.io", f"{self.bundle.name}.zip", "bioimage.io packages (*.zip)"
-        )
-        if path:
-            self.export_bioimageio(path)
+        self._ask_path("Export for bioimage.io", ".zip", "bioimage.io packages (*.zip)",
+                       self.export_bioimageio)
 
     def visible_box(self, image_layer, plane: TrainingPlane) -> tuple[int, int, int, int]:
         """``(y0, x0, y1, x1)`` of the image plane's pixels on display (the whole plane when the
