@@ -44,7 +44,7 @@ def largest_conv_flops_per_pixel(net: Any) -> float:
         per_out = 2 * module.in_channels // module.groups * k * module.out_channels
         costs.append(per_out * output.shape[-2] * output.shape[-1])
 
-    convs = [m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     if not convs:
         return 0.0
     hooks = [m.register_forward_hook(record) for m in convs]
