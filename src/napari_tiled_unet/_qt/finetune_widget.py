@@ -604,7 +604,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         if self.bundle is None:
             return
         self.bundle.metadata.pop("_source", None)  # the Segment widget's cache key, not model metadata
-        best = _words(getattr(trainer, "selection_reason", None)) or (
+        best = _words(getattr(trainer, "selection", None)) or (
             "the starting weights were kept" if trainer.best_step == 0 else
             f"best at step {trainer.best_step}" if trainer.best_step is not None else "last weights kept")
         how = "Failed" if self._failed else "Stopped" if job.cancelled or self._stop_asked else "Done"
