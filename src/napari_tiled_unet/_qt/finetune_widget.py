@@ -558,8 +558,9 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         if self._stop_asked:
             loss = f"stopping, last validation loss {ev.val_loss:.3f}" if ev.val_loss is not None \
                 else f"{loss}; stopping after this step"
+        remaining = "" if self._stop_asked else f", {fmt_seconds(left)} left"
         self.status.setText(f"{steps} (epoch {ev.epoch:.1f}), {loss}, "
-                            f"{fmt_seconds(ev.elapsed)} elapsed, {fmt_seconds(left)} left")
+                            f"{fmt_seconds(ev.elapsed)} elapsed{remaining}")
         if time.monotonic() - self._last_draw >= PLOT_INTERVAL:
             self._refresh_plot()
 
