@@ -39,10 +39,12 @@ def largest_conv_flops_per_pixel(net: Any) -> float:
     side = 2 ** depth * 2
     costs: list[float] = []
 
-    def record(module: Any, _inputs: Any, output: Any) -> None:
+    def record(module: Any, inputs: Any, output: Any) -> None:
         k = math.prod(module.kernel_size)
-        per_out = 2 * module.in_channels // module.groups * k * module.out_channels
-        costs.append(per_out * output.shape[-2] * output.shape[-1])
+        per_pixel = 2 * module.in_channels // module.groups * k * module.out_channels
+        # a convolution computes every output pixel; a transposed one spreads every input pixel
+        grid = inputs[0] if isinstance(module, torch.nn.ConvTranspose2d) else output
+        costs.append(per_pixel * grid.shape[-2] * grid.shape[-1])
 
     convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     if not convs:
