@@ -111,7 +111,7 @@ def test_save_labels_in_the_segment_widget_adds_them_to_a_chosen_ome_zarr(
     viewer.add_image(nuclei_image()[:128, :160].copy(), name="img")
     w.image_combo.setCurrentText("img")
     qtbot.mouseClick(w.run_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: w.job is not None and w.job.finished, timeout=60_000)
+    qtbot.waitUntil(lambda: w.job is not None and not w.busy, timeout=60_000)  # run and display done
     layer = viewer.layers["img labels"]
     layer.paint((60, 60), 77)  # the user's correction is saved too
     monkeypatch.setattr(w, "ask_save_path", lambda *args: str(src))
