@@ -111,6 +111,7 @@ def test_training_keeps_napari_responsive_plots_the_loss_and_stop_keeps_a_finite
     stopped_at = w.trainer.step
     assert stopped_at >= 8 and w.val_points[-1][0] == stopped_at  # the final validation ran
     assert "Stopped" in w.status.text() and f"after {stopped_at} steps" in w.status.text()
+    assert w.trainer.selection in w.status.text()  # which weights were kept, and why
     assert w.train_button.isEnabled() and not w.stop_button.isEnabled() and w.save_button.isEnabled()
 
     saved = load_model(w.save_model(tmp_path / "stopped.safetensors"))
@@ -363,6 +364,7 @@ def test_a_time_budget_trains_until_the_time_is_up_and_counts_the_time_down(widg
     assert " s left" in w.status.text()
     _wait(qtbot, w)
     assert w.trainer.stop_reason == "time budget" and w.bundle is not None
+    assert w.status.text().startswith("Done (time budget) after ")
 
 
 def test_the_model_last_used_for_segmenting_can_be_the_base(widget, qtbot, tiny_model_file):

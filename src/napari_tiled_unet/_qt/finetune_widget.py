@@ -612,7 +612,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         reason = _words(trainer.stop_reason)
         if not self._failed and reason and reason not in QUIET_STOP_REASONS:
             how = f"{how} ({reason})"
-        self.status.setText(f"{how} after {trainer.step} steps in {fmt_seconds(trainer.elapsed)} ({best}). "
+        self.status.setText(f"{how} after {trainer.step} steps in {fmt_seconds(trainer.elapsed)}: {best}. "
                             "Save the model or preview it on the view.")
         if trainer.best_step is None:
             return
