@@ -611,8 +611,8 @@ def test_a_widget_taken_off_the_viewer_lets_go_of_the_viewer_and_its_layers(make
     assert finetune.image_combo.findText("later") == -1
 
 
-def test_a_warning_the_engine_logs_reaches_the_user(widget, qtbot, tmp_path, monkeypatch):
-    """Post-processing in blocks logs that an object is larger than the blocks' overlap (an
+def test_a_warning_of_the_engine_reaches_the_user(widget, qtbot, tmp_path, monkeypatch):
+    """Post-processing in blocks warns that objects are larger than the blocks' overlap (an
     untrained model calls the whole image one object): napari users see it as a warning."""
     import torch
 
@@ -626,4 +626,24 @@ def test_a_warning_the_engine_logs_reaches_the_user(widget, qtbot, tmp_path, mon
     w.image_combo.setCurrentText("img")
     w.run_button.click()
     _wait(qtbot, w)
-    assert any("larger than overlap" in m for m in warnings), warnings
+    assert any("blocks hold objects larger than" in m for m in warnings), warnings
+
+
+def test_a_log_warning_during_a_job_reaches_the_widget_as_an_event(qtbot):
+    """What the engine only logs (napari users never see a log) arrives as a WarningEvent."""
+    import logging
+
+    from napari_tiled_unet._qt.workers import EngineJob
+    from napari_tiled_unet.events import Progress, WarningEvent
+
+    def work():
+        logging.getLogger("napari_tiled_unet.inference").warning("reading %s is slow", "a.zarr")
+        yield Progress(1, 1, 0.0)
+        return 5
+
+    events, results = [], []
+    job = EngineJob(work, events.append, results.append, lambda exc: None, lambda: None)
+    job.start()
+    qtbot.waitUntil(lambda: job.finished, timeout=10_000)
+    assert results == [5]
+    assert [e.message for e in events if isinstance(e, WarningEvent)] == ["reading a.zarr is slow"]

@@ -162,7 +162,7 @@ class DockControls:
     # -- pickers -----------------------------------------------------------------------
 
     def _fill_devices(self) -> None:
-        from ..inference import available_devices
+        from ..runtime import available_devices
 
         self.device_combo.addItem("auto")
         for name, ok in available_devices().items():

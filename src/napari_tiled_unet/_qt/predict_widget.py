@@ -306,7 +306,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
     def run(self) -> None:
         """Start segmenting the selected image in a worker thread."""
         from ..events import RunControl, WarningEvent
-        from ..inference import resolve_device
+        from ..runtime import resolve_device
         from ..segmentation import segment_iter
         from .cancel_window import cpu_limits
 
