@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -99,15 +100,15 @@ def score(bundle, ids: list[str]) -> dict:
 
 
 class ExperimentTrainer(Trainer):
-    """The Trainer with the adaptation choices under test (see training/adaptation.py).
+    """The Trainer with the adaptation choices under test (training/adaptation.py).
 
-    Extra arguments: ``schedule`` (lr schedule), ``freeze_bn``, ``freeze_encoder``,
-    ``base_classes`` (per image, the base model's class map: turns on sampling towards
-    disagreement) and ``error_share``.
+    Extra arguments: ``schedule`` (``cosine``, ``hold-decay`` or ``constant``), ``freeze_bn``,
+    ``freeze_encoder``, ``disagreement`` (share of patches centred on the base model's errors;
+    0: off).
     """
 
     def __init__(self, *args, schedule: str = "cosine", freeze_bn: bool = False, freeze_encoder: bool = False,
-                 base_classes=None, error_share: float = 0.5, **kwargs) -> None:
+                 disagreement: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.schedule = schedule
         if freeze_bn:
@@ -117,19 +118,20 @@ class ExperimentTrainer(Trainer):
             for p in adaptation.encoder_parameters(self.model):
                 p.requires_grad_(False)
         self.n_wrong = 0
-        if base_classes is not None:
-            by_name = dict(zip(self.names, base_classes))
-            for item in self.train_items:
-                wrong = adaptation.disagreement(by_name[item.name], item.classes)
-                picker = adaptation.PixelPicker(item, wrong, error_share)
-                item.random_counted_pixel = picker
-                self.n_wrong += picker.n_wrong
+        if disagreement:
+            self.sampler = adaptation.DisagreementSampler(self.train_items, self.patch_size, self.sampler.rng,
+                                                          self.augmentation, model=self.base.model,
+                                                          share=disagreement)
+            self.n_wrong = self.sampler.n_wrong
 
     def _lr(self) -> float:
         if self.schedule == "cosine":
             return super()._lr()
         prog = self.elapsed / (self.minutes * 60) if self.minutes else self.step / self.planned_steps()
-        return self.lr * self.lr_backoff * adaptation.lr_factor(self.schedule, self.step, prog)
+        warm = 5
+        factor = (1.0 if self.step >= warm else (self.step + 1) / warm) if self.schedule == "constant" else \
+            adaptation.hold_decay_schedule(self.step, warm, prog)
+        return self.lr * self.lr_backoff * factor
 
 
 class CPUClock:
@@ -140,7 +142,7 @@ class CPUClock:
     takes when the machine is ours alone (both cores busy with it).
     """
 
-    def __init__(self, cores: int = 2) -> None:
+    def __init__(self, cores: int) -> None:
         self.cores = cores
 
     def monotonic(self) -> float:
@@ -155,11 +157,9 @@ def run_variant(variant: str, images, labels, names, regions=None, minutes: floa
     from napari_tiled_unet.training import loop
 
     if clock == "cpu":
-        loop.time = CPUClock(torch.get_num_threads())
+        loop.time = CPUClock(os.cpu_count() or 2)
     opts = dict(VARIANTS[variant])
     base = load_model(BASE)
-    if opts.pop("disagreement", False):
-        opts["base_classes"] = [segment(base, img, device="cpu").probabilities.argmax(0) for img in images]
     t0 = time.perf_counter()
     trainer = ExperimentTrainer(base, images, labels, regions=regions, names=names, minutes=minutes, seed=0,
                                 **opts)

@@ -188,6 +188,11 @@ class LiveTrainer:
         if y1 > y0 and x1 > x0:
             self._window = (y0, x0, y1, x1)
 
+    @property
+    def window(self) -> tuple[int, int, int, int]:
+        """The window previewed, ``(y0, x0, y1, x1)`` (the whole image until one is set)."""
+        return self._window or (0, 0, *self.image.shape[1:])
+
     def request_preview(self) -> None:
         """Preview at the end of the current step (e.g. when the user stopped painting)."""
         self._preview_now.set()
@@ -202,6 +207,10 @@ class LiveTrainer:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the current step, without waiting (see :attr:`running`)."""
+        self._stop.set()
 
     def stop(self, timeout: float | None = None) -> ModelBundle:
         """Stop training (after the current step) and return the best weights as a bundle.
@@ -281,7 +290,7 @@ class LiveTrainer:
                 batch = self._sampler.batch(self.batch_size)
                 progress = self.train_seconds / (60 * self.schedule_minutes)
                 for g in opt.param_groups:
-                    g["lr"] = self.lr * adaptation.lr_factor("hold-decay", self.step, progress)
+                    g["lr"] = self.lr * adaptation.hold_decay_schedule(self.step, 5, progress)
                 model.train()
                 if self.freeze_bn:
                     for m in adaptation.batchnorm_layers(model):

@@ -3,10 +3,10 @@ docs/benchmarks.md ("The correction loop").
 
 - **Where patches come from.** :func:`disagreement` marks the annotated pixels where the base
   model's class differs from the annotation's (widened a little, so a patch shows the
-  error's context); :class:`PixelPicker` places a share of the patches on them and the rest
-  uniformly on annotated pixels, so training spends its few steps where the base model is
-  wrong rather than re-learning what it already gets right.
-- **Learning-rate schedule for runs of minutes.** :func:`lr_factor`: a few warm-up steps,
+  error's context); :class:`DisagreementSampler` places a share of the patches on them and
+  the rest uniformly on annotated pixels, so training spends its few steps where the base
+  model is wrong rather than re-learning what it already gets right.
+- **Learning-rate schedule for runs of minutes.** :func:`hold_decay_schedule`: a few warm-up steps,
   then the peak held for a share of the budget and a linear decay to a floor by the end of
   the time budget (the end is known in seconds, not steps).
 - **BatchNorm with tiny batches.** :func:`freeze_batchnorm` keeps the base model's running
@@ -21,17 +21,19 @@ No Qt here.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .data import IGNORE, TrainingImage
+from .data import IGNORE, Augmentation, PatchSampler, TrainingImage
 
-#: learning-rate schedules for short runs
-SCHEDULES = ("cosine", "hold-decay", "constant")
+#: share of a run at the peak learning rate (:func:`hold_decay_schedule`)
+HOLD = 0.3
+#: the learning rate's fraction of its peak at the end of a run
+FLOOR = 0.05
 
 
 def disagreement(base_classes: np.ndarray, classes: np.ndarray, widen: int = 4) -> np.ndarray:
@@ -76,30 +78,76 @@ class PixelPicker:
         return self.item.random_counted_pixel(rng)
 
 
-def lr_factor(schedule: str, step: int, progress: float, warmup: int = 5, hold: float = 0.3,
-              floor: float = 0.05) -> float:
-    """The learning rate's fraction of its peak.
+@torch.no_grad()
+def base_classes(model: torch.nn.Module, item: TrainingImage, tile: int = 1024) -> np.ndarray:
+    """uint8 (Y, X): ``model``'s most likely class on the counted part of ``item`` (0 elsewhere).
+
+    The counted bounding box is covered by windows of at most ``tile`` px with 32 px of
+    context each side (an estimate for sampling, not the exact tiled engine).
+    """
+    out = np.zeros(item.shape, dtype=np.uint8)
+    box = item.counted_bbox()
+    if box is None:
+        return out
+    was_training = model.training
+    model.eval()
+    try:
+        y0, x0, y1, x1 = box
+        for wy in range(y0, y1, tile):
+            for wx in range(x0, x1, tile):
+                h, w = min(tile, y1 - wy), min(tile, x1 - wx)
+                img, _, _ = item.window(wy - 32, wx - 32, h + 64, w + 64)
+                logits = model(torch.from_numpy(img[None]))
+                out[wy : wy + h, wx : wx + w] = logits[0, :, 32 : 32 + h, 32 : 32 + w].argmax(0).numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+class DisagreementSampler(PatchSampler):
+    """A :class:`~.data.PatchSampler` that centres ``share`` of its patches on the annotated
+    pixels where ``model`` (the base model) is wrong (:func:`disagreement`).
 
     Args:
-        schedule: ``"cosine"`` (warm-up, cosine to ``floor``), ``"hold-decay"`` (warm-up, the
-            peak for the first ``hold`` of the run, then linear to ``floor``) or ``"constant"``
-            (warm-up, then the peak).
-        step: optimisation steps done.
-        progress: share of the budget used, 0-1 (time for a minutes budget, steps otherwise).
-        warmup: steps of linear warm-up.
+        items, patch_size, rng, augmentation: as for :class:`~.data.PatchSampler`.
+        model: the base model, run once on each image's annotated part.
+        share: probability that a patch is centred on an error (when there is one).
+        widen: px by which errors are widened.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown learning-rate schedule {schedule!r}: use one of {', '.join(SCHEDULES)}.")
-    if step < warmup:
-        return (step + 1) / warmup
+
+    def __init__(self, items: Sequence[TrainingImage], patch_size: int, rng: np.random.Generator | int = 0,
+                 augmentation: Augmentation | None = None, *, model: torch.nn.Module, share: float = 0.5,
+                 widen: int = 4) -> None:
+        views, self.n_wrong = [], 0
+        for item in items:
+            if item.n_counted == 0:
+                continue
+            picker = PixelPicker(item, disagreement(base_classes(model, item), item.classes, widen), share)
+            view = copy.copy(item)  # the same arrays; only how centres are drawn differs
+            view.random_counted_pixel = picker
+            views.append(view)
+            #: annotated pixels near an error of the base model, over all images
+            self.n_wrong += picker.n_wrong
+        super().__init__(views, patch_size, rng, augmentation)
+
+
+def disagreement_sampler(model: torch.nn.Module, share: float = 0.5, widen: int = 4):
+    """A sampler factory ``(items, patch_size, rng, augmentation) -> DisagreementSampler``."""
+
+    def make(items, patch_size, rng, augmentation):
+        return DisagreementSampler(items, patch_size, rng, augmentation, model=model, share=share,
+                                   widen=widen)
+
+    return make
+
+
+def hold_decay_schedule(step: int, warm: int, progress: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warm`` steps, the peak for :data:`HOLD` of
+    the run, then linear down to :data:`FLOOR` at its end (``progress`` 0-1)."""
+    if step < warm:
+        return (step + 1) / warm
     p = min(1.0, max(0.0, progress))
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-    if p <= hold:
-        return 1.0
-    return 1.0 - (1.0 - floor) * (p - hold) / (1.0 - hold)
+    return 1.0 if p <= HOLD else 1.0 - (1.0 - FLOOR) * (p - HOLD) / (1.0 - HOLD)
 
 
 def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

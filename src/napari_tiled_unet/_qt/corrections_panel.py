@@ -1,0 +1,310 @@
+"""The Fine-tune widget's correction loop: "Learn from my corrections" and live training.
+
+- :func:`remember_written` keeps a copy of what the plugin wrote into a result layer (the
+  Segment widget calls it), so the edits can be found later (:mod:`~napari_tiled_unet.corrections`).
+- :class:`CorrectionPanel` is a box of controls that the Fine-tune widget adds to itself:
+  **Learn from my corrections** hands the widget the corrected result layer and the region
+  built from the edits (the widget trains with its usual settings); **Live training** trains
+  in the background (:class:`~napari_tiled_unet.live.LiveTrainer`) while the user paints,
+  refreshes a preview layer of the visible part of the image, and **Stop** keeps the best
+  weights.
+
+The panel knows the widget only through the callables it is given, so the widget's layout can
+change without touching it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+
+from ..corrections import correction_region, margin_for
+
+log = logging.getLogger(__name__)
+
+#: largest result layer (pixels) whose written copy is kept for finding the edits
+MAX_REMEMBERED = 64 * 1024 * 1024
+#: seconds without a stroke after which the live preview refreshes at once
+STROKE_PAUSE = 0.4
+
+_WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_written(layer: Any) -> bool:
+    """Keep a copy of ``layer``'s data as the plugin wrote it (2D in-memory layers up to
+    :data:`MAX_REMEMBERED` pixels); True when kept."""
+    data = layer.data
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.size > MAX_REMEMBERED:
+        _WRITTEN.pop(layer, None)
+        return False
+    _WRITTEN[layer] = data.copy()
+    return True
+
+
+def written_of(layer: Any) -> np.ndarray | None:
+    """What the plugin wrote into ``layer``, or None when it is not a result layer it remembers."""
+    return _WRITTEN.get(layer)
+
+
+class _Bridge(QObject):
+    """Carries previews from the training thread to the main thread (a queued signal)."""
+
+    preview = Signal(object)
+
+
+class CorrectionPanel(QGroupBox):
+    """Controls of the correction loop (see the module docstring).
+
+    Args:
+        viewer: the napari viewer.
+        image_layer, labels_layer: callables returning the widget's chosen layers (or None).
+        base_model: callable returning the chosen base :class:`~napari_tiled_unet.model.bundle.ModelBundle`
+            (raises ValueError with a sentence when none can be had).
+        annotation: callable returning ``"instances"`` or ``"scribbles"``.
+        learn: ``learn(labels_layer, boxes, description)``: train on a corrected layer with
+            the region ``boxes`` (the widget's own training).
+        on_result: ``on_result(bundle, message)`` when live training ends (main thread).
+        notify: ``notify(message)``: show one sentence to the user.
+        settings: callable returning keyword arguments for the live trainer (lr, precision ...).
+        visible_box: callable returning ``(y0, x0, y1, x1)``, the image pixels on display
+            (None: the whole image).
+    """
+
+    def __init__(self, viewer: Any, *, image_layer: Callable[[], Any], labels_layer: Callable[[], Any],
+                 base_model: Callable[[], Any], annotation: Callable[[], str],
+                 learn: Callable[[Any, list, str], None], on_result: Callable[[Any, str], None],
+                 notify: Callable[[str], None], settings: Callable[[], dict] | None = None,
+                 visible_box: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
+        super().__init__("Correction loop")
+        self.viewer = viewer
+        self._image_layer, self._labels_layer = image_layer, labels_layer
+        self._base_model, self._annotation = base_model, annotation
+        self._learn, self._on_result, self._notify = learn, on_result, notify
+        self._settings = settings or (lambda: {})
+        self._visible_box = visible_box
+        self.live = None
+        self.preview_layer = None
+        self.previews_shown = 0
+        self._watched = None
+        self._last_stroke = 0.0
+        self._bridge = _Bridge()
+        self._bridge.preview.connect(self._show_preview)
+        self.learn_button = QPushButton("Learn from my corrections")
+        self.learn_button.setToolTip(
+            "Train on the result layer you corrected with the brush, eraser or fill: what you changed, "
+            "with a margin around it, counts; untouched areas far from your edits do not.")
+        self.learn_button.clicked.connect(self.learn_from_corrections)
+        self.live_button = QPushButton("Start live training")
+        self.live_button.setToolTip(
+            "Train in the background while you paint: the preview layer shows the model's segmentation "
+            "of the visible part every few seconds; new strokes join the training data at once.")
+        self.live_button.clicked.connect(self.toggle_live)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.learn_button)
+        row.addWidget(self.live_button)
+        box = QVBoxLayout(self)
+        box.addLayout(row)
+        box.addWidget(self.status)
+        # debounced work on the main thread: the annotation after strokes, the visible window
+        self._stroke_timer = QTimer(self)
+        self._stroke_timer.setSingleShot(True)
+        self._stroke_timer.setInterval(int(STROKE_PAUSE * 1000))
+        self._stroke_timer.timeout.connect(self._send_annotation)
+        self._poll = QTimer(self)
+        self._poll.setInterval(250)
+        self._poll.timeout.connect(self._tick)
+
+    # -- learn from corrections ---------------------------------------------------------------
+
+    def corrected_layer(self) -> Any:
+        """The chosen labels layer when the plugin wrote it, else the last edited result layer of
+        the chosen image (None when there is none)."""
+        chosen = self._labels_layer()
+        if chosen is not None and written_of(chosen) is not None:
+            return chosen
+        image = self._image_layer()
+        found = None
+        for layer in self.viewer.layers:
+            meta = (getattr(layer, "metadata", None) or {}).get("napari_tiled_unet", {})
+            if written_of(layer) is not None and meta.get("role") == "labels" and (
+                    image is None or meta.get("image") == image.name):
+                found = layer if found is None or meta.get("edited") else found
+        return found
+
+    def learn_from_corrections(self) -> None:
+        """Hand the widget the corrected result layer and the region of the edits."""
+        layer = self.corrected_layer()
+        if layer is None:
+            self._notify("Segment the image first (Segment widget), correct its result layer with the brush, "
+                         "eraser or fill, then click Learn from my corrections.")
+            return
+        try:
+            region = self._region(layer)
+        except ValueError as exc:
+            self._notify(str(exc))
+            return
+        self.status.setText(f"Learning from {layer.name}: {region.describe()}.")
+        self._learn(layer, region.boxes, region.describe())
+
+    def _region(self, layer: Any):
+        try:
+            diameter = self._base_model().metadata.get("object_diameter")
+        except ValueError:
+            diameter = None
+        return correction_region(written_of(layer), np.asarray(layer.data), margin=margin_for(diameter))
+
+    # -- live training ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.live is not None and self._poll.isActive()
+
+    def toggle_live(self) -> None:
+        if self.running:
+            self.stop_live()
+        else:
+            self.start_live()
+
+    def start_live(self) -> None:
+        """Start training in the background on the chosen image and labels layer."""
+        from ..live import LiveTrainer, Preview
+
+        image, labels = self._image_layer(), self._labels_layer()
+        if image is None or labels is None:
+            self._notify("Choose an image layer and a labels layer to paint on (Layers > New Labels).")
+            return
+        if image.ndim != 2 or getattr(image, "rgb", False) or getattr(labels, "multiscale", False) \
+                or labels.ndim != 2:
+            self._notify("Live training works on a single 2D grayscale image and a 2D labels layer; "
+                         "use Train for stacks, RGB or multiscale images.")
+            return
+        try:
+            self.live = LiveTrainer(self._base_model(), np.asarray(image.data), annotation=self._annotation(),
+                                    on_preview=self._bridge.preview.emit, **self._settings())
+        except ValueError as exc:
+            self._notify(str(exc))
+            return
+        self._watched = labels
+        labels.events.paint.connect(self._on_stroke)
+        labels.events.data.connect(self._on_stroke)
+        self.viewer.camera.events.center.connect(self._on_view)
+        self.viewer.camera.events.zoom.connect(self._on_view)
+        self._on_view()
+        self._send_annotation()
+        # the preview layer is added now, before the thread runs: adding a layer is napari's most
+        # expensive main-thread step (0.05-0.4 s here), and it would compete with training later
+        y0, x0, y1, x1 = self.live.window
+        self._show_preview(Preview((y0, x0, y1, x1), np.zeros((y1 - y0, x1 - x0), np.uint16), 0, 0, 0.0))
+        self.previews_shown = 0
+        self.live.start()
+        self._poll.start()
+        self.live_button.setText("Stop (keep the best)")
+        self.learn_button.setEnabled(False)
+        self.status.setText("Live training: paint on the labels layer; the preview refreshes every few "
+                            "seconds.")
+
+    def stop_live(self) -> None:
+        """Ask the training thread to stop; the result is handed over once it has (without waiting here)."""
+        if self.live is not None:
+            self.live.request_stop()
+            self.live_button.setEnabled(False)
+            self.status.setText("Stopping live training …")
+
+    def _on_stroke(self, *_: Any) -> None:
+        self._last_stroke = time.monotonic()
+        self._stroke_timer.start()  # restarts: the annotation is sent once the user pauses
+
+    def _on_view(self, *_: Any) -> None:
+        if self.live is None:
+            return
+        h, w = self.live.image.shape[1:]
+        self.live.set_window(self._visible_box() if self._visible_box is not None else (0, 0, h, w))
+
+    def _send_annotation(self) -> None:
+        live, labels = self.live, self._watched
+        if live is None or labels is None:
+            return
+        data = np.asarray(labels.data)  # a 2D in-memory layer (checked at start)
+        region = None
+        if live.annotation == "instances":
+            written = written_of(labels)
+            base = written if written is not None else np.zeros_like(data)
+            if not np.array_equal(base, data):
+                region = self._region_from(base, data).boxes
+            else:
+                return  # nothing painted yet
+        live.set_annotation(data, region)
+        live.request_preview()
+
+    def _region_from(self, written: np.ndarray, data: np.ndarray):
+        try:
+            diameter = self.live.base.metadata.get("object_diameter")
+        except AttributeError:
+            diameter = None
+        return correction_region(written, data, margin=margin_for(diameter))
+
+    def _show_preview(self, preview: Any) -> None:
+        image = self._image_layer()
+        if self.live is None or image is None:
+            return
+        y0, x0, _, _ = preview.box
+        labels = preview.labels
+        if labels.size and labels.max() < 2**16:
+            labels = labels.astype(np.uint16)  # napari draws uint16 without hashing it on every draw
+        scale = np.asarray(image.scale[-2:])
+        translate = np.asarray(image.translate[-2:]) + scale * (y0, x0)
+        layer = self.preview_layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = labels
+            layer.translate = translate
+        else:
+            self.preview_layer = self.viewer.add_labels(labels, name=f"{image.name} live preview",
+                                                        scale=scale, translate=translate, opacity=0.5)
+            if self._watched in self.viewer.layers:  # keep painting on the user's layer
+                self.viewer.layers.selection.active = self._watched
+        self.previews_shown += 1
+
+    def _tick(self) -> None:
+        live = self.live
+        if live is None:
+            return
+        if live.running:
+            if live.step:
+                self.status.setText(f"Live training: step {live.step}, loss {live.loss:.3f}"
+                                    + (f"; held-out IoU {live.best_score:.3f}" if live.best_score else "")
+                                    + ". Stop keeps the best weights.")
+            return
+        self._poll.stop()
+        self._disconnect()
+        bundle = live.best_bundle()
+        message = ("Live training failed: " + str(live.error)) if live.error else (
+            f"Live training stopped after {live.step} steps; kept {live.kept}.")
+        self.status.setText(message)
+        self.live_button.setText("Start live training")
+        self.live_button.setEnabled(True)
+        self.learn_button.setEnabled(True)
+        self._on_result(bundle, message)
+
+    def _disconnect(self) -> None:
+        labels = self._watched
+        if labels is not None:
+            for ev in (labels.events.paint, labels.events.data):
+                ev.disconnect(self._on_stroke)
+        for ev in (self.viewer.camera.events.center, self.viewer.camera.events.zoom):
+            ev.disconnect(self._on_view)
+        self._watched = None
+
+    def close_live(self) -> None:
+        """Stop the thread now (the viewer is closing); nothing is handed over."""
+        if self.live is not None:
+            self.live.request_stop()
+            self._poll.stop()

@@ -1,0 +1,117 @@
+"""The correction loop's panel: Learn from my corrections, and live training inside napari."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from napari_tiled_unet._qt.corrections_panel import CorrectionPanel, remember_written
+from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+from napari_tiled_unet.live import LiveTrainer
+from napari_tiled_unet.model.bundle import load_model
+from napari_tiled_unet.training.data import IGNORE
+
+
+def _panel(viewer, image, labels, model_file, learned, results, notes, **kwargs):
+    bundle = load_model(model_file)
+    panel = CorrectionPanel(
+        viewer, image_layer=lambda: image, labels_layer=lambda: labels, base_model=lambda: bundle,
+        annotation=lambda: "instances", learn=lambda *a: learned.append(a),
+        on_result=lambda *a: results.append(a), notify=notes.append, **kwargs)
+    return panel
+
+
+def test_learn_from_my_corrections_offers_the_edited_result_with_the_region_of_the_edits(
+        make_napari_viewer, tiny_model_file):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei_image()[:256, :320], name="img")
+    result = viewer.add_labels(nuclei_labels()[:256, :320].astype(np.uint16), name="img labels")
+    result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "img"}
+    other = viewer.add_labels(np.zeros((256, 320), np.uint16), name="my labels")
+    learned, results, notes = [], [], []
+    panel = _panel(viewer, image, other, tiny_model_file, learned, results, notes)
+    panel.learn_button.click()
+    assert not learned and "Segment the image first" in notes[-1]  # nothing the plugin wrote yet
+    assert remember_written(result)
+    panel.learn_button.click()
+    assert "not been corrected" in notes[-1]
+    result.brush_size = 10
+    ys, xs = np.nonzero(result.data[:90, :90])
+    result.paint((ys[len(ys) // 2], xs[len(xs) // 2]), 0)  # the eraser on an object at the top left
+    result.paint((200, 280), 77)  # a missed nucleus painted in
+    panel.learn_button.click()
+    layer, boxes, description = learned[-1]
+    assert layer is result
+    inside = np.zeros((256, 320), bool)
+    for y0, x0, y1, x1 in boxes:
+        inside[y0:y1, x0:x1] = True
+    edited = result.data != nuclei_labels()[:256, :320]
+    assert edited.any() and inside[edited].all()
+    assert not inside[100:160, 100:200].any()  # far from both edits
+    assert "2 area(s)" in description
+
+
+def test_live_training_strokes_join_the_preview_refreshes_and_napari_stays_responsive(
+        make_napari_viewer, qtbot, tiny_model_file, one_torch_thread):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(nuclei_image()[:192, :256], name="img")
+    truth = nuclei_labels()[:192, :256]
+    labels = viewer.add_labels(np.zeros((192, 256), np.uint16), name="my labels")
+    learned, results, notes = [], [], []
+    settings = {"patch_size": 64, "batch_size": 2, "preview_every": 0.5, "validate_every": 1.0, "threads": 1}
+    panel = _panel(viewer, image, labels, tiny_model_file, learned, results, notes, settings=lambda: settings)
+    # scikit-image, scipy and torch import parts of themselves on first use (0.3-0.7 s holding the
+    # interpreter, once per session): warm them so that the panel's own work is measured
+    warm = LiveTrainer(tiny_model_file, nuclei_image()[:64, :64], patch_size=32, threads=1)
+    warm.set_window((0, 0, 64, 64))
+    warm.set_annotation(nuclei_labels()[:64, :64])
+    warm._take_annotation(np.random.default_rng(0))
+    warm._preview(warm.model)
+    warm._validate(warm.model)
+    cpu = time.thread_time()
+    viewer.layers.remove(viewer.add_labels(np.zeros((64, 64), np.uint16)))
+    napari_price = time.thread_time() - cpu  # of adding a labels layer, which no plugin can slice
+    # the user paints a few nuclei of the top half, then starts live training
+    for k in np.unique(truth[:80])[1:6]:
+        labels.data[truth == k] = k
+    labels.refresh()
+    qtbot.wait(100)
+    cpu = time.thread_time()
+    panel.live_button.click()
+    click = time.thread_time() - cpu
+    assert panel.running and not notes, notes
+    assert click < napari_price + 0.1, (click, napari_price)  # the preview layer is added at the click
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    timer.start()
+    live = panel.live
+    qtbot.waitUntil(lambda: live.step >= 3 and panel.previews_shown >= 1, timeout=60_000)
+    assert panel.preview_layer is not None and panel.preview_layer.data.shape == (192, 256)
+    before = live.training_classes()
+    # a stroke painted during training: a nucleus of the bottom half, with napari's brush
+    k = int(np.bincount(truth[120:].ravel())[1:].argmax()) + 1
+    ys, xs = np.nonzero(truth == k)
+    labels.brush_size = 6
+    for y, x in zip(ys[::25], xs[::25]):  # one dab per event-loop turn, as mouse events come
+        labels.paint((y, x), 99)
+        qtbot.wait(20)
+    stroke = labels.data == 99
+    assert (before[stroke] == IGNORE).all()
+    shown = panel.previews_shown
+    qtbot.waitUntil(lambda: (live.training_classes()[stroke] != IGNORE).all(), timeout=30_000)
+    qtbot.waitUntil(lambda: panel.previews_shown > shown, timeout=30_000)
+    panel.live_button.click()  # Stop
+    qtbot.waitUntil(lambda: bool(results), timeout=60_000)
+    timer.stop()
+    bundle, message = results[-1]
+    assert "kept" in message and bundle.metadata["training"]["mode"] == "live"
+    assert not panel.running and panel.live_button.text() == "Start live training"
+    ticks = np.array(ticks)
+    wall, cpu = np.diff(ticks, axis=0).T
+    assert len(wall) > 20
+    assert max(wall.max(), cpu.max()) < 0.2, f"blocked {wall.max():.3f} s, CPU {cpu.max():.3f} s"
