@@ -35,7 +35,8 @@ def test_holdout_blocks_are_a_fifth_spread_over_the_image():
         assert 0.1 < q.mean() < 0.3
 
 
-def test_a_stroke_during_training_joins_the_targets_and_the_preview_refreshes(tiny_model_file, one_torch_thread):
+def test_a_stroke_during_training_joins_the_targets_and_the_preview_refreshes(tiny_model_file,
+                                                                             one_torch_thread):
     image, labels = _crop()
     painted = np.where(np.arange(labels.shape[0])[:, None] < 96, labels, 0)  # top half annotated
     region = [(0, 0, 96, 256)]
