@@ -350,7 +350,7 @@ def stage_experiment(kind: str, variant: str, where: str, minutes: float, n_fix:
         pred = segment(base, img, device="cpu").labels
         corrected, fixed = simulate_corrections(pred, gt, n_fix)
         untouched = VARIANTS[variant].get("untouched", "ignore")
-        region = correction_region(pred, corrected, margin=VARIANTS[variant].get("margin", 32),
+        region = correction_region(pred, corrected, margin=VARIANTS[variant].get("margin"),
                                    untouched=untouched)
         res.update(objects_fixed=fixed, region=region.describe())
         opts_backup = dict(VARIANTS[variant])

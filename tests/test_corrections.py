@@ -65,3 +65,13 @@ def test_edits_at_the_image_border_stay_inside():
     current[0:3, 60:64] = 5
     region = correction_region(written, current, margin=8)
     assert region.boxes == [(0, 52, 11, 64)]
+
+
+def test_the_margin_follows_the_size_of_the_objects_corrected():
+    written = np.zeros((300, 300), np.int32)
+    current = written.copy()
+    yy, xx = np.mgrid[:300, :300]
+    current[(yy - 150) ** 2 + (xx - 150) ** 2 < 20**2] = 3  # a missed nucleus, 40 px across
+    region = correction_region(written, current)
+    assert region.margin == 40
+    assert region.boxes == [(131 - 40, 131 - 40, 170 + 40, 170 + 40)]

@@ -120,14 +120,26 @@ def merge_boxes(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, 
     return sorted(out)
 
 
-def correction_region(written: np.ndarray, current: np.ndarray, margin: int = DEFAULT_MARGIN,
+def edited_objects_diameter(current: np.ndarray, edited: np.ndarray) -> float | None:
+    """Median equivalent diameter (px) of the objects the user drew or touched (None without any)."""
+    from .objectsize import estimate_diameter
+
+    ids = np.unique(current[edited])
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return None
+    return estimate_diameter(np.where(np.isin(current, ids), current, 0))
+
+
+def correction_region(written: np.ndarray, current: np.ndarray, margin: int | None = None,
                       untouched: str = "ignore") -> CorrectionRegion:
     """The region that counts when training on a corrected result layer.
 
     Args:
         written: (Y, X) labels as the plugin wrote them.
         current: (Y, X) the same layer after the user's corrections.
-        margin: px added around the edits on every side.
+        margin: px added around the edits on every side; None: one diameter of the objects
+            drawn or touched (:func:`margin_for`), :data:`DEFAULT_MARGIN` when only erased.
         untouched: ``"ignore"`` (default; see the module docstring) or ``"correct"`` (the user
             checked the whole layer: every pixel counts).
 
@@ -137,12 +149,14 @@ def correction_region(written: np.ndarray, current: np.ndarray, margin: int = DE
     """
     if untouched not in UNTOUCHED:
         raise ValueError(f"Unknown treatment of untouched pixels {untouched!r}: use 'ignore' or 'correct'.")
-    if margin < 0:
+    if margin is not None and margin < 0:
         raise ValueError(f"The margin around edits must be 0 px or more, got {margin}.")
     edited = edited_pixels(written, current)
     if not edited.any():
         raise ValueError("The result layer has not been corrected yet: fix some objects with the brush, "
                          "eraser or fill (or pick the labels layer you corrected), then train.")
+    if margin is None:
+        margin = margin_for(edited_objects_diameter(np.asarray(current), edited))
     h, w = edited.shape
     if untouched == "correct":
         return CorrectionRegion(edited, [(0, 0, h, w)], int(margin), untouched)

@@ -25,7 +25,7 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ..corrections import correction_region, margin_for
+from ..corrections import correction_region
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,7 @@ class CorrectionPanel(QGroupBox):
         self._learn(layer, region.boxes, region.describe())
 
     def _region(self, layer: Any):
-        try:
-            diameter = self._base_model().metadata.get("object_diameter")
-        except ValueError:
-            diameter = None
-        return correction_region(written_of(layer), np.asarray(layer.data), margin=margin_for(diameter))
+        return correction_region(written_of(layer), np.asarray(layer.data))
 
     # -- live training ------------------------------------------------------------------------
 
@@ -239,18 +235,11 @@ class CorrectionPanel(QGroupBox):
             written = written_of(labels)
             base = written if written is not None else np.zeros_like(data)
             if not np.array_equal(base, data):
-                region = self._region_from(base, data).boxes
+                region = correction_region(base, data).boxes
             else:
                 return  # nothing painted yet
         live.set_annotation(data, region)
         live.request_preview()
-
-    def _region_from(self, written: np.ndarray, data: np.ndarray):
-        try:
-            diameter = self.live.base.metadata.get("object_diameter")
-        except AttributeError:
-            diameter = None
-        return correction_region(written, data, margin=margin_for(diameter))
 
     def _show_preview(self, preview: Any) -> None:
         image = self._image_layer()
