@@ -13,6 +13,12 @@ from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.training.data import IGNORE
 
 
+def _run_queue_wait() -> float:
+    """Seconds this thread has waited, runnable, for a CPU (Linux scheduler statistics)."""
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def _panel(viewer, image, labels, model_file, learned, results, notes, **kwargs):
     bundle = load_model(model_file)
     panel = CorrectionPanel(
@@ -87,7 +93,7 @@ def test_live_training_strokes_join_the_preview_refreshes_and_napari_stays_respo
     ticks = []
     timer = QTimer()
     timer.setInterval(20)
-    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time())))
+    timer.timeout.connect(lambda: ticks.append((time.perf_counter(), time.thread_time(), _run_queue_wait())))
     timer.start()
     live = panel.live
     qtbot.waitUntil(lambda: live.step >= 3 and panel.previews_shown >= 1, timeout=60_000)
@@ -111,7 +117,11 @@ def test_live_training_strokes_join_the_preview_refreshes_and_napari_stays_respo
     bundle, message = results[-1]
     assert "kept" in message and bundle.metadata["training"]["mode"] == "live"
     assert not panel.running and panel.live_button.text() == "Start live training"
-    ticks = np.array(ticks)
-    wall, cpu = np.diff(ticks, axis=0).T
+    wall, cpu, waited = np.diff(np.array(ticks), axis=0).T
     assert len(wall) > 20
-    assert max(wall.max(), cpu.max()) < 0.2, f"blocked {wall.max():.3f} s, CPU {cpu.max():.3f} s"
+    # the time the event loop was held by this process (its main thread's work, or another of its
+    # threads holding the GIL): the wall time less the time the main thread was ready to run but
+    # waited for a CPU that other processes of this busy machine had
+    blocked = wall - waited
+    assert max(blocked.max(), cpu.max()) < 0.2, (
+        f"blocked {blocked.max():.3f} s ({wall[blocked.argmax()]:.3f} s wall), CPU {cpu.max():.3f} s")
