@@ -121,39 +121,19 @@ def before_score(base, ids: list[str]) -> dict:
 # -- experimental trainer ---------------------------------------------------------------------
 
 
-class ExperimentTrainer(Trainer):
-    """The Trainer with the adaptation choices under test (training/adaptation.py).
-
-    Extra arguments: ``schedule`` (``cosine``, ``hold-decay`` or ``constant``), ``freeze_bn``,
-    ``freeze_encoder``, ``disagreement`` (share of patches centred on the base model's errors;
-    0: off).
-    """
-
-    def __init__(self, *args, schedule: str = "cosine", freeze_bn: bool = False, freeze_encoder: bool = False,
-                 disagreement: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.schedule = schedule
-        if freeze_bn:
-            for m in adaptation.batchnorm_layers(self.model):
-                m.train = (lambda mode=True, m=m: torch.nn.Module.train(m, False))
-        if freeze_encoder:
-            for p in adaptation.encoder_parameters(self.model):
-                p.requires_grad_(False)
-        self.n_wrong = 0
-        if disagreement:
-            self.sampler = adaptation.DisagreementSampler(self.train_items, self.patch_size, self.sampler.rng,
-                                                          self.augmentation, model=self.base.model,
-                                                          share=disagreement)
-            self.n_wrong = self.sampler.n_wrong
-
-    def _lr(self) -> float:
-        if self.schedule == "cosine":
-            return super()._lr()
-        prog = self.elapsed / (self.minutes * 60) if self.minutes else self.step / self.planned_steps()
-        warm = 5
-        factor = (1.0 if self.step >= warm else (self.step + 1) / warm) if self.schedule == "constant" else \
-            adaptation.hold_decay_schedule(self.step, warm, prog)
-        return self.lr * self.lr_backoff * factor
+def trainer_options(variant: str, base) -> dict:
+    """The Trainer options of a variant: its short names mapped onto TrainConfig's choices."""
+    opts = dict(VARIANTS[variant])
+    opts.pop("untouched", None)
+    opts.pop("margin", None)
+    schedule = opts.pop("schedule", "cosine")
+    opts["lr_schedule"] = adaptation.hold_decay_schedule if schedule == "hold-decay" else schedule
+    if opts.pop("freeze_bn", False):
+        opts["batchnorm"] = "frozen"
+    share = opts.pop("disagreement", 0.0)
+    if share:
+        opts["sampler"] = adaptation.disagreement_sampler(base.model, share)
+    return opts
 
 
 class CPUClock:
@@ -180,11 +160,10 @@ def run_variant(variant: str, images, labels, names, regions=None, minutes: floa
 
     if clock == "cpu":
         loop.time = CPUClock(os.cpu_count() or 2)  # 2 minutes = 240 CPU seconds on 2 cores
-    opts = dict(VARIANTS[variant])
     base = load_model(BASE)
     t0 = time.perf_counter()
-    trainer = ExperimentTrainer(base, images, labels, regions=regions, names=names, minutes=minutes, seed=0,
-                                **opts)
+    trainer = Trainer(base, images, labels, regions=regions, names=names, minutes=minutes, seed=0,
+                      **trainer_options(variant, base))
     events = []
     gen = trainer.iter()
     try:
@@ -204,7 +183,7 @@ def run_variant(variant: str, images, labels, names, regions=None, minutes: floa
             "wall_seconds": round(seconds, 1), "budget_seconds_used": rec["time_s"],
             "steps": rec["steps"], "best_step": rec["best_step"],
             "stopped": rec["stopped"], "s_per_step": round(rec["time_s"] / max(1, rec["steps"]), 2),
-            "validations": events, "error_pixels": trainer.n_wrong}
+            "validations": events, "error_pixels": getattr(trainer.sampler, "n_wrong", None)}
     return tuned, info
 
 
@@ -353,13 +332,8 @@ def stage_experiment(kind: str, variant: str, where: str, minutes: float, n_fix:
         region = correction_region(pred, corrected, margin=VARIANTS[variant].get("margin"),
                                    untouched=untouched)
         res.update(objects_fixed=fixed, region=region.describe())
-        opts_backup = dict(VARIANTS[variant])
-        VARIANTS[variant] = {k: v for k, v in opts_backup.items() if k not in ("untouched", "margin")}
-        try:
-            tuned, info = run_variant(variant, [img], [corrected], [train_ids[0]], regions=[region.boxes],
-                                      minutes=minutes, clock=clock)
-        finally:
-            VARIANTS[variant] = opts_backup
+        tuned, info = run_variant(variant, [img], [corrected], [train_ids[0]], regions=[region.boxes],
+                                  minutes=minutes, clock=clock)
     res["finetune"] = info
     res["before"] = before_score(base, score_ids)
     res["after"] = score(tuned, score_ids)

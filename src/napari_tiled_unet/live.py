@@ -42,9 +42,12 @@ from . import normalization
 from .metrics import class_overlap_counts
 from .model.bundle import ModelBundle, load_model
 from .postprocess import labels_from_probabilities
-from .training import adaptation, losses
+from .training import adaptation
+from .training.config import TrainConfig
 from .training.data import IGNORE, Augmentation, PatchSampler, TrainingImage
-from .training.optim import AdamW
+from .training.device import autocast
+from .training.device import resolve as resolve_precision
+from .training.step import Optimization
 from .training.targets import make_targets
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ class LiveTrainer:
                  on_step: Callable[[int, float], None] | None = None, seed: int = 0,
                  threads: int | None = None) -> None:
         from .inference import PRECISIONS
-        from .training.loop import as_channels_first
+        from .training.dataset import as_channels_first
 
         self.base = load_model(bundle)
         if annotation not in ("instances", "scribbles"):
@@ -263,15 +266,18 @@ class LiveTrainer:
     # -- the training thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        from .inference import _autocast
-
         if self.threads:
             torch.set_num_threads(int(self.threads))
         model = self.model
-        opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=self.lr, weight_decay=1e-4)
         dev = torch.device("cpu")
+        precision, _ = resolve_precision(dev, self.precision)
+        config = TrainConfig(annotation=self.annotation, lr=self.lr, patch_size=self.patch_size,
+                             batch_size=self.batch_size, precision=precision,
+                             batchnorm="frozen" if self.freeze_bn else "train")
+        optim = Optimization(model, config, dev, precision, self._fallback_state)
         rng = np.random.default_rng(self.seed)
         last_preview = last_val = time.monotonic()
+        backoff = 1.0
         try:
             while not self._stop.is_set():
                 self._take_annotation(rng)
@@ -289,27 +295,17 @@ class LiveTrainer:
                     last_val = time.monotonic()
                 batch = self._sampler.batch(self.batch_size)
                 progress = self.train_seconds / (60 * self.schedule_minutes)
-                for g in opt.param_groups:
-                    g["lr"] = self.lr * adaptation.hold_decay_schedule(self.step, 5, progress)
-                model.train()
-                if self.freeze_bn:
-                    for m in adaptation.batchnorm_layers(model):
-                        m.eval()
+                lr = self.lr * backoff * adaptation.hold_decay_schedule(self.step, 5, progress)
                 t0 = time.monotonic()
-                opt.zero_grad(set_to_none=True)
-                with _autocast(dev, self.precision):
-                    logits = model(torch.from_numpy(batch.image))
-                loss = losses.combined_loss(logits, torch.from_numpy(batch.classes),
-                                            torch.from_numpy(batch.weight), torch.from_numpy(batch.mask))
-                if not torch.isfinite(loss):
-                    log.warning("Live training: a non-finite loss at step %d was skipped.", self.step)
-                    continue
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-                self.step += 1
-                self.loss = float(loss.detach())
+                status, loss = optim.step(batch, lr)  # the Trainer's guarded step
                 self.train_seconds += time.monotonic() - t0
+                if status == "bad":
+                    backoff *= 0.5
+                    log.warning("Live training: a non-finite step was skipped; learning rate halved.")
+                if status != "ok":
+                    continue
+                self.step += 1
+                self.loss = loss
                 if self.on_step is not None:
                     self.on_step(self.step, self.loss)
             self.stop_reason = self.stop_reason or "stopped by user"
@@ -321,6 +317,10 @@ class LiveTrainer:
             log.exception("Live training failed")
         finally:
             model.eval()
+
+    def _fallback_state(self) -> dict[str, torch.Tensor]:
+        """Where a step that made the weights non-finite goes back to."""
+        return self._best_state if self._best_state is not None else self.base.model.state_dict()
 
     def _take_annotation(self, rng: np.random.Generator) -> None:
         with self._lock:
@@ -347,15 +347,13 @@ class LiveTrainer:
     @torch.no_grad()
     def _probabilities(self, model: torch.nn.Module, box: tuple[int, int, int, int],
                        context: int = 32) -> np.ndarray:
-        from .inference import _autocast
-
         y0, x0, y1, x1 = box
         h, w = self.image.shape[1:]
         cy0, cx0 = max(0, y0 - context), max(0, x0 - context)
         cy1, cx1 = min(h, y1 + context), min(w, x1 + context)
         x = normalization.apply(self.image[:, cy0:cy1, cx0:cx1], self.stats)
         model.eval()
-        with _autocast(torch.device("cpu"), self.precision):
+        with autocast(torch.device("cpu"), self.precision):
             logits = model(torch.from_numpy(np.ascontiguousarray(x))[None])
         prob = torch.softmax(logits.float()[0], 0).numpy()
         return prob[:, y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]

@@ -1,9 +1,8 @@
-"""Short-run adaptation choices: patches on the base model's errors, the schedule, frozen BatchNorm."""
+"""Short-run adaptation choices: patches on the base model's errors, the learning-rate schedule."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.training import adaptation
@@ -56,16 +55,3 @@ def test_hold_then_decay_schedule():
     assert f(0, 5, 0.0) == 0.2 and f(4, 5, 0.0) == 1.0
     assert f(10, 5, 0.2) == 1.0 and f(10, 5, adaptation.HOLD) == 1.0
     assert abs(f(10, 5, 1.0) - adaptation.FLOOR) < 1e-9 and f(10, 5, 0.65) < 1.0
-
-
-def test_frozen_batchnorm_keeps_the_statistics_while_training(tiny_model_file):
-    model = load_model(tiny_model_file).model
-    before = [b.clone() for b in model.buffers()]
-    model.train()
-    with adaptation.freeze_batchnorm(model):
-        model(torch.randn(2, 1, 32, 32) * 5 + 3)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
-    assert all(m.training for m in adaptation.batchnorm_layers(model))  # the mode comes back
-    encoder = adaptation.encoder_parameters(model)
-    names = {n for n, p in model.named_parameters() if any(p is q for q in encoder)}
-    assert names and all(n.startswith(("inc.", "down")) for n in names)

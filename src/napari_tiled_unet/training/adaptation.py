@@ -9,20 +9,18 @@ docs/benchmarks.md ("The correction loop").
 - **Learning-rate schedule for runs of minutes.** :func:`hold_decay_schedule`: a few warm-up steps,
   then the peak held for a share of the budget and a linear decay to a floor by the end of
   the time budget (the end is known in seconds, not steps).
-- **BatchNorm with tiny batches.** :func:`freeze_batchnorm` keeps the base model's running
-  statistics and uses them in training too (the normalisation the model was trained with),
-  instead of statistics of a batch of 2-8 patches.
-- **Encoder freezing.** :func:`encoder_parameters` names the contracting path's parameters,
-  which a short run may leave unchanged.
+
+BatchNorm with frozen statistics and a frozen encoder are options of
+:class:`~.config.TrainConfig` (``batchnorm="frozen"``, ``freeze_encoder``), carried out by
+:class:`~.step.Optimization`; :func:`short_run_options` holds the choices measured best.
 
 No Qt here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -148,27 +146,3 @@ def hold_decay_schedule(step: int, warm: int, progress: float) -> float:
         return (step + 1) / warm
     p = min(1.0, max(0.0, progress))
     return 1.0 if p <= HOLD else 1.0 - (1.0 - FLOOR) * (p - HOLD) / (1.0 - HOLD)
-
-
-def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-@contextlib.contextmanager
-def freeze_batchnorm(model: torch.nn.Module) -> Iterator[None]:
-    """Within: the BatchNorm layers normalise with their running statistics and do not update
-    them, even while the model is in training mode (their scale and shift still learn)."""
-    layers = batchnorm_layers(model)
-    modes = [m.training for m in layers]
-    for m in layers:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(layers, modes):
-            m.train(mode)
-
-
-def encoder_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters of the U-Net's contracting path (``inc`` and ``down1`` ... ``downN``)."""
-    return [p for name, p in model.named_parameters() if name.startswith(("inc.", "down"))]
