@@ -753,18 +753,23 @@ def _add_train(sub) -> None:
                      help="text file of image ids (file names without extension) held out for validation")
     opt.add_argument("--val-fraction", type=float, default=0.15,
                      help="fraction held out when --val-ids is not given (default 0.15)")
-    opt.add_argument("--lr", type=float, default=1e-3)
-    opt.add_argument("--patch-size", type=int, default=256)
-    opt.add_argument("--batch-size", type=int, default=4)
+    opt.add_argument("--lr", type=float, default=None,
+                     help="peak learning rate (default 1e-3)")
+    opt.add_argument("--patch-size", type=int, default=None,
+                     help="training patch side in px (default 256)")
+    opt.add_argument("--batch-size", type=int, default=None,
+                     help="patches per step (default: 2 when fine-tuning --base, else 4)")
     opt.add_argument("--steps-per-epoch", type=int, default=None)
     opt.add_argument("--val-every", type=int, default=None,
-                     help="steps between validations (default: an epoch)")
-    opt.add_argument("--patience", type=int, default=5,
-                     help="validations without improvement before stopping early (0: never)")
+                     help="steps between validations (default: 25 when fine-tuning --base, else an epoch)")
+    opt.add_argument("--patience", type=int, default=None,
+                     help="validations without improvement before stopping early (0: never; default: "
+                          "never when fine-tuning --base, else 5)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
-    opt.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="fp32 (default), bf16, fp16, or auto (the rule segment uses)")
+    opt.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                     help="default: when fine-tuning --base, bf16 where it is fast (CUDA, or a CPU with bf16 "
+                          "in hardware), else fp32; auto: the rule segment uses")
     opt.add_argument("--checkpoint", default=None,
                      help="checkpoint file; an existing matching checkpoint is resumed")
     opt.add_argument("--checkpoint-minutes", type=float, default=5.0,
@@ -833,15 +838,23 @@ def _cmd_train(args) -> int:
     from tqdm import tqdm
 
     from .events import TrainStep, WarningEvent
+    from .training.adaptation import short_run_options
     from .training.config import TrainConfig
     from .training.folders import train_folders_iter
 
+    # fine-tuning a trained model (--base) and training from scratch have their own defaults, the
+    # same as the Fine-tune widget's (training/adaptation.py); what the user gives wins
+    given = {"lr": args.lr, "patch_size": args.patch_size, "batch_size": args.batch_size,
+             "val_every": args.val_every, "precision": args.precision}
+    chosen = {**short_run_options(args.base),
+              **{k: v for k, v in given.items() if v is not None}}
+    if args.patience is not None:
+        chosen["early_stopping_patience"] = args.patience or None
     config = TrainConfig(
-        annotation=args.annotation, epochs=args.epochs, minutes=args.minutes, lr=args.lr,
-        patch_size=args.patch_size, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-        val_every=args.val_every, val_fraction=args.val_fraction, seed=args.seed, device=args.device,
-        precision=args.precision, early_stopping_patience=args.patience or None,
-        checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+        annotation=args.annotation, epochs=args.epochs, minutes=args.minutes,
+        steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction, seed=args.seed,
+        device=args.device, checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
+        **chosen,
     )  # checks the settings' ranges first
     out = Path(args.out)
     if out.suffix != ".safetensors":

@@ -45,7 +45,7 @@ from .postprocess import labels_from_probabilities
 from .training import adaptation
 from .training.config import TrainConfig
 from .training.data import IGNORE, Augmentation, PatchSampler, TrainingImage
-from .training.device import autocast
+from .training.device import PRECISIONS, autocast
 from .training.device import resolve as resolve_precision
 from .training.step import Optimization
 from .training.targets import make_targets
@@ -110,12 +110,11 @@ class LiveTrainer:
     def __init__(self, bundle: ModelBundle | str, image: Any, *, annotation: str = "instances",
                  channel_axis: int | None = None, lr: float = 1e-3, patch_size: int = 256,
                  batch_size: int = 2,
-                 precision: str = "bf16", schedule_minutes: float = 2.0, preview_every: float = 4.0,
+                 precision: str = "auto", schedule_minutes: float = 2.0, preview_every: float = 4.0,
                  validate_every: float = 10.0, freeze_bn: bool = True,
                  on_preview: Callable[[Preview], None] | None = None,
                  on_step: Callable[[int, float], None] | None = None, seed: int = 0,
                  threads: int | None = None) -> None:
-        from .inference import PRECISIONS
         from .training.dataset import as_channels_first
 
         self.base = load_model(bundle)
@@ -123,14 +122,15 @@ class LiveTrainer:
             raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
         if annotation == "instances" and self.base.task != "instances":
             raise ValueError("Instance labels need an instances model; paint scribbles for a semantic model.")
-        if precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {precision!r}: use fp32, bf16 or fp16.")
+        if precision != "auto" and precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}: use auto, fp32, bf16 or fp16.")
         self.annotation = annotation
         self.image = np.ascontiguousarray(as_channels_first(image, self.base.n_channels, channel_axis))
         self.stats = normalization.compute_stats(self.image, self.base.normalization, channel_axis=0)
         m = self.base.model.size_multiple
         self.patch_size = -(-min(int(patch_size), max(self.image.shape[1:])) // m) * m
-        self.batch_size, self.lr, self.precision = int(batch_size), float(lr), precision
+        self.batch_size, self.lr = int(batch_size), float(lr)
+        self.precision, _ = resolve_precision(torch.device("cpu"), precision)  # "auto": bf16 where fast
         self.schedule_minutes = float(schedule_minutes)
         self.preview_every, self.validate_every = float(preview_every), float(validate_every)
         self.freeze_bn = bool(freeze_bn)
@@ -270,7 +270,7 @@ class LiveTrainer:
             torch.set_num_threads(int(self.threads))
         model = self.model
         dev = torch.device("cpu")
-        precision, _ = resolve_precision(dev, self.precision)
+        precision = self.precision
         config = TrainConfig(annotation=self.annotation, lr=self.lr, patch_size=self.patch_size,
                              batch_size=self.batch_size, precision=precision,
                              batchnorm="frozen" if self.freeze_bn else "train")

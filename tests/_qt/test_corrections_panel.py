@@ -125,3 +125,30 @@ def test_live_training_strokes_join_the_preview_refreshes_and_napari_stays_respo
     blocked = wall - waited
     assert max(blocked.max(), cpu.max()) < 0.2, (
         f"blocked {blocked.max():.3f} s ({wall[blocked.argmax()]:.3f} s wall), CPU {cpu.max():.3f} s")
+
+
+def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari_viewer, qtbot,
+                                                                     tiny_model_file):
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image()[:192, :256], name="img")
+    result = viewer.add_labels(nuclei_labels()[:192, :256].astype(np.uint16), name="img labels")
+    result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "img"}
+    remember_written(result)  # as the Segment widget does when it writes a result
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.budget_spin.setValue(100_000)
+    result.brush_size = 12
+    result.paint((150, 200), 55)  # a correction in the bottom right
+    w.corrections.learn_button.click()
+    assert w.running, w.status.text()
+    counted = w.trainer.train_items[0].classes != IGNORE
+    edited = result.data == 55
+    ys, xs = np.nonzero(counted)
+    assert counted[edited].sum() > 0.5 * edited.sum()  # the edits count (a strip is held out)
+    assert ys.min() > 100 and xs.min() > 130  # the untouched top left does not
+    w.stop()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.bundle is not None

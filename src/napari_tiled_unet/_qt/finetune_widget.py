@@ -71,6 +71,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer, session: ModelSession | None = None) -> None:
+        from ..training.adaptation import FINETUNE
+
         super().__init__()
         self.viewer = napari_viewer
         self.session = session if session is not None else shared_session()
@@ -132,7 +134,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.patch_spin.setValue(256)
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 256)
-        self.batch_spin.setValue(4)
+        self.batch_spin.setValue(FINETUNE["batch_size"])  # the CLI's default for --base (adaptation.py)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(0, 1_000_000)
         self.steps_spin.setSpecialValueText("auto")
@@ -144,7 +146,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                                  "(0: no validation, the last weights are kept).")
         self.device_combo = QComboBox()
         self.precision_combo = QComboBox()
-        self.precision_combo.addItems(["fp32", "bf16", "fp16"])
+        self.precision_combo.addItems(["auto", "fp32", "bf16", "fp16"])
+        self.precision_combo.setCurrentText(FINETUNE["precision"])  # bf16 where fast (runtime.py)
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
 
@@ -218,6 +221,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.table)
         layout.addLayout(result_buttons)
+        self.corrections = self._correction_panel()
+        layout.addWidget(self.corrections)
         layout.addStretch()
 
         self._fill_devices()
@@ -440,12 +445,14 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         check_class_names(bundle, self.class_names())
         return bundle
 
-    def make_trainer(self):
-        """A :class:`~napari_tiled_unet.training.loop.Trainer` for the current choices.
+    def make_trainer(self, region_override: list | None = None):
+        """A :class:`~napari_tiled_unet.training.loop.Trainer` for the current choices
+        (``region_override``: rectangles that count instead of the region layer's).
 
         Raises:
             ValueError: bad input, with one sentence that says what to do.
         """
+        from ..training.adaptation import short_run_options
         from ..training.loop import Trainer
 
         image_layer, labels_layer = self._layer(self.image_combo), self._layer(self.labels_combo)
@@ -457,10 +464,13 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         n_channels = self._new_model_channels(image_layer) if new else base.n_channels
         plane = self.training_plane(image_layer, n_channels)
         labels = self._labels_array(labels_layer, plane)
-        region = self._region(image_layer, plane)
+        region = region_override if region_override is not None else self._region(image_layer, plane)
         budget = self.budget_spin.value()
         minutes = self.budget_unit.currentText() == "minutes"
         model = self._new_model(annotation, labels, n_channels) if new else base
+        # validation and early stopping as the CLI does it (training/adaptation.py); the rest is on show
+        short_run = {k: v for k, v in short_run_options(base).items()
+                     if k in ("val_every", "early_stopping_patience")}
         return Trainer(
             model, [np.asarray(plane.image)], [labels],
             annotation=annotation,
@@ -470,16 +480,62 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             patch_size=self.patch_spin.value(), batch_size=self.batch_spin.value(),
             val_fraction=self.val_spin.value(), seed=self.seed_spin.value(),
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
+            **short_run,
         )
+
+    # -- the correction loop (corrections_panel.py) ----------------------------------------------
+
+    def _correction_panel(self):
+        from .corrections_panel import CorrectionPanel
+
+        return CorrectionPanel(
+            self.viewer, image_layer=lambda: self._layer(self.image_combo),
+            labels_layer=lambda: self._layer(self.labels_combo), base_model=self._base_model,
+            annotation=lambda: ANNOTATIONS[self.annotation_combo.currentText()],
+            learn=self.learn_from_corrections, on_result=self._on_live_result, notify=self._notify_error,
+            settings=lambda: {"lr": self.lr_spin.value(), "patch_size": self.patch_spin.value(),
+                              "batch_size": self.batch_spin.value(),
+                              "precision": self.precision_combo.currentText()},
+            visible_box=self._visible_box_now)
+
+    def _visible_box_now(self) -> tuple[int, int, int, int]:
+        """The chosen 2D image's pixels on display (live training's preview window)."""
+        from types import SimpleNamespace
+
+        layer = self._layer(self.image_combo)
+        return self.visible_box(layer, SimpleNamespace(shape=tuple(layer.data.shape[-2:])))
+
+    def learn_from_corrections(self, layer: Any, boxes: list, description: str) -> None:
+        """Train on ``layer`` (a corrected result layer), counting only ``boxes`` (the edits)."""
+        combo = self.labels_combo
+        index = next((i for i in range(combo.count()) if combo.itemData(i) is layer), -1)
+        if index < 0:
+            self._notify_error(f"{layer.name} is not in the layer list any more; segment again.")
+            return
+        self.labels_combo.setCurrentIndex(index)
+        self.annotation_combo.setCurrentText(next(k for k, v in ANNOTATIONS.items() if v == "instances"))
+        self.train(region_override=[tuple(b) for b in boxes])
+        if self.running:
+            self.status.setText(f"Learning from your corrections ({description}) …")
+
+    def _on_live_result(self, bundle: Any, message: str) -> None:
+        self.bundle = bundle
+        self.status.setText(message)
+        self._set_running(False)
 
     # -- actions --------------------------------------------------------------------------------
 
-    def train(self) -> None:
-        """Check the input and start training in a worker thread; bad input is refused at once."""
-        if self.running:
+    def train(self, region_override: list | None = None) -> None:
+        """Check the input and start training in a worker thread; bad input is refused at once.
+
+        Args:
+            region_override: rectangles that count instead of the region layer's (Learn from my
+                corrections: the region of the edits).
+        """
+        if self.running or (self.corrections.running if hasattr(self, "corrections") else False):
             return
         try:
-            trainer = self.make_trainer()
+            trainer = self.make_trainer(region_override)
         except ValueError as exc:  # BundleError, ImageError and the Trainer's checks: one sentence
             self._notify_error(str(exc))
             return
@@ -499,7 +555,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.progress.setValue(0)
         self._first_step_at = None
         self.status.setText(f"Training ({trainer.val_description}) …")
-        if self._layer(self.region_combo) is None and trainer.annotation == "instances":
+        if (self._layer(self.region_combo) is None and trainer.annotation == "instances"
+                and not region_override):
             from napari.utils.notifications import show_warning
 
             show_warning("No region chosen: every pixel you did not paint counts as background. If you "

@@ -146,3 +146,23 @@ def hold_decay_schedule(step: int, warm: int, progress: float) -> float:
         return (step + 1) / warm
     p = min(1.0, max(0.0, progress))
     return 1.0 if p <= HOLD else 1.0 - (1.0 - FLOOR) * (p - HOLD) / (1.0 - HOLD)
+
+
+#: TrainConfig fields for fine-tuning a trained model (``train --base``, the Fine-tune widget
+#: with a base model), chosen by the measurements of docs/benchmarks.md ("The correction loop"):
+#: precision "auto" (bf16 where the CPU computes it in hardware, or on a GPU: runtime.py's rule),
+#: batches of 2 patches of 256 px
+#: (the most steps per minute at the same pixel rate; a patch holds a 100 px nucleus with
+#: context), validation every 25 steps, no early stopping (the budget is minutes: the best
+#: weights on the held-out part are returned anyway)
+FINETUNE = {"patch_size": 256, "batch_size": 2, "lr": 1e-3, "val_every": 25, "early_stopping_patience": None,
+            "precision": "auto"}
+#: the defaults for a model trained from scratch (unchanged)
+SCRATCH = {"patch_size": 256, "batch_size": 4, "lr": 1e-3, "val_every": None, "early_stopping_patience": 5,
+           "precision": "fp32"}
+
+
+def short_run_options(base: object | None) -> dict:
+    """TrainConfig fields for fine-tuning ``base`` (a model or its name; None: training from
+    scratch, the former defaults)."""
+    return dict(SCRATCH if base is None else FINETUNE)
