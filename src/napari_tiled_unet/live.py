@@ -6,9 +6,10 @@ labels painted on it. Meanwhile:
 - :meth:`LiveTrainer.set_annotation` hands it the labels as they are now (a copy is taken on
   the caller's thread); the training thread picks them up before its next step, so strokes
   join the training data without a restart (model, optimiser state and step count go on);
-- every ``preview_every`` seconds, or at once after :meth:`LiveTrainer.request_preview` (the
-  user stopped painting), the thread segments the window set by :meth:`LiveTrainer.set_window`
-  (the visible part of the image) with the current weights and hands a :class:`Preview` to
+- every ``preview_every`` seconds (or three times as long as the last preview took, so that
+  previews of a large window do not crowd out training), or at once after
+  :meth:`LiveTrainer.request_preview` (the user stopped painting), the thread segments the
+  window set by :meth:`LiveTrainer.set_window` (the visible part of the image) with the current weights and hands a :class:`Preview` to
   ``on_preview`` (called on the training thread: a GUI must pass it to its own thread);
 - every ``validate_every`` seconds it scores the weights on the held-out part of the
   annotation and keeps the best;
@@ -21,8 +22,10 @@ scored by the mean IoU of the classes on the held-out annotated pixels, and at t
 best weights, the last ones and the starting ones are scored again on the final annotation:
 the starting weights are returned when nothing beats them (never worse than the start).
 
-The forward and backward passes release the GIL, so a GUI thread stays responsive; the
-per-step Python work is a few milliseconds.
+The forward and backward passes release the GIL, so a GUI thread stays responsive: measured on
+a 1024 x 1024 window on a busy 2-core machine, the training thread held the interpreter for at
+most 30 ms at a time while post-processing a preview (1.1 s), building targets (0.4 s) or
+running the network.
 """
 
 from __future__ import annotations
@@ -282,8 +285,10 @@ class LiveTrainer:
             while not self._stop.is_set():
                 self._take_annotation(rng)
                 now = time.monotonic()
-                if self._window is not None and (self._preview_now.is_set() or now - last_preview
-                                                 >= self.preview_every):
+                # previews take at most about a quarter of the time: a large window waits longer
+                last = self.latest_preview.seconds if self.latest_preview is not None else 0.0
+                spacing = max(self.preview_every, 3 * last)
+                if self._window is not None and (self._preview_now.is_set() or now - last_preview >= spacing):
                     self._preview_now.clear()
                     self._preview(model)
                     last_preview = time.monotonic()
