@@ -9,8 +9,9 @@ labels painted on it. Meanwhile:
 - every ``preview_every`` seconds (or three times as long as the last preview took, so that
   previews of a large window do not crowd out training), or at once after
   :meth:`LiveTrainer.request_preview` (the user stopped painting), the thread segments the
-  window set by :meth:`LiveTrainer.set_window` (the visible part of the image) with the current weights and hands a :class:`Preview` to
-  ``on_preview`` (called on the training thread: a GUI must pass it to its own thread);
+  window set by :meth:`LiveTrainer.set_window` (the visible part of the image) with the
+  current weights and hands a :class:`Preview` to ``on_preview`` (called on the training
+  thread: a GUI must pass it to its own thread);
 - every ``validate_every`` seconds it scores the weights on the held-out part of the
   annotation and keeps the best;
 - :meth:`LiveTrainer.stop` ends the thread and returns the best weights as a bundle.
