@@ -192,7 +192,7 @@ def run_variant(variant: str, images, labels, names, regions=None, minutes: floa
 
 def stage_steps(rounds: int) -> dict:
     """Cost of one step, by part, for several configurations, interleaved in one run."""
-    from napari_tiled_unet.inference import _autocast
+    from napari_tiled_unet.runtime import autocast
     from napari_tiled_unet.training import losses
     from napari_tiled_unet.training.data import Augmentation
     from napari_tiled_unet.training.optim import AdamW
@@ -236,7 +236,7 @@ def stage_steps(rounds: int) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             model.train()
             opt.zero_grad()
-            with _autocast(dev, precision):
+            with autocast(dev, precision):
                 logits = model(x)
             loss = losses.combined_loss(logits, torch.from_numpy(b.classes), torch.from_numpy(b.weight),
                                         torch.from_numpy(b.mask))
