@@ -13,9 +13,9 @@ corrected object *in its context* (without it, erasing a false object would teac
 "background here" from its pixels alone, and splitting a merged pair would teach only the cut
 line). Far from every edit, untouched pixels do not count: a user who fixed 10 objects has not
 checked the 300 others, and counting them as correct would teach the model its own mistakes
-there, and outnumber the corrections about 30 to 1 (measured in docs/benchmarks.md, "The
-correction loop"). A user who did check the whole image can say so (``untouched="correct"``),
-which makes the whole layer the annotation.
+there, and those pixels would outnumber the corrected ones many times over. A user who did
+check the whole image can say so (``untouched="correct"``), which makes the whole layer the
+annotation.
 
 Everything here is numpy: no Qt, no torch.
 """
