@@ -17,8 +17,9 @@ Images (fixed here, never chosen by their scores):
   generator; every choice (variants, margin, step size) was made on these.
 
 (a) ``two-images``: both train images fully annotated (their labels), ``--minutes`` (2) of
-fine-tuning. (b) ``corrections``: the base model segments the first train image; a simulated
-user corrects 10 of its errors (a badly segmented nucleus: the predicted objects overlapping it
+fine-tuning. (b) ``corrections``: the base model segments the first image (train images first, then the
+other 63x images outside the dev and held-out lists) on which it makes at least 10 errors; a
+simulated user corrects 10 of them (a badly segmented nucleus: the predicted objects overlapping it
 and it are replaced by the true labels there; a false object: erased) and leaves the rest as the
 model wrote it; the region that counts comes from the edits (napari_tiled_unet.corrections).
 
@@ -77,16 +78,18 @@ def read_ids(path: Path) -> list[str]:
     return [s.strip() for s in path.read_text().splitlines() if s.strip() and not s.startswith("#")]
 
 
-def split() -> tuple[list[str], list[str], list[str]]:
-    """(train, dev, held_out) ids (see the module docstring)."""
+def split(rest: bool = False) -> tuple[list[str], ...]:
+    """(train, dev, held_out) ids (see the module docstring); with ``rest``, also the other
+    63x ids outside the held-out list, in the same drawn order."""
     import csv
 
     held = read_ids(HERE / "data" / "kromp_sbsst265_val_ids.txt")
     with open(DATA / "per_image.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["magnification"] == "63x" and r["id"] not in held]
     ids = sorted(r["id"] for r in rows)
-    pick = np.random.default_rng(16).permutation(len(ids))
-    return [ids[i] for i in pick[:2]], [ids[i] for i in pick[2:8]], held
+    order = [ids[i] for i in np.random.default_rng(16).permutation(len(ids))]
+    out = (order[:2], order[2:8], held)
+    return (*out, order[8:]) if rest else out
 
 
 def read(i: str) -> tuple[np.ndarray, np.ndarray]:
@@ -325,14 +328,20 @@ def stage_experiment(kind: str, variant: str, where: str, minutes: float, n_fix:
         tuned, info = run_variant(variant, list(images), list(labels), train_ids, minutes=minutes,
                                   clock=clock)
     else:
-        img, gt = read(train_ids[0])
-        pred = segment(base, img, device="cpu").labels
-        corrected, fixed = simulate_corrections(pred, gt, n_fix)
+        # the first image (train images first, then the other 63x ids outside the dev and held-out
+        # lists, in the drawn order) on which the base model makes at least n_fix errors
+        for image_id in train_ids + split(rest=True)[3]:
+            img, gt = read(image_id)
+            pred = segment(base, img, device="cpu").labels
+            corrected, fixed = simulate_corrections(pred, gt, n_fix)
+            if fixed >= n_fix:
+                break
+        res["corrected_image"] = image_id
         untouched = VARIANTS[variant].get("untouched", "ignore")
         region = correction_region(pred, corrected, margin=VARIANTS[variant].get("margin"),
                                    untouched=untouched)
         res.update(objects_fixed=fixed, region=region.describe())
-        tuned, info = run_variant(variant, [img], [corrected], [train_ids[0]], regions=[region.boxes],
+        tuned, info = run_variant(variant, [img], [corrected], [image_id], regions=[region.boxes],
                                   minutes=minutes, clock=clock)
     res["finetune"] = info
     res["before"] = before_score(base, score_ids)

@@ -235,7 +235,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             self._connect(ev, self._refresh_layers)
         self.model_combo.activated.connect(self._on_model_chosen)
-        self.train_button.clicked.connect(self.train)
+        self.train_button.clicked.connect(lambda *_: self.train())  # not clicked(bool) as a region
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
         self.preview_button.clicked.connect(self.preview)
