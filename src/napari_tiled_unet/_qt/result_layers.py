@@ -118,6 +118,9 @@ class ResultLayers:
             self._writing = False
         out.labels, out.edited = labels, False
         labels.metadata[META_KEY]["edited"] = False
+        from .corrections_panel import remember_written
+
+        remember_written(labels)  # what was written, to find the user's corrections later
 
     def _watch_edits(self, labels, out: Output) -> None:
         """Mark ``out`` edited when the user paints into ``labels`` or replaces its data."""
