@@ -13,8 +13,9 @@ from ..errors import BundleError
 BUILTIN: dict[str, tuple[str, str]] = {
     "nuclei-dsb2018": ("nuclei-dsb2018.safetensors", "Fluorescence nuclei (DSB2018), U-Net 16x4, instances"),
     "nuclei-v2": ("nuclei-v2.safetensors",
-                  "Fluorescence nuclei from four public sets (DSB2018, Kromp, BitDepth, Aitslab), U-Net 16x4, "
-                  "instances; better than nuclei-dsb2018 on images from other labs, behind it on DSB2018"),
+                  "Fluorescence nuclei from four public sets (DSB2018, Kromp, BitDepth, Aitslab), "
+                  "U-Net 16x4, instances; better than nuclei-dsb2018 on images from other labs, "
+                  "behind it on DSB2018"),
 }
 
 DEFAULT: str = "nuclei-dsb2018"
