@@ -301,11 +301,19 @@ def test_sigkill_with_overlay_leaves_whole_outputs_and_the_next_run_removes_the_
     cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "segment", str(src), "-o", str(out),
            "-m", str(model_file), "--device", "cpu", "--overwrite", "--overlay"]
     for sig in (signal.SIGKILL, signal.SIGTERM):
+        started = time.time()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
-        # kill as soon as a temporary output file of this run appears: in the middle of writing
-        while proc.poll() is None and time.monotonic() < deadline and not any(
-                f".{proc.pid}@" in p.name and ".tmp" in p.name for p in out.iterdir()):
+
+        def mid_folder(proc=proc, started=started) -> bool:
+            """A temporary output file of this run exists (in the middle of writing), or a first
+            image is finished (a poll that missed the short-lived temporary files on a busy
+            machine must not let the run reach the end of the folder)."""
+            names = [p.name for p in out.iterdir()]
+            return any(f".{proc.pid}@" in name and ".tmp" in name for name in names) or any(
+                (out / f"img{k:02d}_labels.tif").stat().st_mtime > started for k in range(n))
+
+        while proc.poll() is None and time.monotonic() < deadline and not mid_folder():
             time.sleep(0.002)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
