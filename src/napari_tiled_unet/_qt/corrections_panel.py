@@ -156,7 +156,13 @@ class CorrectionPanel(QGroupBox):
         self._learn(layer, region.boxes, region.describe())
 
     def _region(self, layer: Any):
-        return correction_region(written_of(layer), np.asarray(layer.data))
+        written, current = written_of(layer), layer.data
+        if written is None or not isinstance(current, np.ndarray):
+            # only in-memory result layers have a written copy (remember_written); a lazy layer's
+            # data is never pulled into memory here
+            raise ValueError(f"{layer.name} is not an in-memory result of the Segment widget: segment the "
+                             "image (up to 64 megapixels) and correct that layer.")
+        return correction_region(written, current)
 
     # -- live training ------------------------------------------------------------------------
 
