@@ -209,6 +209,9 @@ def test_interrupted_blockwise_leaves_no_scratch_and_no_writer_behind(tmp_path):
             time.sleep(0.002)
 
     watcher = threading.Thread(target=interrupt_once_blocks_are_written)
+    # Ctrl-C raises KeyboardInterrupt here also when pytest was started in the background, where
+    # the shell sets SIGINT to be ignored
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher.start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -216,6 +219,7 @@ def test_interrupted_blockwise_leaves_no_scratch_and_no_writer_behind(tmp_path):
     finally:
         stop.set()
         watcher.join()
+        signal.signal(signal.SIGINT, before)
     for _ in range(20):  # a thread still running would write again within this second
         assert not list(tmp_path.glob(".postprocess-*"))
         time.sleep(0.05)

@@ -129,6 +129,11 @@ def test_live_training_strokes_join_the_preview_refreshes_and_napari_stays_respo
 
 def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari_viewer, qtbot,
                                                                      tiny_model_file):
+    """One corrected nucleus is learned: it counts whole (no strip of the model's own untouched
+    output is held out, on which the starting weights would always win and the correction be
+    lost) and the result is the trained weights; with several corrected areas a part is held out."""
+    import torch
+
     from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
 
     viewer = make_napari_viewer()
@@ -139,7 +144,8 @@ def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari
     w = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.add_model_file(tiny_model_file)
-    w.budget_spin.setValue(100_000)
+    w.budget_spin.setValue(2)
+    w.steps_spin.setValue(2)  # 2 epochs of 2 steps
     result.brush_size = 12
     result.paint((150, 200), 55)  # a correction in the bottom right
     w.corrections.learn_button.click()
@@ -147,8 +153,18 @@ def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari
     counted = w.trainer.train_items[0].classes != IGNORE
     edited = result.data == 55
     ys, xs = np.nonzero(counted)
-    assert counted[edited].sum() > 0.5 * edited.sum()  # the edits count (a strip is held out)
-    assert ys.min() > 100 and xs.min() > 130  # the untouched top left does not
-    w.stop()
+    assert counted[edited].all() and not w.trainer.val_items  # the whole correction is learned
+    assert ys.min() > 100 and xs.min() > 130  # the untouched top left does not count
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
-    assert w.bundle is not None
+    assert w.bundle is not None and "too few to hold some out" in w.status.text(), w.status.text()
+    base = load_model(tiny_model_file).model.state_dict()
+    trained = w.bundle.model.state_dict()
+    assert any(not torch.equal(base[k], trained[k]) for k in base)  # not the starting weights
+    # corrections in three places: a strip of them is held out to choose the weights
+    result.paint((30, 30), 56)
+    result.paint((30, 220), 57)
+    w.corrections.learn_button.click()
+    assert w.running, w.status.text()
+    assert w.trainer.val_items
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.bundle is not None and "too few" not in w.status.text()

@@ -483,3 +483,19 @@ def test_closing_the_viewer_mid_training_raises_nothing(widget, qtbot):
     qtbot.waitUntil(lambda: job.finished, timeout=60_000)
     qtbot.wait(200)
     assert job.cancelled
+
+
+def test_the_whole_image_hint_shows_all_its_lines_in_the_dock(make_napari_viewer, qtbot):
+    """The warning under "region" wraps over several lines in the narrow dock and none is cut
+    off (a form layout gave a wrapped label the height of one line)."""
+    viewer = make_napari_viewer(show=True)
+    _add_nuclei(viewer)
+    w = FineTuneWidget(viewer, session=ModelSession())
+    viewer.window.add_dock_widget(w)
+    hint = w.region_hint
+    qtbot.waitUntil(lambda: hint.isVisible() and hint.width() > 0, timeout=10_000)
+    qtbot.wait(200)
+    line = hint.fontMetrics().lineSpacing()
+    need = hint.heightForWidth(hint.width())
+    assert need >= 2 * line  # it does wrap at the dock's width
+    assert hint.height() >= need - 1, (hint.height(), need)

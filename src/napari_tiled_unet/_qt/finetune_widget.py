@@ -40,6 +40,7 @@ from .pickers import LOAD_FILE, ChannelPicker, DockControls, PickerComboBox, sho
 from .progress import fmt_seconds
 from .session import ModelSession, shared_session
 from .workers import EngineJob
+from .wrapped_label import WrappedLabel
 
 if TYPE_CHECKING:
     import napari
@@ -50,6 +51,8 @@ LAST_USED = "Model last used for segmenting"
 NEW_MODEL = "New model (from scratch)"
 WHOLE_IMAGE = "(whole image)"
 ANNOTATIONS = {"instances (one label per object)": "instances", "scribbles (label k = class k)": "scribbles"}
+#: fewest corrected areas (Learn from my corrections) of which some are held out for validation
+CORRECTION_AREAS_TO_HOLD_OUT = 3
 #: how the table names the trainer's validation figures
 FIGURE_NAMES = {"f1@0.5": "F1@0.5 (objects)"}
 #: seconds between two redraws of the loss plot (events can arrive every few milliseconds)
@@ -90,6 +93,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self._failed = False  # the last job ended with an error
         self._last_draw = 0.0
         self._stop_asked = False  # Stop was pressed during this training
+        self._selection_note: str | None = None  # replaces the trainer's sentence on the weights returned
         self._first_step_at: tuple[int, float] | None = None  # (step, elapsed) of the first step seen
 
         self.image_combo = QComboBox()
@@ -111,10 +115,9 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.region_combo = QComboBox()
         self.region_combo.setToolTip("Rectangles of a Shapes layer: only pixels inside them count "
                                      "(other shapes count by their bounding box).")
-        self.region_hint = QLabel("The whole image counts: every pixel you did not paint is taught as "
+        self.region_hint = WrappedLabel("The whole image counts: every pixel you did not paint is taught as "
                                   "background. Unless you painted every object, draw rectangles around "
                                   "what you painted (a Shapes layer) and choose it as the region.")
-        self.region_hint.setWordWrap(True)
         self.region_hint.setStyleSheet("color: #e0a030;")
         self.model_combo = PickerComboBox(self._fill_models)
         self.budget_spin = QDoubleSpinBox()
@@ -445,9 +448,10 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         check_class_names(bundle, self.class_names())
         return bundle
 
-    def make_trainer(self, region_override: list | None = None):
+    def make_trainer(self, region_override: list | None = None, val_fraction: float | None = None):
         """A :class:`~napari_tiled_unet.training.loop.Trainer` for the current choices
-        (``region_override``: rectangles that count instead of the region layer's).
+        (``region_override``: rectangles that count instead of the region layer's;
+        ``val_fraction``: instead of the chosen one).
 
         Raises:
             ValueError: bad input, with one sentence that says what to do.
@@ -478,7 +482,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             epochs=None if minutes else budget, minutes=budget if minutes else None,
             steps_per_epoch=self.steps_spin.value() or None, lr=self.lr_spin.value(),
             patch_size=self.patch_spin.value(), batch_size=self.batch_spin.value(),
-            val_fraction=self.val_spin.value(), seed=self.seed_spin.value(),
+            val_fraction=self.val_spin.value() if val_fraction is None else val_fraction,
+            seed=self.seed_spin.value(),
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
             **short_run,
         )
@@ -514,9 +519,16 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             return
         self.labels_combo.setCurrentIndex(index)
         self.annotation_combo.setCurrentText(next(k for k, v in ANNOTATIONS.items() if v == "instances"))
-        self.train(region_override=[tuple(b) for b in boxes])
+        # A strip held out of one or two corrected areas holds the model's own untouched output, on
+        # which the starting weights score perfectly: they would always be kept and the corrections
+        # lost. With few areas nothing is held out and the last weights are the result.
+        few = len(boxes) < CORRECTION_AREAS_TO_HOLD_OUT
+        self.train(region_override=[tuple(b) for b in boxes], val_fraction=0.0 if few else None)
         if self.running:
             self.status.setText(f"Learning from your corrections ({description}) …")
+            if few:
+                self._selection_note = (f"{len(boxes)} corrected area(s) are too few to hold some out for "
+                                        "validation, so the last weights are the result")
 
     def _on_live_result(self, bundle: Any, message: str) -> None:
         self.bundle = bundle
@@ -525,17 +537,18 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
 
     # -- actions --------------------------------------------------------------------------------
 
-    def train(self, region_override: list | None = None) -> None:
+    def train(self, region_override: list | None = None, val_fraction: float | None = None) -> None:
         """Check the input and start training in a worker thread; bad input is refused at once.
 
         Args:
             region_override: rectangles that count instead of the region layer's (Learn from my
                 corrections: the region of the edits).
+            val_fraction: instead of the one chosen under Advanced.
         """
         if self.running or (self.corrections.running if hasattr(self, "corrections") else False):
             return
         try:
-            trainer = self.make_trainer(region_override)
+            trainer = self.make_trainer(region_override, val_fraction)
         except ValueError as exc:  # BundleError, ImageError and the Trainer's checks: one sentence
             self._notify_error(str(exc))
             return
@@ -562,6 +575,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             show_warning("No region chosen: every pixel you did not paint counts as background. If you "
                          "painted only some objects, draw rectangles around them and use them as the region.")
         self._stop_asked = False
+        self._selection_note = None
         self._start(Task.TRAIN, trainer.iter, self._on_trained)
 
     def _start(self, kind: Task, make_generator, on_result) -> None:
@@ -662,7 +676,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         if self.bundle is None:
             return
         self.bundle.metadata.pop("_source", None)  # the Segment widget's cache key, not model metadata
-        best = _words(getattr(trainer, "selection", None)) or (
+        best = self._selection_note or _words(getattr(trainer, "selection", None)) or (
             "the starting weights were kept" if trainer.best_step == 0 else
             f"best at step {trainer.best_step}" if trainer.best_step is not None else "last weights kept")
         how = "Failed" if self._failed else "Stopped" if job.cancelled or self._stop_asked else "Done"
