@@ -499,3 +499,20 @@ def test_the_whole_image_hint_shows_all_its_lines_in_the_dock(make_napari_viewer
     need = hint.heightForWidth(hint.width())
     assert need >= 2 * line  # it does wrap at the dock's width
     assert hint.height() >= need - 1, (hint.height(), need)
+
+
+def test_both_widgets_docked_fit_a_laptop_screen(make_napari_viewer):
+    """Segment and Fine-tune docked together (and the Objects table): napari's window can
+    still be 768 px tall, the docks scroll; the controls were about 1400 px together, so the
+    window grew past the screen and the lowest buttons were out of reach."""
+    from napari_tiled_unet._qt.predict_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    _add_nuclei(viewer)
+    seg = SegmentWidget(viewer)
+    ft = FineTuneWidget(viewer, session=ModelSession())
+    viewer.window.add_dock_widget(seg)
+    viewer.window.add_dock_widget(ft)
+    assert ft.sizeHint().height() > 700  # it asks for all of its controls when there is room
+    window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 700, window.minimumSizeHint()

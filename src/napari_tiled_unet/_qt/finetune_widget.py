@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -35,12 +34,12 @@ from superqt import QCollapsible
 from . import layerview
 from .finetune_results import ResultActions, Task
 from .layerview import TrainingPlane, full_resolution, layer_image_and_axes, layer_origin
+from .layout import WrappedLabel, scrolling_body
 from .loss_plot import LossPlot
 from .pickers import LOAD_FILE, ChannelPicker, DockControls, PickerComboBox, show_engine_message
 from .progress import fmt_seconds
 from .session import ModelSession, shared_session
 from .workers import EngineJob
-from .wrapped_label import WrappedLabel
 
 if TYPE_CHECKING:
     import napari
@@ -215,7 +214,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         result_buttons.addWidget(self.preview_button)
         result_buttons.addWidget(self.export_button)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_body(self)
         layout.addLayout(form)
         layout.addWidget(advanced)
         layout.addLayout(run_buttons)

@@ -30,13 +30,13 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
 
 from . import layerview
 from .layerview import layer_image_and_axes
+from .layout import scrolling_body
 from .pickers import LOAD_FILE, ChannelPicker, DockControls, show_engine_message
 from .progress import eta, fmt_seconds
 from .result_layers import ResultLayers, Run, for_display, pyramid_on_disk, warm_up_labels
@@ -182,7 +182,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_body(self)
         layout.addLayout(form)
         layout.addWidget(advanced)
         layout.addLayout(buttons)

@@ -105,7 +105,7 @@ class ObjectsTable(QWidget):
         self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.view.verticalHeader().setVisible(False)
-        self.view.setMinimumHeight(240)  # a dozen rows, beside the Segment widget
+        self.view.setMinimumHeight(120)  # a few rows; the control docks shrink as far
         self.model = self.proxy = None  # the rows as shown (the model sorts itself)
         self.view.clicked.connect(self._go_to_row)
         self.again_button = QPushButton("Measure again")
