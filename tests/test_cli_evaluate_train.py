@@ -104,7 +104,7 @@ def test_sigterm_saves_the_checkpoint_and_the_same_command_resumes(tmp_path):
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
     assert ckpt.exists() and not (tmp_path / "m.safetensors").exists()
     again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
