@@ -3,7 +3,7 @@
     python benchmarks/eval_model.py [--model NAME_OR_FILE] [--data ../shared/data/dsb2018-fluo-train]
                                     [--ids benchmarks/data/dsb2018_val_ids.txt]
 
-    python benchmarks/eval_model.py --by-set [--model NAME_OR_FILE] [--diameter PX|auto]
+    python benchmarks/eval_model.py --by-set [--model NAME_OR_FILE] [--diameter PX|auto] [--sets A,B]
 
 Segments every listed image with the model (the same `segment` call as the CLI and the
 widget) and with Otsu + distance-transform watershed (baseline_otsu.py), and prints F1@0.5,
@@ -46,6 +46,8 @@ def by_set(bundle, args) -> dict:
 
     rows = {}
     for name, ids_file in SETS.items():
+        if args.sets and name not in args.sets.split(","):
+            continue
         folder = DEFAULT_DATA.parent / name
         if not folder.is_dir():
             print(f"{name}: not found at {folder}, skipped")
@@ -83,8 +85,11 @@ def main() -> None:
     ap.add_argument("--by-set", action="store_true",
                     help="score the held-out ids of every training set (see above)")
     ap.add_argument("--diameter", default=None, help="object diameter (px or 'auto'), --by-set only")
+    ap.add_argument("--sets", default=None, help=f"--by-set: only these, comma-separated ({', '.join(SETS)})")
     args = ap.parse_args()
     bundle = load_model(args.model)
+    if args.sets and not set(args.sets.split(",")) <= set(SETS):
+        ap.error(f"--sets takes names among {', '.join(SETS)}")
     if args.by_set:
         print(f"{'set':<22}{'imgs':>5}{'F1@0.5':>8}{'AP@0.5':>8}{'TP':>7}{'FP':>7}{'FN':>7}{'s':>8}")
         rows = by_set(bundle, args)
