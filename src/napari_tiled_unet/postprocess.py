@@ -348,6 +348,17 @@ def _params(task: str, params: PostprocessParams | None, values: dict[str, Any])
     return params_for(task, params if params is not None else values)
 
 
+def import_helpers() -> None:
+    """Import the libraries post-processing and measuring load on first use. A first import
+    in a worker thread holds the interpreter for up to a few tenths of a second (scipy.sparse,
+    scikit-image), which freezes napari; the Segment widget calls this when it opens."""
+    import dask.array  # noqa: F401
+    import scipy.sparse.csgraph  # noqa: F401
+    import skimage.measure
+    import skimage.segmentation  # noqa: F401
+    import zarr  # noqa: F401
+
+
 # -- blockwise ------------------------------------------------------------------------------
 
 

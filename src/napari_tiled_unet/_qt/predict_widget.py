@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ..postprocess import import_helpers
 from . import layerview
 from .layerview import layer_image_and_axes
 from .layout import scrolling_body
@@ -205,6 +206,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self.resegment_button.clicked.connect(self.resegment)
         self._on_model_changed()
         warm_up_labels()
+        import_helpers()  # here rather than in the middle of the first run (in a worker thread)
 
     # -- view helpers -------------------------------------------------------------------
 

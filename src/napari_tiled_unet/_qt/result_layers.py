@@ -74,7 +74,8 @@ class ResultLayers:
         below them; ``then(output)`` last."""
         out = self.output_for(run.image)
         place = placement(run.image, run.drop_axis)
-        steps: list[Callable[[], None]] = [partial(self.show_labels, result, run, out, place, levels)]
+        steps: list[Callable[[], None]] = [partial(self.show_labels, result, run, out, place, levels),
+                                           partial(self.reveal, out)]
         steps += [partial(self.remove, layer) for layer in out.probabilities]
         steps.append(out.probabilities.clear)
         if with_probabilities:
@@ -101,7 +102,9 @@ class ResultLayers:
                     setattr(old, key, value)
                 labels = old
             else:
-                kwargs: dict[str, Any] = {"name": f"{run.image.name} labels", **place}
+                # added hidden, shown on the next turn of the event loop (reveal): napari builds the
+                # layer's visuals, then slices and draws it, each part shorter than both together
+                kwargs: dict[str, Any] = {"name": f"{run.image.name} labels", "visible": False, **place}
                 if result.task == "semantic":
                     kwargs["features"] = {"class": result.class_names}
                 labels = self.viewer.add_labels(data, **kwargs)
@@ -132,6 +135,11 @@ class ResultLayers:
 
         self._connect(labels.events.paint, edited)
         self._connect(labels.events.data, edited)
+
+    def reveal(self, out: Output) -> None:
+        """Show the labels layer :meth:`show_labels` added hidden."""
+        if out.labels is not None and out.labels in self.viewer.layers:
+            out.labels.visible = True
 
     def add_probability(self, result, out: Output, place: dict[str, Any], c: int) -> None:
         probs = result.probabilities
