@@ -350,8 +350,11 @@ def _params(task: str, params: PostprocessParams | None, values: dict[str, Any])
 
 def import_helpers() -> None:
     """Import the libraries post-processing and measuring load on first use. A first import
-    in a worker thread holds the interpreter for up to a few tenths of a second (scipy.sparse,
-    scikit-image), which freezes napari; the Segment widget calls this when it opens."""
+    in a worker thread holds the interpreter for up to half a second (dask.compute imports
+    dask.distributed to look for a client: 0.3-0.4 s here; scipy.sparse, scikit-image), which
+    freezes napari; the Segment widget calls this when it opens."""
+    with contextlib.suppress(ImportError):
+        import distributed  # noqa: F401
     import dask.array  # noqa: F401
     import scipy.sparse.csgraph  # noqa: F401
     import skimage.measure

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 #: 2D images of at least this many pixels keep their probabilities and labels in zarr stores
 #: on disk and are shown as lazy multiscale layers (napari then reads only what is on screen).
 LARGE_PIXELS = 8192 * 8192
+#: milliseconds between two display steps (one layer each): a full turn of the event loop
+STEP_PAUSE_MS = 5
 
 
 class RunKind(enum.Enum):
@@ -500,7 +502,10 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         handler of the worker's signal, which Qt may deliver right after another one)."""
         if not self._pump_scheduled:
             self._pump_scheduled = True
-            QTimer.singleShot(0, self._pump)
+            # a timer, not a zero-delay call: Qt 6 posts those as events and may run two steps
+            # back to back in one pass over its posted events (seen: two probability layers,
+            # 0.24 s); a timer lets the loop take input, draw and fire due timers in between
+            QTimer.singleShot(STEP_PAUSE_MS, self._pump)
 
     def _pump(self) -> None:
         """Run the next display step, then yield to the event loop before the one after: adding
