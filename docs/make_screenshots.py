@@ -156,8 +156,51 @@ def objects_picture() -> None:
     viewer.close()
 
 
+def corrections_picture() -> None:
+    """The correction loop: the built-in model's result with four objects corrected (taken from
+    the sample's annotation, as a user would redraw them), then Learn from my corrections."""
+    viewer = napari.Viewer(title="napari-tiled-unet")
+    viewer.window.resize(1400, 850)
+    img, truth = nuclei_image(), nuclei_labels()
+    viewer.add_image(img, name="nuclei")
+    seg = SegmentWidget(viewer)
+    seg_dock = viewer.window.add_dock_widget(seg, name="Segment (U-Net)", area="right")
+    seg.device_combo.setCurrentText("cpu")
+    settle()
+    seg.image_combo.setCurrentText("nuclei")
+    seg.run()
+    wait(seg)
+    for dock in (seg_dock, viewer.window._dock_widgets.get("Objects")):  # room for Fine-tune
+        if dock is not None:
+            dock.hide()
+    result = viewer.layers["nuclei labels"]
+    data = result.data.copy()
+    fresh = int(data.max()) + 1
+    for k, (y, x) in enumerate([(60, 90), (200, 500), (400, 150), (450, 600)]):  # four places
+        target = truth[y, x] or truth[max(0, y - 20):y + 20, max(0, x - 20):x + 20].max()
+        where = truth == target
+        data[where | np.isin(data, np.unique(data[where])[1:])] = 0  # the model's object(s) there
+        data[where] = fresh + k  # the annotated nucleus, redrawn
+    result.data = data  # (a brush stroke does the same, one pixel at a time)
+    ft = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(ft, name="Fine-tune (U-Net)", area="right")
+    settle()
+    ft.image_combo.setCurrentText("nuclei")
+    ft.budget_unit.setCurrentText("minutes")
+    ft.budget_spin.setValue(0.75)
+    ft.corrections.learn_from_corrections()
+    wait(ft)
+    from qtpy.QtWidgets import QScrollArea
+
+    ft.findChild(QScrollArea).ensureWidgetVisible(ft.corrections)  # the dock scrolls to the loop
+    settle()
+    viewer.layers.selection.active = result
+    shot(viewer, "corrections.png")
+    viewer.close()
+
+
 PICTURES = {"segment": segment_pictures, "rgb": rgb_picture, "finetune": finetune_picture,
-            "objects": objects_picture}
+            "objects": objects_picture, "corrections": corrections_picture}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or PICTURES:
