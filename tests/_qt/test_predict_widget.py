@@ -51,10 +51,15 @@ def test_running_again_replaces_only_the_plugins_own_layer(widget, qtbot):
     viewer.add_image(nuclei_image()[:128, :128], name="img")
     viewer.add_labels(np.zeros((128, 128), np.int32), name="my annotations")
     w.image_combo.setCurrentText("img")
-    for _ in range(2):
-        w.run()
-        _wait(qtbot, w)
+    w.run()
+    _wait(qtbot, w)
+    result = viewer.layers["img labels"]
+    assert result.visible  # (added hidden, shown on the next turn of the event loop)
+    result.visible = False  # the user hides it; the next run writes into it and leaves it hidden
+    w.run()
+    _wait(qtbot, w)
     assert [layer.name for layer in viewer.layers] == ["img", "my annotations", "img labels"]
+    assert viewer.layers["img labels"] is result and not result.visible
 
 
 def test_mirror_test_option_reaches_the_engine(widget, qtbot, tiny_model):

@@ -38,6 +38,7 @@ class Output:
     labels: Any = None
     probabilities: list[Any] = field(default_factory=list)
     edited: bool = False
+    hidden_new: bool = False  # labels was just added hidden, to be shown by reveal()
 
 
 class ResultLayers:
@@ -108,6 +109,7 @@ class ResultLayers:
                 if result.task == "semantic":
                     kwargs["features"] = {"class": result.class_names}
                 labels = self.viewer.add_labels(data, **kwargs)
+                out.hidden_new = True
                 if old is not None and not out.edited:  # single-scale <-> multiscale: same spot
                     index = self.viewer.layers.index(old)
                     self.viewer.layers.remove(old)
@@ -137,9 +139,11 @@ class ResultLayers:
         self._connect(labels.events.data, edited)
 
     def reveal(self, out: Output) -> None:
-        """Show the labels layer :meth:`show_labels` added hidden."""
-        if out.labels is not None and out.labels in self.viewer.layers:
+        """Show the labels layer :meth:`show_labels` added hidden (a layer it wrote in place
+        keeps the visibility the user gave it)."""
+        if out.hidden_new and out.labels is not None and out.labels in self.viewer.layers:
             out.labels.visible = True
+        out.hidden_new = False
 
     def add_probability(self, result, out: Output, place: dict[str, Any], c: int) -> None:
         probs = result.probabilities
