@@ -118,13 +118,12 @@ def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | 
 
     params = postprocess.params_for(task, params)
     if isinstance(probabilities, np.ndarray):
-        side = IN_MEMORY_BLOCK
         if in_blocks and probabilities.ndim == 3 and math.prod(probabilities.shape[1:]) > IN_MEMORY_WHOLE:
             import dask.array as da
 
             # name=False: dask would otherwise hash the whole array (0.3 s of the GIL at 4096^2)
-            blocks = da.from_array(probabilities, chunks=(-1, side, side), name=False)
-            labels = yield from _blockwise(blocks, task, params, None, block_size=side)
+            blocks = da.from_array(probabilities, chunks=(-1, IN_MEMORY_BLOCK, IN_MEMORY_BLOCK), name=False)
+            labels = yield from _blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK)
             return np.asarray(labels[...])
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, params)
