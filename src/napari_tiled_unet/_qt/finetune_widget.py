@@ -522,12 +522,12 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         # which the starting weights score perfectly: they would always be kept and the corrections
         # lost. With few areas nothing is held out and the last weights are the result.
         few = len(boxes) < CORRECTION_AREAS_TO_HOLD_OUT
-        self.train(region_override=[tuple(b) for b in boxes], val_fraction=0.0 if few else None)
+        note = (f"{len(boxes)} corrected area(s) are too few to hold some out for validation, so the "
+                "last weights are the result") if few else None
+        self.train(region_override=[tuple(b) for b in boxes], val_fraction=0.0 if few else None,
+                   selection_note=note)
         if self.running:
             self.status.setText(f"Learning from your corrections ({description}) …")
-            if few:
-                self._selection_note = (f"{len(boxes)} corrected area(s) are too few to hold some out for "
-                                        "validation, so the last weights are the result")
 
     def _on_live_result(self, bundle: Any, message: str) -> None:
         self.bundle = bundle
@@ -536,13 +536,16 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
 
     # -- actions --------------------------------------------------------------------------------
 
-    def train(self, region_override: list | None = None, val_fraction: float | None = None) -> None:
+    def train(self, region_override: list | None = None, val_fraction: float | None = None,
+              selection_note: str | None = None) -> None:
         """Check the input and start training in a worker thread; bad input is refused at once.
 
         Args:
             region_override: rectangles that count instead of the region layer's (Learn from my
                 corrections: the region of the edits).
             val_fraction: instead of the one chosen under Advanced.
+            selection_note: shown at the end instead of the trainer's sentence on which weights
+                are returned.
         """
         if self.running or (self.corrections.running if hasattr(self, "corrections") else False):
             return
@@ -574,7 +577,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             show_warning("No region chosen: every pixel you did not paint counts as background. If you "
                          "painted only some objects, draw rectangles around them and use them as the region.")
         self._stop_asked = False
-        self._selection_note = None
+        self._selection_note = selection_note
         self._start(Task.TRAIN, trainer.iter, self._on_trained)
 
     def _start(self, kind: Task, make_generator, on_result) -> None:
