@@ -14,7 +14,7 @@ list in proportion to its weight (``--n`` in all, at least 6 per set), each set'
 ids left out, so the defaults follow the annotation convention of the whole training mix:
 settings are ranked by the mean of the sets' AP@0.5 weighted as in the list (pooled AP would
 favour the sets with most nuclei per image), and each set's own best foreground threshold is
-printed beside. ``--foreground/--seed/--min-size`` replace the grid's values; ``--cache DIR``
+printed beside. ``--foreground/--seed/--min-size/--min-size-fraction`` replace the grid's values; ``--cache DIR``
 keeps the probabilities (one .npy per image) for a second run.
 """
 
@@ -52,8 +52,11 @@ def main() -> None:
     for name, key in (("--foreground", "foreground_threshold"), ("--seed", "seed_threshold")):
         ap.add_argument(name, type=float, nargs="+", default=GRID[key])
     ap.add_argument("--min-size", type=int, nargs="+", default=GRID["min_size"])
+    ap.add_argument("--min-size-fraction", type=float, nargs="+", default=[0.0],
+                    help="objects below this fraction of the image's typical object are dropped too")
     args = ap.parse_args()
-    grid = {"foreground_threshold": args.foreground, "seed_threshold": args.seed, "min_size": args.min_size}
+    grid = {"foreground_threshold": args.foreground, "seed_threshold": args.seed, "min_size": args.min_size,
+            "min_size_fraction": args.min_size_fraction}
     bundle = load_model(args.model)
     if args.mix is not None:
         from napari_tiled_unet.training.mixture import read_list_file
@@ -87,12 +90,14 @@ def main() -> None:
                 np.save(saved, prob)
         cached.append((folder.name, prob, gt))
     rows = []
-    for fg, seed, size in itertools.product(*grid.values()):
-        ms = [(name, match_instances(gt, instances_from_probabilities(p, fg, seed, size), 0.5))
+    for fg, seed, size, frac in itertools.product(*grid.values()):
+        ms = [(name, match_instances(gt, instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac),
+                                     0.5))
               for name, p, gt in cached]
         m = Matching.pooled([x for _, x in ms])
         by_set = {name: Matching.pooled([x for n, x in ms if n == name]).ap for name in weights}
         rows.append({"foreground_threshold": fg, "seed_threshold": seed, "min_size": size,
+                     "min_size_fraction": frac,
                      "ap@0.5": round(sum(weights[n] * a for n, a in by_set.items()), 4),
                      "pooled_ap@0.5": round(m.ap, 4), "f1@0.5": round(m.f1, 4),
                      "mean_matched_iou": round(m.mean_matched_iou, 4),

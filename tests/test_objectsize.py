@@ -73,3 +73,37 @@ def test_cli_segment_with_auto_diameter_shows_the_estimate(tmp_path, capsys):
     bad = ["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "o2"), "--diameter", "big"]
     assert main(bad) == 1
     assert "diameter" in capsys.readouterr().err
+
+
+def _with_range(bundle, lo, hi):
+    import copy
+
+    ranged = copy.deepcopy(bundle)
+    ranged.metadata["object_diameter_range"] = [lo, hi]
+    return ranged
+
+
+def test_auto_factor_follows_the_models_range(builtin):
+    from napari_tiled_unet.objectsize import auto_factor
+
+    ranged = _with_range(builtin, 12, 64)
+    assert auto_factor(ranged, 30.0) == 1.0  # inside: the image's own scale
+    assert auto_factor(ranged, 107.0) == pytest.approx(64 / 107)  # onto the nearer bound
+    assert auto_factor(ranged, 8.0) == pytest.approx(12 / 8)
+    assert auto_factor(builtin, 55.0) == pytest.approx(model_diameter(builtin) / 55)  # no range: one diameter
+    assert auto_factor(builtin, 0.5) == 4.0  # specks never ask for more than the largest enlargement
+
+
+@pytest.mark.slow
+def test_auto_keeps_objects_inside_the_range_at_their_own_scale_and_shrinks_larger_ones(builtin):
+    ranged = _with_range(builtin, 12, 64)
+    image, truth = disc_field(diameter=36, seed=3)
+    inside = segment(ranged, image, device="cpu", diameter="auto")
+    assert inside.scale == 1.0 and abs(inside.estimated_diameter / 36 - 1) <= 0.2
+    np.testing.assert_array_equal(inside.labels, segment(builtin, image, device="cpu").labels)
+    large, truth = disc_field(shape=(480, 480), diameter=110, seed=4)
+    result = segment(ranged, large, device="cpu", diameter="auto")
+    assert result.labels.shape == large.shape
+    assert abs(result.estimated_diameter / 110 - 1) <= 0.2
+    assert result.scale == pytest.approx(64 / result.estimated_diameter, rel=0.15)  # onto the upper bound
+    assert match_instances(truth, result.labels, iou_threshold=0.5).f1 >= 0.9

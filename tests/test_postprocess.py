@@ -72,6 +72,27 @@ def test_min_size_removes_small_objects_and_numbers_the_rest():
     assert out.dtype == np.int32
 
 
+def test_fragments_beside_large_nuclei_go_but_small_nuclei_alone_stay():
+    import dask.array as da
+
+    # large nuclei (radius 30, ~2,800 px) with 40-px fragments beside them
+    large = discs((200, 200), [(50, 50), (50, 140), (140, 95)], 30)
+    for k, (y, x) in enumerate([(5, 5), (190, 190), (100, 185)], start=4):
+        large[y:y + 7, x:x + 6] = k
+    probs = probs_from_labels(large)
+    assert instances_from_probabilities(probs, min_size=16).max() == 6  # a fixed 16 px keeps the fragments
+    out = instances_from_probabilities(probs, min_size=16, min_size_fraction=0.1)
+    assert out.max() == 3 and match_instances(large, out, 0.9).tp == 3
+    # blockwise: the same cut, from the whole image's objects
+    blockwise = instances_blockwise(da.from_array(probs, chunks=(3, 64, 64)), block_size=48, overlap=64,
+                                    min_size=16, min_size_fraction=0.1)[:]
+    assert same_partition(out, blockwise)
+    # an image of small nuclei only (~45 px each) keeps all of them with the same setting
+    small = discs((100, 100), [(y, x) for y in range(10, 100, 20) for x in range(10, 100, 20)], 4)
+    kept = instances_from_probabilities(probs_from_labels(small), min_size=16, min_size_fraction=0.1)
+    assert kept.max() == small.max() == 25
+
+
 def test_holes_inside_an_object_are_filled_but_gaps_between_objects_are_not():
     gt = discs((60, 100), [(30, 30)], 20, hole=4)
     gt[10:50, 60:70] = 2  # two bars around a gap that no single object encloses

@@ -10,8 +10,13 @@ labels have the input's shape and pixel grid.
 
 ``"auto"`` estimates ``d`` from a first pass at the input's own scale: the median
 equivalent diameter ``sqrt(4 A / pi)`` of the objects it finds, fragments left out
-(:func:`estimate_diameter`); when the estimate differs from the scale of the pass by more than
-15 %, the image is segmented at the estimate and the estimate made again (at most 3 passes).
+(:func:`estimate_diameter`). A bundle that records the range of diameters its training
+images were brought into (``metadata["object_diameter_range"]``, ``[lo, hi]``) is trusted
+inside that range: the image stays at its own scale when ``lo <= d <= hi`` and is otherwise
+resized so that its objects land on the nearer bound, as its training images were
+(:func:`auto_factor`); a bundle without a range is resized to its one diameter. When the scale
+asked for differs from the scale of the pass by more than 15 %, the image is segmented at the
+new scale and the estimate made again (at most 3 passes).
 """
 
 from __future__ import annotations
@@ -42,6 +47,26 @@ def model_diameter(bundle: Any) -> float:
         raise ImageError(f"The model {bundle.name!r} does not record the object diameter it was trained at; "
                          "segment without a diameter, or use a model that records it.")
     return float(value)
+
+
+def model_range(bundle: Any) -> tuple[float, float] | None:
+    """The range of object diameters (px) the bundle's training images were brought into, or
+    None when it does not record one."""
+    value = bundle.metadata.get("object_diameter_range")
+    if not value:
+        return None
+    lo, hi = (float(v) for v in value)
+    return (lo, hi) if 0 < lo <= hi else None
+
+
+def auto_factor(bundle: Any, estimated: float) -> float:
+    """The resize factor ``diameter="auto"`` applies to an image whose objects measure
+    ``estimated`` px: onto the model's range when it records one (1.0 inside it), else onto its
+    one diameter; never more than the largest enlargement :func:`scaled_shape` allows (an
+    estimate made of specks must not stop the run)."""
+    span = model_range(bundle)
+    factor = model_diameter(bundle) / estimated if span is None else float(np.clip(estimated, *span)) / estimated
+    return min(factor, float(np.sqrt(MAX_UPSCALE_PIXELS)))
 
 
 def estimate_diameter(labels: np.ndarray) -> float | None:

@@ -12,7 +12,8 @@ Instances (3 classes: background, interior, boundary), for probabilities ``p`` (
    become objects of their own;
 4. holes (background enclosed by a single object) take that object's id, and so does whatever
    lies inside an object (fragments at bright spots: :mod:`napari_tiled_unet.enclosed`);
-   objects smaller than ``min_size`` pixels are dropped; ids are numbered 1..N.
+   objects smaller than ``min_size`` pixels (or than ``min_size_fraction`` of the image's typical
+   object) are dropped; ids are numbered 1..N.
 
 Why the blockwise result equals the in-memory one
 -------------------------------------------------
@@ -76,6 +77,7 @@ class InstanceParams:
     seed_threshold: float = 0.7
     min_size: int = 16
     fill_holes: bool = True
+    min_size_fraction: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,9 +217,30 @@ def _fill_holes(labels: np.ndarray) -> np.ndarray:
     return np.where(fill[hole_ids] > 0, fill[hole_ids], labels)
 
 
-def _numbering(sizes: np.ndarray, min_size: int) -> np.ndarray:
-    """Lookup table old id -> new id that drops objects below ``min_size`` and numbers the rest 1..N."""
-    keep = sizes >= max(int(min_size), 1)
+def typical_size(sizes: np.ndarray) -> float:
+    """The area of the object that holds the median object pixel (``sizes[0]``, the background,
+    left out; 0.0 without objects): many small fragments barely move it, unlike the plain median."""
+    areas = np.sort(np.asarray(sizes[1:], dtype=np.int64))
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        return 0.0
+    cumulative = np.cumsum(areas)
+    return float(areas[np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def smallest_kept(sizes: np.ndarray, min_size: int, min_size_fraction: float = 0.0) -> int:
+    """The smallest object size kept: ``min_size``, raised to ``min_size_fraction`` of the
+    image's :func:`typical_size` (a global figure, so blockwise results stay exact)."""
+    cut = max(int(min_size), 1)
+    if min_size_fraction > 0:
+        cut = max(cut, int(np.ceil(min_size_fraction * typical_size(sizes))))
+    return cut
+
+
+def _numbering(sizes: np.ndarray, min_size: int, min_size_fraction: float = 0.0) -> np.ndarray:
+    """Lookup table old id -> new id that drops objects below :func:`smallest_kept` and numbers
+    the rest 1..N."""
+    keep = sizes >= smallest_kept(sizes, min_size, min_size_fraction)
     keep[0] = False
     lut = np.zeros(len(sizes), np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
@@ -241,6 +264,7 @@ def instances_from_probabilities(
     seed_threshold: float = 0.7,
     min_size: int = 16,
     fill_holes: bool = True,
+    min_size_fraction: float = 0.0,
 ) -> np.ndarray:
     """Objects from 3-class probabilities: seeds grown by watershed inside the foreground.
 
@@ -260,6 +284,10 @@ def instances_from_probabilities(
     fill_holes : bool
         Give background regions enclosed by a single object to that object, and merge
         whatever lies inside an object (other objects too) into it.
+    min_size_fraction : float
+        Objects smaller than this fraction of the image's typical object (the area of the
+        object that holds the median object pixel) are removed too: fragments beside large
+        nuclei, while small nuclei in an image of small nuclei stay. 0 turns it off.
 
     Returns
     -------
@@ -276,7 +304,7 @@ def instances_from_probabilities(
     if fill_holes:
         labels = absorb_enclosed(_fill_holes(labels))
     sizes = np.bincount(labels.ravel(), minlength=n_seeds + n_components + 1)
-    return _numbering(sizes, min_size)[labels]
+    return _numbering(sizes, min_size, min_size_fraction)[labels]
 
 
 def semantic_from_probabilities(
@@ -615,7 +643,7 @@ def instances_blockwise_iter(
     sizes = np.zeros(seeds.n + components.n + 1, np.int64)
     for ids, counts, _ in results:
         sizes[ids] += counts
-    lut = _numbering(sizes, params.min_size)
+    lut = _numbering(sizes, params.min_size, params.min_size_fraction)
     task = dask.delayed(_relabel_block, pure=False)
     args = [_shared(target), _shared(lut)]
     yield from _compute_iter([task(args[0], core, args[1]) for core in blocks], threads_only, progress)

@@ -37,7 +37,10 @@ class Segmentation:
         objects: per-object measurements (columns, see :mod:`~napari_tiled_unet.measure`) once
             measured; None before.
         diameter: the object diameter (px of the input) the image was rescaled for, or None.
-        estimated_diameter: with ``diameter="auto"``, the estimated diameter (the one used).
+        estimated_diameter: with ``diameter="auto"``, the estimated diameter of the objects (px
+            of the input) that set the scale of the last pass.
+        scale: the factor the image was resized by before the network (1.0: its own scale), or
+            None without a diameter.
     """
 
     labels: Any
@@ -49,6 +52,7 @@ class Segmentation:
     objects: dict[str, Any] | None = None
     diameter: float | None = None
     estimated_diameter: float | None = None
+    scale: float | None = None
 
     @property
     def n_objects(self) -> int:
@@ -264,9 +268,10 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
                          ) -> Generator[Progress | WarningEvent, None, Segmentation]:
     """:func:`segment_iter` with the image rescaled to the model's object diameter.
 
-    ``"auto"``: a first pass at the image's own scale, then up to two more, each at the
-    diameter estimated from the previous one, until the estimate agrees with the scale it was
-    made at within 15 % (a model that splits large nuclei underestimates them at first).
+    ``"auto"``: a first pass at the image's own scale, then up to two more, each at the scale
+    that :func:`objectsize.auto_factor` asks for given the diameter estimated from the previous
+    pass, until that scale agrees with the one of the pass within 15 % (a model that splits
+    large nuclei underestimates them at first).
     """
     from . import objectsize
     from .errors import ImageError
@@ -287,21 +292,28 @@ def _segment_at_diameter(bundle: ModelBundle, image: Any, diameter: float | str,
     if diameter != "auto":
         result = yield from _rescaled_pass(bundle, arr, axes, trained / float(diameter), postprocess, passes)
         result.diameter = float(diameter)
+        result.scale = trained / float(diameter)
     else:
         result = yield from _segment_once(bundle, arr, postprocess_params(bundle, postprocess), passes, axes,
                                           None)
-        current = trained  # the first pass takes the objects to be of the model's size
+        factor, estimated = 1.0, None  # the first pass is at the image's own scale
         for _ in range(objectsize.AUTO_PASSES - 1):
-            estimated = objectsize.estimate_diameter(result.labels)
-            if estimated is None:
+            found = objectsize.estimate_diameter(result.labels)
+            if found is None:
                 yield WarningEvent("No object was found, so the object diameter could not be estimated; "
-                                   "the image was segmented at its own scale.")
+                                   + ("the image was segmented at its own scale." if estimated is None else
+                                      f"the image was segmented at {factor:.2f}x its size."))
+                result.scale = factor
                 return result
-            if abs(estimated / current - 1) < 0.15:
+            estimated = found
+            wanted = objectsize.auto_factor(bundle, found)
+            if abs(wanted / factor - 1) < 0.15:
                 break
-            current = estimated
-            result = yield from _rescaled_pass(bundle, arr, axes, trained / current, postprocess, passes)
-        result.diameter = result.estimated_diameter = float(current)
+            factor = wanted
+            result = yield from _rescaled_pass(bundle, arr, axes, factor, postprocess, passes)
+        result.estimated_diameter = float(estimated)
+        result.diameter = trained / factor
+        result.scale = factor
     result.seconds = time.perf_counter() - start
     return result
 

@@ -94,6 +94,8 @@ _POSTPROCESS = {
     "foreground_threshold": lambda v: probability("The foreground threshold", v),
     "seed_threshold": lambda v: probability("The seed threshold", v),
     "min_size": lambda v: integer("The smallest object size (min_size)", v, 0),
+    "min_size_fraction": lambda v: fraction("The smallest object size as a fraction of the typical object "
+                                            "(min_size_fraction)", v),
 }
 
 

@@ -319,7 +319,9 @@ def train_mixture_iter(
 
     The bundle records ``object_diameter``: the median object diameter of the training
     patches before scale augmentation (a weighted median over images, each weighted by its
-    share of the patches), which ``segment(diameter=...)`` rescales images to.
+    share of the patches), which ``segment(diameter=...)`` rescales images to, and
+    ``object_diameter_range``: ``[min_diameter, max_diameter]``, the range its training images
+    were brought into, inside which ``diameter="auto"`` leaves an image at its own scale.
     """
     if config is None:
         config, options = TrainConfig.split(options)
@@ -347,6 +349,7 @@ def train_mixture_iter(
     del mix
     result = yield from trainer.iter()
     result.metadata["object_diameter"] = diameter
+    result.metadata["object_diameter_range"] = [float(min_diameter), float(max_diameter)]
     result.save(out)
     log.info("Saved the trained model to %s.", out)
     return result
