@@ -69,6 +69,7 @@ def test_cli_segment_with_auto_diameter_shows_the_estimate(tmp_path, capsys):
                  "--diameter", "auto", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["segmented"][0]
     assert abs(row["estimated_diameter"] / 44 - 1) <= 0.2
+    assert row["scale"] == pytest.approx(model_diameter(load_model()) / row["estimated_diameter"], rel=0.15)
     assert tifffile.imread(row["output"]).shape == image.shape
     bad = ["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "o2"), "--diameter", "big"]
     assert main(bad) == 1

@@ -218,8 +218,9 @@ def _add_segment(sub) -> None:
     p.add_argument("--seed-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
     p.add_argument("--diameter", default=None, metavar="PX|auto",
-                   help="the objects' diameter in pixels, or 'auto' (estimated from a first pass): each "
-                        "image is rescaled to the model's object size; labels keep the image's size")
+                   help="the objects' diameter in pixels, or 'auto' (estimated from a first pass; an image "
+                        "whose objects lie in the sizes the model was trained on stays at its own scale): "
+                        "each image is rescaled to the model's object size; labels keep the image's size")
     p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
                    help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
@@ -339,8 +340,9 @@ def _cmd_segment(args) -> int:
                      ", ".join(f"{name} {100 * f:.1f} %" for name, f in r["classes"].items()))
             size = ""
             if "diameter" in r:
-                size = (f", object diameter {r['diameter']} px"
-                        + (" (estimated)" if "estimated_diameter" in r else ""))
+                size = (f", object diameter {r.get('estimated_diameter', r['diameter'])} px"
+                        + (" (estimated)" if "estimated_diameter" in r else "")
+                        + f", segmented at {r['scale']}x")
             print(f"{r['input']}: {found} in {r['seconds']} s "
                   f"({r['megapixels_per_s']} MP/s{size}) -> {r['output']}")
         print(f"{len(rows)} image(s) segmented in {total:.1f} s"
@@ -561,6 +563,7 @@ def _segment_to_file(job: _SegmentJob, src: Path) -> dict:
         row["classes"] = fractions
     if getattr(result, "diameter", None):
         row["diameter"] = round(result.diameter, 1)
+        row["scale"] = round(result.scale, 3)
         if result.estimated_diameter is not None:
             row["estimated_diameter"] = round(result.estimated_diameter, 1)
     return row

@@ -88,6 +88,18 @@ def estimate_diameter(labels: np.ndarray) -> float | None:
     return float(np.median(diameters[diameters >= 0.5 * weighted]))
 
 
+def describe(result: Any) -> str:
+    """One sentence on the scale a :class:`~napari_tiled_unet.segmentation.Segmentation` was
+    made at ("" without a diameter): the estimate of ``auto`` and what it did with the image."""
+    scale = getattr(result, "scale", None)
+    at = "" if scale is None else (" at its own scale" if scale == 1.0 else f" at {scale:.2f}x its size")
+    if getattr(result, "estimated_diameter", None):
+        return f"Estimated object diameter: {result.estimated_diameter:.1f} px; the image was segmented{at}."
+    if getattr(result, "diameter", None):
+        return f"Rescaled for objects of {result.diameter:.1f} px (the image was segmented{at})."
+    return ""
+
+
 def check_diameter(diameter: Any) -> float | str:
     """A diameter argument -> a positive float or ``"auto"``.
 

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .. import objectsize
 from ..postprocess import import_helpers
 from . import layerview
 from .layerview import layer_image_and_axes
@@ -133,7 +134,8 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
                                       "the image's size. 'as is': no rescaling.")
         self.diameter_auto = QCheckBox("auto")
         self.diameter_auto.setToolTip("Estimate the diameter from a first pass (the median diameter of the "
-                                      "objects it finds), then segment at that scale.")
+                                      "objects it finds); when the objects are smaller or larger than the "
+                                      "model was trained on, segment again at a scale that fits the model.")
         self.diameter_auto.toggled.connect(lambda on: self.diameter_spin.setEnabled(not on))
         self.show_probs = QCheckBox("also show probabilities")
         self.show_probs.setToolTip("One layer per class of the model (below the labels).")
@@ -291,12 +293,15 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self._show_model_defaults(bundle)
 
     def _show_model_defaults(self, bundle) -> None:
-        """Set the post-processing controls to the defaults stored in the model file."""
+        """Set the post-processing controls to the defaults stored in the model file, and tick
+        "auto" object diameter for a model that records the range of sizes it was trained on
+        (an image whose objects lie inside it is segmented at its own scale, as without auto)."""
         post = bundle.postprocess if bundle.task == "instances" else {}
         for spin, key in ((self.fg_spin, "foreground_threshold"), (self.seed_spin, "seed_threshold"),
                           (self.min_size_spin, "min_size")):
             if post.get(key) is not None:
                 spin.setValue(post[key])
+        self.diameter_auto.setChecked(objectsize.model_range(bundle) is not None)
 
     def postprocess_overrides(self) -> dict[str, Any]:
         if self.bundle is None or self.bundle.task != "instances":
@@ -346,6 +351,11 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         elif self.diameter_spin.value() > 0:
             kwargs["diameter"] = self.diameter_spin.value()
         store = self._disk_outputs(image, view)
+        if store is not None and kwargs.pop("diameter", None) is not None:
+            show_engine_message(WarningEvent(
+                "This image is too large to be rescaled in memory, so it is segmented at its own scale "
+                "(the object diameter is used for images below "
+                f"{int(LARGE_PIXELS ** 0.5)}x{int(LARGE_PIXELS ** 0.5)} pixels)."))
         if store is not None:
             kwargs["probabilities_out"] = str(store / "probabilities.zarr")
             kwargs["labels_out"] = str(store / "labels.zarr")
@@ -471,11 +481,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self.result, self._result_run = result, run
         self._queue.extend(self.results.display_steps(result, run, levels, self.show_probs.isChecked(),
                                                       then=self._announce))
-        size = ""
-        if getattr(result, "estimated_diameter", None):
-            size = f" Estimated object diameter: {result.estimated_diameter:.1f} px."
-        elif getattr(result, "diameter", None):
-            size = f" Rescaled for objects of {result.diameter:.1f} px."
+        size = " " + objectsize.describe(result) if getattr(result, "diameter", None) else ""
         self._queue.append(lambda: self.status.setText(
             (f"{n_objects} objects found in {fmt_seconds(seconds)}." if result.task == "instances"
              else f"Done in {fmt_seconds(seconds)}.") + size))
