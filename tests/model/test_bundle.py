@@ -229,6 +229,10 @@ def test_metadata_that_is_not_an_object_is_one_sentence(tmp_path, header, words)
     (lambda m: m.update(class_names=["a", "b"]), "names 2 classes but the network predicts 3"),
     (lambda m: m.update(class_names=["a", "b", "c", "d", "e"]), "names 5 classes"),
     (lambda m: m.update(input_channels=3), "input_channels 3 differs"),
+    (lambda m: m["postprocess"].update(min_size_fraction=1.5), "fraction of the typical object"),
+    (lambda m: m.update(object_diameter=-4), "object_diameter is -4, not a positive number"),
+    (lambda m: m.update(object_diameter_range=[64, 12]), r"object_diameter_range is \[64, 12\]"),
+    (lambda m: m.update(object_diameter_range="12-64"), "object_diameter_range is '12-64'"),
 ])
 def test_a_bad_header_is_refused_with_the_field_named(tmp_path, change, words):
     with pytest.raises(BundleError, match=words):

@@ -87,9 +87,14 @@ def validate_metadata(meta: Any, name: str, format_name: str, format_version: in
     for key in ("name", "description"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise fail(f"its {key} is {type(meta[key]).__name__}, not text")
-    size = meta.get("pixel_size_um")
-    if size is not None and not (_real(size) and size > 0):
-        raise fail(f"pixel_size_um is {size!r}, not a positive number")
+    for key in ("pixel_size_um", "object_diameter"):
+        size = meta.get(key)
+        if size is not None and not (_real(size) and size > 0):
+            raise fail(f"{key} is {size!r}, not a positive number")
+    span = meta.get("object_diameter_range")
+    if span is not None and not (isinstance(span, list) and len(span) == 2 and all(_real(v) for v in span)
+                                 and 0 < span[0] <= span[1]):
+        raise fail(f"object_diameter_range is {span!r}, not [smallest, largest] in pixels above 0")
     for key in ("training", "imported_from"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise fail(f"its {key} record is not a JSON object")
