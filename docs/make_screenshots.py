@@ -199,8 +199,29 @@ def corrections_picture() -> None:
     viewer.close()
 
 
+def diameter_picture() -> None:
+    """nuclei-v2 with its auto object diameter on a 63x cytospin of large nuclei (~100 px) from
+    Kromp et al. 2020 (CC0; a training image of nuclei-v2, from ../shared/data)."""
+    import tifffile
+
+    path = Path(__file__).resolve().parents[2] / "shared/data/kromp-sbsst265/images/Neuroblastoma_11.tif"
+    viewer = napari.Viewer(title="napari-tiled-unet")
+    viewer.window.resize(1400, 850)
+    viewer.add_image(tifffile.imread(path), name="Neuroblastoma_11 (63x)")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment (U-Net)", area="right")
+    w.device_combo.setCurrentText("cpu")
+    w.model_combo.setCurrentText("nuclei-v2")  # ticks "auto" object diameter
+    w.run_button.click()
+    wait(w)
+    viewer.layers["Neuroblastoma_11 (63x) labels"].contour = 3
+    settle(1.0)
+    shot(viewer, "segment-diameter.png")
+    viewer.close()
+
+
 PICTURES = {"segment": segment_pictures, "rgb": rgb_picture, "finetune": finetune_picture,
-            "objects": objects_picture, "corrections": corrections_picture}
+            "objects": objects_picture, "corrections": corrections_picture, "diameter": diameter_picture}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or PICTURES:
