@@ -148,8 +148,10 @@ def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari
     w.steps_spin.setValue(2)  # 2 epochs of 2 steps
     result.brush_size = 12
     result.paint((150, 200), 55)  # a correction in the bottom right
+    assert not w.region_hint.isHidden()  # "the whole image counts" (region: whole image) ...
     w.corrections.learn_button.click()
     assert w.running, w.status.text()
+    assert w.region_hint.isHidden()  # ... is wrong while the edits are the region
     counted = w.trainer.train_items[0].classes != IGNORE
     edited = result.data == 55
     ys, xs = np.nonzero(counted)
@@ -157,6 +159,7 @@ def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari
     assert ys.min() > 100 and xs.min() > 130  # the untouched top left does not count
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     assert w.bundle is not None and "too few to hold some out" in w.status.text(), w.status.text()
+    assert not w.region_hint.isHidden()  # back for the next plain Train
     base = load_model(tiny_model_file).model.state_dict()
     trained = w.bundle.model.state_dict()
     assert any(not torch.equal(base[k], trained[k]) for k in base)  # not the starting weights

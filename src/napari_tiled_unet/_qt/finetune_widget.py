@@ -312,6 +312,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.region_hint.setVisible(whole and instances)
 
     def _set_running(self, running: bool) -> None:
+        if not running:
+            self._show_region_hint()
         self.train_button.setEnabled(not running)
         self.stop_button.setEnabled(running and self.job.kind is Task.TRAIN and not self._stop_asked)
         self.save_button.setEnabled(not running and self.bundle is not None)
@@ -528,6 +530,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                    selection_note=note)
         if self.running:
             self.status.setText(f"Learning from your corrections ({description}) …")
+            self.region_hint.setVisible(False)  # the edits are the region, not the whole image
 
     def _on_live_result(self, bundle: Any, message: str) -> None:
         self.bundle = bundle
