@@ -47,7 +47,17 @@ def test_train_on_two_folder_pairs_records_both_sets(tmp_path, capsys):
     assert all(len(s["sha256"]) == 64 and s["n_images"] == 3 for s in sets.values())
     assert sets["eightbit"]["sha256"] != sets["sixteen"]["sha256"]
     assert bundle.metadata["object_diameter"] > 0
+    assert bundle.metadata["object_diameter_range"] == [12.0, 64.0]  # what diameter="auto" trusts
     assert bundle.normalization == {"kind": "percentile", "low": 1.0, "high": 99.0, "exclude_saturated": True}
+    # fine-tuned on one folder at its own scale: auto must not resize images away from that scale
+    tuned = tmp_path / "tuned.safetensors"
+    assert main(["train", "--images", str(a / "images"), "--labels", str(a / "labels"), "--base", str(out),
+                 "--out", str(tuned), "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64",
+                 "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    tuned = load_model(tuned)
+    assert "object_diameter_range" not in tuned.metadata
+    assert tuned.metadata["object_diameter"] == bundle.metadata["object_diameter"]
 
 
 def test_held_out_ids_never_reach_training_and_sets_are_drawn_by_weight(tmp_path):

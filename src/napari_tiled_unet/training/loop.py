@@ -246,6 +246,9 @@ class Trainer:
         model.eval()
         meta = copy.deepcopy(self.base.metadata)
         meta.pop("classes_from", None)  # kept in the training record
+        # trained now on images at their own scale: diameter="auto" must not move images out of it
+        # (train on a mixture records the range of its own run again)
+        meta.pop("object_diameter_range", None)
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):
