@@ -127,8 +127,14 @@ def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | 
 
             # name=False: dask would otherwise hash the whole array (0.3 s of the GIL at 4096^2)
             blocks = da.from_array(probabilities, chunks=(-1, IN_MEMORY_BLOCK, IN_MEMORY_BLOCK), name=False)
-            labels = yield from _blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK)
-            return np.asarray(labels[...])
+            inexact: list[bool] = []
+            labels = yield from _exact_only(_blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK),
+                                            inexact)
+            if not inexact:
+                return np.asarray(labels[...])
+            # objects wider than the blocks' overlap (large nuclei): the whole image at once is
+            # exact, where blocks could cut an object near their borders
+            return postprocess.labels_from_probabilities(probabilities, task, params)
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, params)
         progress = postprocess.ProgressCounter(len(probabilities))
@@ -153,6 +159,23 @@ def _blockwise(probabilities: Any, task: str, params: Any, out: Any, **kwargs: A
     if task == "instances":
         return (yield from postprocess.instances_blockwise_iter(arr, out, params, **kwargs))
     return (yield from postprocess.semantic_blockwise_iter(arr, out, params, **kwargs))
+
+
+def _exact_only(events: Generator, inexact: list[bool]) -> Generator[Progress | WarningEvent, Any, Any]:
+    """``yield from events``, except the warning that a blockwise result may not be exact,
+    which appends True to ``inexact`` instead (the caller then post-processes whole)."""
+    try:
+        event = next(events)
+        while True:
+            if isinstance(event, WarningEvent) and event.kind == "inexact":
+                inexact.append(True)
+                event = next(events)
+                continue
+            event = events.send((yield event))
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        events.close()
 
 
 def _stack_unique(planes: list[np.ndarray], task: str) -> np.ndarray:
