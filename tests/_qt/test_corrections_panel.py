@@ -171,3 +171,28 @@ def test_the_fine_tune_widget_learns_from_the_corrected_result_layer(make_napari
     assert w.trainer.val_items
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     assert w.bundle is not None and "too few" not in w.status.text()
+
+
+def test_learn_from_my_corrections_starts_from_the_model_that_made_the_result(make_napari_viewer, qtbot,
+                                                                               tiny_model_file):
+    """A result written by a model (here a model file) is learned from by fine-tuning that model,
+    not whatever the base model picker showed (the built-in default)."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_image()[:128, :128], name="img")
+    result = viewer.add_labels(nuclei_labels()[:128, :128].astype(np.uint16), name="img labels")
+    result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "img", "model": str(tiny_model_file)}
+    remember_written(result)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model_combo.setCurrentText("nuclei-dsb2018")
+    w.budget_spin.setValue(1)
+    w.steps_spin.setValue(1)
+    result.paint((60, 60), 77)
+    w.corrections.learn_button.click()
+    assert w.running, w.status.text()
+    assert w.model_combo.currentText() == tiny_model_file.name
+    assert f"starting from {tiny_model_file.name}" in w.status.text()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.bundle is not None

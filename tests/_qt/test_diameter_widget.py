@@ -52,6 +52,7 @@ def test_a_model_that_records_its_range_of_sizes_segments_with_auto_diameter(mak
     qtbot.waitUntil(lambda: not w.busy, timeout=180_000)
     assert w.result.scale < 0.75 and "x its size" in w.status.text()
     labels = viewer.layers["large nuclei labels"].data
+    assert viewer.layers["large nuclei labels"].metadata["napari_tiled_unet"]["model"] == "nuclei-v2"
     assert labels.shape == image.shape and match_instances(truth, labels, 0.5).f1 >= 0.9
     monkeypatch.setattr(pw, "LARGE_PIXELS", 256 * 256)
     w.run()

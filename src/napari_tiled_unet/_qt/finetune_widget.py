@@ -520,6 +520,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             return
         self.labels_combo.setCurrentIndex(index)
         self.annotation_combo.setCurrentText(next(k for k, v in ANNOTATIONS.items() if v == "instances"))
+        self._choose_model_that_made(layer)
         # A strip held out of one or two corrected areas holds the model's own untouched output, on
         # which the starting weights score perfectly: they would always be kept and the corrections
         # lost. With few areas nothing is held out and the last weights are the result.
@@ -529,8 +530,25 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.train(region_override=[tuple(b) for b in boxes], val_fraction=0.0 if few else None,
                    selection_note=note)
         if self.running:
-            self.status.setText(f"Learning from your corrections ({description}) …")
+            self.status.setText(f"Learning from your corrections ({description}), starting from "
+                                f"{self.model_combo.currentText()} …")
             self.region_hint.setVisible(False)  # the edits are the region, not the whole image
+
+    def _choose_model_that_made(self, layer: Any) -> None:
+        """Make the model that wrote ``layer`` the base model, when the layer says which one
+        (a built-in name, or a model file that still exists): the corrections are of its output."""
+        from pathlib import Path
+
+        from ..model import zoo
+
+        source = layer_origin(layer).get("model")
+        if not source:
+            return
+        if source in zoo.available():
+            self._fill_models()
+            self.model_combo.setCurrentText(source)
+        elif Path(source).is_file():
+            self.add_model_file(source)
 
     def _on_live_result(self, bundle: Any, message: str) -> None:
         self.bundle = bundle

@@ -24,7 +24,8 @@ CHANNEL_NAMES = ["red", "green", "blue", "alpha"]
 
 
 def layer_origin(layer) -> dict[str, Any]:
-    """What the plugin recorded about a layer it made: ``{"role", "image", "edited"}``, or {}."""
+    """What the plugin recorded about a layer it made: ``{"role", "image", "edited", "model"}``
+    (``model``: the source of the model that wrote a result), or {}."""
     meta = getattr(layer, "metadata", None) or {}
     return meta.get(META_KEY, {}) if isinstance(meta, dict) else {}
 

@@ -360,7 +360,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
             kwargs["probabilities_out"] = str(store / "probabilities.zarr")
             kwargs["labels_out"] = str(store / "labels.zarr")
         measure = self._measurer(layer)
-        self._pending = Run(layer, view, choice.drop_axis)
+        self._pending = Run(layer, view, choice.drop_axis, self._bundle_source)
         how = view.describe()
         self.status.setText(f"Segmenting {layer.name}{f' ({how})' if how else ''} …")
 

@@ -28,6 +28,7 @@ class Run:
     image: Any
     view: Any  # imageview.ImageView
     drop_axis: int | None  # the layer dimension that holds channels (not RGB), else None
+    model: Any = None  # the model's source (a built-in name or a file path), recorded on the result
 
 
 @dataclass
@@ -123,6 +124,7 @@ class ResultLayers:
             self._writing = False
         out.labels, out.edited = labels, False
         labels.metadata[META_KEY]["edited"] = False
+        labels.metadata[META_KEY]["model"] = None if run.model is None else str(run.model)
         from .corrections_panel import remember_written
 
         remember_written(labels)  # what was written, to find the user's corrections later
