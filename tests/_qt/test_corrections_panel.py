@@ -196,3 +196,10 @@ def test_learn_from_my_corrections_starts_from_the_model_that_made_the_result(ma
     assert f"starting from {tiny_model_file.name}" in w.status.text()
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     assert w.bundle is not None
+    # live training on the same result layer starts from that model too
+    w.model_combo.setCurrentText("nuclei-dsb2018")
+    w.labels_combo.setCurrentText("img labels")
+    w.corrections.start_live()
+    assert w.corrections.running and w.model_combo.currentText() == tiny_model_file.name
+    w.corrections.stop_live()
+    qtbot.waitUntil(lambda: not w.corrections.running, timeout=120_000)

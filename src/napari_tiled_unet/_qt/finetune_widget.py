@@ -496,7 +496,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
 
         return CorrectionPanel(
             self.viewer, image_layer=lambda: self._layer(self.image_combo),
-            labels_layer=lambda: self._layer(self.labels_combo), base_model=self._base_model,
+            labels_layer=lambda: self._layer(self.labels_combo), base_model=self._live_base_model,
             annotation=lambda: ANNOTATIONS[self.annotation_combo.currentText()],
             learn=self.learn_from_corrections, on_result=self._on_live_result, notify=self._notify_error,
             settings=lambda: {"lr": self.lr_spin.value(), "patch_size": self.patch_spin.value(),
@@ -533,6 +533,14 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             self.status.setText(f"Learning from your corrections ({description}), starting from "
                                 f"{self.model_combo.currentText()} …")
             self.region_hint.setVisible(False)  # the edits are the region, not the whole image
+
+    def _live_base_model(self):
+        """The base model of live training: the one that wrote the labels layer painted on, when
+        it is a result of the plugin (see :meth:`_choose_model_that_made`), else the picker's."""
+        layer = self._layer(self.labels_combo)
+        if layer is not None:
+            self._choose_model_that_made(layer)
+        return self._base_model()
 
     def _choose_model_that_made(self, layer: Any) -> None:
         """Make the model that wrote ``layer`` the base model, when the layer says which one
