@@ -304,7 +304,7 @@ def test_in_memory_blocks_give_the_whole_image_result_also_for_nuclei_wider_than
     responsive); nuclei wider than the blocks' overlap (63x images, ~100-180 px) must still come
     out as whole-image post-processing makes them, with no 'may differ' warning."""
     from napari_tiled_unet.events import WarningEvent
-    from napari_tiled_unet.segmentation import IN_MEMORY_BLOCK, labels_from_iter
+    from napari_tiled_unet.segmentation import IN_MEMORY_BLOCK, IN_MEMORY_EXACT, labels_from_iter
 
     step = 150
     centres = [(y, x) for y in range(80, 1100, step) for x in range(80, 1100, step)]
@@ -318,6 +318,6 @@ def test_in_memory_blocks_give_the_whole_image_result_also_for_nuclei_wider_than
             events.append(next(gen))
     except StopIteration as stop:
         labels = stop.value
-    assert 1100 > IN_MEMORY_BLOCK * 2  # the image is post-processed in blocks
+    assert 1100 > IN_MEMORY_BLOCK * 2 and 1100 * 1100 <= IN_MEMORY_EXACT  # in blocks, then whole
     assert not [e for e in events if isinstance(e, WarningEvent)]
     assert same_partition(whole, labels) and labels.max() == len(centres)

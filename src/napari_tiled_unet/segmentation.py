@@ -96,6 +96,10 @@ IN_MEMORY_BLOCK = 512
 #: in-memory results up to this many pixels are post-processed whole even with ``in_blocks``
 #: (one call of at most ~0.2 s; blocks would make objects over 96 px inexact near borders)
 IN_MEMORY_WHOLE = 1024 * 1024
+#: in-memory results up to this many pixels whose blocks hold objects wider than the overlap
+#: (nuclei of 100-180 px at 63x) are post-processed again whole, exact at the price of one
+#: longer call (~0.3 s at 1024x1280); larger ones keep the blocks' labels and the warning
+IN_MEMORY_EXACT = 2048 * 2048
 
 
 def labels_from(probabilities: Any, task: str, params: PostprocessParams | dict[str, Any] | None = None,
@@ -127,14 +131,17 @@ def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | 
 
             # name=False: dask would otherwise hash the whole array (0.3 s of the GIL at 4096^2)
             blocks = da.from_array(probabilities, chunks=(-1, IN_MEMORY_BLOCK, IN_MEMORY_BLOCK), name=False)
-            inexact: list[bool] = []
+            inexact: list[WarningEvent] = []
             labels = yield from _exact_only(_blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK),
                                             inexact)
             if not inexact:
                 return np.asarray(labels[...])
-            # objects wider than the blocks' overlap (large nuclei): the whole image at once is
-            # exact, where blocks could cut an object near their borders
-            return postprocess.labels_from_probabilities(probabilities, task, params)
+            if math.prod(probabilities.shape[1:]) <= IN_MEMORY_EXACT:
+                # objects wider than the blocks' overlap (large nuclei): the whole image at once
+                # is exact, where blocks could cut an object near their borders
+                return postprocess.labels_from_probabilities(probabilities, task, params)
+            yield inexact[0]
+            return np.asarray(labels[...])
         if probabilities.ndim == 3:
             return postprocess.labels_from_probabilities(probabilities, task, params)
         progress = postprocess.ProgressCounter(len(probabilities))
@@ -161,14 +168,15 @@ def _blockwise(probabilities: Any, task: str, params: Any, out: Any, **kwargs: A
     return (yield from postprocess.semantic_blockwise_iter(arr, out, params, **kwargs))
 
 
-def _exact_only(events: Generator, inexact: list[bool]) -> Generator[Progress | WarningEvent, Any, Any]:
+def _exact_only(events: Generator, inexact: list[WarningEvent]) -> Generator[Progress | WarningEvent, Any, Any]:
     """``yield from events``, except the warning that a blockwise result may not be exact,
-    which appends True to ``inexact`` instead (the caller then post-processes whole)."""
+    which is appended to ``inexact`` instead (the caller then post-processes whole, or passes
+    it on)."""
     try:
         event = next(events)
         while True:
             if isinstance(event, WarningEvent) and event.kind == "inexact":
-                inexact.append(True)
+                inexact.append(event)
                 event = next(events)
                 continue
             event = events.send((yield event))

@@ -634,9 +634,14 @@ def test_a_widget_taken_off_the_viewer_lets_go_of_the_viewer_and_its_layers(make
 
 def test_a_warning_of_the_engine_reaches_the_user(widget, qtbot, tmp_path, monkeypatch):
     """Post-processing in blocks warns that objects are larger than the blocks' overlap (an
-    untrained model calls the whole image one object): napari users see it as a warning."""
+    untrained model calls the whole image one object): napari users see it as a warning. (An
+    image of this size is post-processed again whole instead; the limit is lowered here so that
+    a small image shows the warning of a large one.)"""
     import torch
 
+    import napari_tiled_unet.segmentation as segmentation
+
+    monkeypatch.setattr(segmentation, "IN_MEMORY_EXACT", 1024 * 1024)
     viewer, w = widget
     torch.manual_seed(0)
     net = UNet(1, 3, base_channels=4, depth=2).eval()
