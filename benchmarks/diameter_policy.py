@@ -57,8 +57,8 @@ def main() -> None:
         ids = sorted(rng.choice(ids, size=min(args.n, len(ids)), replace=False))
         name = ds.images.parent.name
         found: dict[str, list] = {p: [] for p in args.policies}
-        rescaled = {p: 0 for p in args.policies}
-        seconds = {p: 0.0 for p in args.policies}
+        rescaled = dict.fromkeys(args.policies, 0)
+        seconds = dict.fromkeys(args.policies, 0.0)
         for i in ids:
             img = tifffile.imread(ds.images / f"{i}.tif")
             gt = tifffile.imread(ds.labels / f"{i}.tif")
@@ -83,7 +83,8 @@ def main() -> None:
                                   "seconds": round(seconds[policy], 1)}
             r = rows[name][policy]
             print(f"{name:<22}{policy:<8}{r['images']:>4}{r['f1@0.5']:>8.3f}{r['ap@0.5']:>8.3f}"
-                  f"{r['tp']:>7}{r['fp']:>6}{r['fn']:>6}  rescaled {r['rescaled']:>3}  {r['seconds']:>6.0f} s",
+                  f"{r['tp']:>7}{r['fp']:>6}{r['fn']:>6}  rescaled {r['rescaled']:>3}"
+                  f"  {r['seconds']:>6.0f} s",
                   flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"model": str(args.model), "n": args.n, "range": args.range,

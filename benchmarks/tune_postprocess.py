@@ -14,8 +14,8 @@ list in proportion to its weight (``--n`` in all, at least 6 per set), each set'
 ids left out, so the defaults follow the annotation convention of the whole training mix:
 settings are ranked by the mean of the sets' AP@0.5 weighted as in the list (pooled AP would
 favour the sets with most nuclei per image), and each set's own best foreground threshold is
-printed beside. ``--foreground/--seed/--min-size/--min-size-fraction`` replace the grid's values; ``--cache DIR``
-keeps the probabilities (one .npy per image) for a second run.
+printed beside. ``--foreground/--seed/--min-size/--min-size-fraction`` replace the grid's values;
+``--cache DIR`` keeps the probabilities (one .npy per image) for a second run.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def main() -> None:
         cached.append((folder.name, prob, gt))
     rows = []
     for fg, seed, size, frac in itertools.product(*grid.values()):
-        ms = [(name, match_instances(gt, instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac),
-                                     0.5))
+        ms = [(name, match_instances(
+                  gt, instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac), 0.5))
               for name, p, gt in cached]
         m = Matching.pooled([x for _, x in ms])
         by_set = {name: Matching.pooled([x for n, x in ms if n == name]).ap for name in weights}

@@ -318,6 +318,6 @@ def test_in_memory_blocks_give_the_whole_image_result_also_for_nuclei_wider_than
             events.append(next(gen))
     except StopIteration as stop:
         labels = stop.value
-    assert 1100 > IN_MEMORY_BLOCK * 2 and 1100 * 1100 <= IN_MEMORY_EXACT  # in blocks, then whole
+    assert IN_MEMORY_BLOCK * 2 < 1100 and IN_MEMORY_EXACT >= 1100 * 1100  # in blocks, then whole
     assert not [e for e in events if isinstance(e, WarningEvent)]
     assert same_partition(whole, labels) and labels.max() == len(centres)

@@ -24,22 +24,25 @@ SHIPPED = REPO / "src" / "napari_tiled_unet" / "model" / "weights" / "nuclei-v2.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--from", dest="source", type=Path, default=REPO / "runs" / "nuclei_v2" / "nuclei-v2.safetensors")
+    ap.add_argument("--from", dest="source", type=Path,
+                    default=REPO / "runs" / "nuclei_v2" / "nuclei-v2.safetensors")
     ap.add_argument("--out", type=Path, default=SHIPPED)
     args = ap.parse_args()
     bundle = load_model(args.source)
     record = bundle.metadata["training"]
     bundle.metadata["name"] = "nuclei-v2"
+    chosen = record.get("best_step", record["steps"])
     bundle.metadata["description"] = (
-        "Fluorescence nuclei from four public sets (DSB2018, Kromp 2020, BitDepth, Aitslab; see docs/models.md "
-        "for attribution); instances: background, interior, boundary. U-Net 16x4, fine-tuned from "
-        f"nuclei-dsb2018 for {record['steps']} steps ({record['time_s'] / 60:.1f} min, bf16 on 2 CPU cores); "
-        "weights of step {0}.".format(record.get("best_step", record["steps"]))
+        "Fluorescence nuclei from four public sets (DSB2018, Kromp 2020, BitDepth, Aitslab; see "
+        "docs/models.md for attribution); instances: background, interior, boundary. U-Net 16x4, "
+        f"fine-tuned from nuclei-dsb2018 for {record['steps']} steps ({record['time_s'] / 60:.1f} min, "
+        f"bf16 on 2 CPU cores); weights of step {chosen}."
     )
     bundle.metadata.setdefault("object_diameter_range", [12.0, 64.0])
     bundle.save(args.out)
     print(f"{args.out}: steps {record['steps']}, weights of step {record.get('best_step')}, "
-          f"object diameter {bundle.metadata['object_diameter']} px, range {bundle.metadata['object_diameter_range']}")
+          f"object diameter {bundle.metadata['object_diameter']} px, "
+          f"range {bundle.metadata['object_diameter_range']}")
 
 
 if __name__ == "__main__":

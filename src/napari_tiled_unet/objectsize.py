@@ -65,7 +65,8 @@ def auto_factor(bundle: Any, estimated: float) -> float:
     one diameter; never more than the largest enlargement :func:`scaled_shape` allows (an
     estimate made of specks must not stop the run)."""
     span = model_range(bundle)
-    factor = model_diameter(bundle) / estimated if span is None else float(np.clip(estimated, *span)) / estimated
+    target = model_diameter(bundle) if span is None else float(np.clip(estimated, *span))
+    factor = target / estimated
     return min(factor, float(np.sqrt(MAX_UPSCALE_PIXELS)))
 
 

@@ -132,8 +132,8 @@ def labels_from_iter(probabilities: Any, task: str, params: PostprocessParams | 
             # name=False: dask would otherwise hash the whole array (0.3 s of the GIL at 4096^2)
             blocks = da.from_array(probabilities, chunks=(-1, IN_MEMORY_BLOCK, IN_MEMORY_BLOCK), name=False)
             inexact: list[WarningEvent] = []
-            labels = yield from _exact_only(_blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK),
-                                            inexact)
+            labels = yield from _exact_only(
+                _blockwise(blocks, task, params, None, block_size=IN_MEMORY_BLOCK), inexact)
             if not inexact:
                 return np.asarray(labels[...])
             if math.prod(probabilities.shape[1:]) <= IN_MEMORY_EXACT:
@@ -168,7 +168,8 @@ def _blockwise(probabilities: Any, task: str, params: Any, out: Any, **kwargs: A
     return (yield from postprocess.semantic_blockwise_iter(arr, out, params, **kwargs))
 
 
-def _exact_only(events: Generator, inexact: list[WarningEvent]) -> Generator[Progress | WarningEvent, Any, Any]:
+def _exact_only(events: Generator, inexact: list[WarningEvent]
+                ) -> Generator[Progress | WarningEvent, Any, Any]:
     """``yield from events``, except the warning that a blockwise result may not be exact,
     which is appended to ``inexact`` instead (the caller then post-processes whole, or passes
     it on)."""
