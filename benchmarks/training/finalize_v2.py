@@ -3,7 +3,7 @@
     python benchmarks/training/finalize_v2.py [--from runs/nuclei_v2/nuclei-v2.safetensors]
     cd benchmarks && python tune_postprocess.py ../src/napari_tiled_unet/model/weights/nuclei-v2.safetensors \
         --mix training/nuclei_v2_sets.txt --n 40 --foreground 0.8 0.85 0.9 --seed 0.4 0.5 0.6 \
-        --min-size 16 32 48 --min-size-fraction 0.1 0.15 0.2 --write
+        --min-size 16 32 --min-size-fraction 0.1 0.15 0.2 --write
 
 Keeps the weights and the training record ``train`` wrote, names the bundle, describes it and
 records the range of diameters the run brought its training images into (12-64 px,
