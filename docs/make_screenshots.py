@@ -215,6 +215,9 @@ def diameter_picture() -> None:
     w.run_button.click()
     wait(w)
     viewer.layers["Neuroblastoma_11 (63x) labels"].contour = 3
+    for name, dock in list(viewer.window._dock_widgets.items()):
+        if name.startswith("Objects"):  # the table would hide the diameter setting and the status
+            viewer.window.remove_dock_widget(dock)
     settle(1.0)
     shot(viewer, "segment-diameter.png")
     viewer.close()
