@@ -97,7 +97,8 @@ def test_sigterm_saves_the_checkpoint_and_the_same_command_resumes(tmp_path):
     cmd = [sys.executable, "-m", "napari_tiled_unet.cli", "train", "--images", str(tmp_path / "images"),
            "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "m.safetensors"),
            "--base-channels", "4", "--depth", "2", "--epochs", "10000", "--steps-per-epoch", "10",
-           "--patch-size", "64", "--batch-size", "2", "--checkpoint", str(ckpt)]
+           "--patch-size", "64", "--batch-size", "2", "--checkpoint", str(ckpt),
+           "--patience", "0"]  # never stops early: the run must still be going when the signal comes
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # "step 0: ..." once the first validation ran
     assert line.startswith("step 0"), line
