@@ -303,7 +303,7 @@ def test_in_memory_blocks_give_the_whole_image_result_also_for_nuclei_wider_than
     """The widget post-processes in-memory results over 1024x1024 in blocks (napari stays
     responsive); nuclei wider than the blocks' overlap (63x images, ~100-180 px) must still come
     out as whole-image post-processing makes them, with no 'may differ' warning."""
-    from napari_tiled_unet.events import WarningEvent
+    from napari_tiled_unet.events import WarningEvent, run_to_end
     from napari_tiled_unet.segmentation import IN_MEMORY_BLOCK, IN_MEMORY_EXACT, labels_from_iter
 
     step = 150
@@ -311,13 +311,8 @@ def test_in_memory_blocks_give_the_whole_image_result_also_for_nuclei_wider_than
     gt = discs((1100, 1100), centres, 72)  # 144 px nuclei, touching, many across block borders
     probs = probs_from_labels(gt, blur=0.8)
     whole = instances_from_probabilities(probs, min_size=30)
-    gen = labels_from_iter(probs, "instances", {"min_size": 30}, in_blocks=True)
     events = []
-    try:
-        while True:
-            events.append(next(gen))
-    except StopIteration as stop:
-        labels = stop.value
+    labels = run_to_end(labels_from_iter(probs, "instances", {"min_size": 30}, in_blocks=True), events.append)
     assert IN_MEMORY_BLOCK * 2 < 1100 and IN_MEMORY_EXACT >= 1100 * 1100  # in blocks, then whole
     assert not [e for e in events if isinstance(e, WarningEvent)]
     assert same_partition(whole, labels) and labels.max() == len(centres)
