@@ -738,6 +738,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="where to save the trained model (.safetensors)")
     p.add_argument("--base", default=None,
                    help="model to fine-tune (file or built-in name); default: a new model from scratch")
+    p.add_argument("--widen-to", type=int, default=None, metavar="CHANNELS",
+                   help="with --base: first widen the base network to this many base channels; the wider "
+                        "network starts out computing exactly what the base computes (docs/models.md)")
     p.add_argument("--annotation", default="instances", choices=["instances", "scribbles"],
                    help="instances: one id per object; scribbles: value k paints class k, 0 is not "
                         "annotated (without --base: a new semantic model, one class per value)")
@@ -824,7 +827,7 @@ def _stop_on_signals() -> Iterator[None]:
         signal.signal(signal.SIGTERM, saved[1])
 
 
-def _mixture_gen(args, out: Path, new_model, config):
+def _mixture_gen(args, base, out: Path, new_model, config):
     """The training generator of ``train --data ...`` / ``--data-list`` (training/mixture.py)."""
     from .training.mixture import parse_data_arg, read_list_file, train_mixture_iter
 
@@ -839,7 +842,7 @@ def _mixture_gen(args, out: Path, new_model, config):
         recipe = {"kind": "percentile", "low": 1.0, "high": args.normalization_high or 99.8}
         if args.exclude_saturated:
             recipe["exclude_saturated"] = True
-    return train_mixture_iter(sets, config, out=out, base=args.base, new_model=new_model,
+    return train_mixture_iter(sets, config, out=out, base=base, new_model=new_model,
                               normalization=recipe, monitor_per_set=args.monitor_per_set)
 
 
@@ -878,6 +881,18 @@ def _cmd_train(args) -> int:
         if removed:
             print(f"note: removed {len(removed)} scratch item(s) that interrupted runs left in {folder} "
                   f"(e.g. {removed[0]}).", file=sys.stderr)
+    base = args.base
+    if args.widen_to is not None:
+        if args.base is None:
+            raise CLIError("--widen-to widens the model given with --base; without --base, choose the width "
+                           "of a new model with --base-channels.")
+        from .model.bundle import load_model
+        from .model.widen import widen_bundle
+
+        try:
+            base = widen_bundle(load_model(args.base), args.widen_to, seed=args.seed)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
     new_model = None
     if args.base is None:
         # seeded, so that re-running the same command finds its checkpoint's starting point
@@ -892,9 +907,9 @@ def _cmd_train(args) -> int:
         raise CLIError("Give both --images and --labels.")
     try:
         if several:
-            gen = _mixture_gen(args, out, new_model, config)
+            gen = _mixture_gen(args, base, out, new_model, config)
         else:
-            gen = train_folders_iter(args.images, args.labels, config, out=out, base=args.base,
+            gen = train_folders_iter(args.images, args.labels, config, out=out, base=base,
                                      val_ids=args.val_ids, new_model=new_model, class_names=class_names)
         bar = tqdm(unit="step", dynamic_ncols=True, delay=1.0)  # a refusal at the start prints no bar
         try:

@@ -283,6 +283,8 @@ class Trainer:
         rec.update(self.record_extra)
         if self.base.metadata.get("training"):
             rec["base_training"] = self.base.metadata["training"]
+            if "widened_from" in rec["base_training"]:  # model/widen.py
+                rec["widened_from"] = rec["base_training"]["widened_from"]
         return rec
 
     def class_iou_iter(self, bundles: list[Any]) -> Generator[None, None, list[dict[str, float]]]:
