@@ -40,7 +40,9 @@ class LossPlot(QWidget):
         self.val_line = np.asarray(val, dtype=np.float64).reshape(-1, 2)
         self.update()
 
-    def _ranges(self) -> tuple[float, float, float, float] | None:
+    def axis_ranges(self) -> tuple[float, float, float, float] | None:
+        """(x0, x1, y0, y1) of the axes as drawn, None before any finite point. Losses are never
+        negative, so the y axis does not go below 0 when no point does."""
         pts = np.concatenate([self.train_line, self.val_line])
         pts = pts[np.isfinite(pts).all(axis=1)]
         if not len(pts):
@@ -48,7 +50,8 @@ class LossPlot(QWidget):
         x1 = max(float(pts[:, 0].max()), 1.0)
         y0, y1 = float(pts[:, 1].min()), float(pts[:, 1].max())
         pad = 0.05 * (y1 - y0) if y1 > y0 else max(abs(y1) * 0.05, 1e-3)
-        return 0.0, x1, y0 - pad, y1 + pad
+        low = y0 - pad if y0 < 0 else max(y0 - pad, 0.0)
+        return 0.0, x1, low, y1 + pad
 
     def paintEvent(self, event: Any) -> None:
         p = QPainter(self)
@@ -64,7 +67,7 @@ class LossPlot(QWidget):
         p.setPen(self.VAL_COLOR)
         p.drawText(int(box.left()) + fm.horizontalAdvance("training loss") + 12, fm.ascent() + 1,
                    "validation loss")
-        ranges = self._ranges()
+        ranges = self.axis_ranges()
         if ranges is None:
             p.end()
             return
