@@ -108,3 +108,37 @@ def test_auto_keeps_objects_inside_the_range_at_their_own_scale_and_shrinks_larg
     assert abs(result.estimated_diameter / 110 - 1) <= 0.2
     assert result.scale == pytest.approx(64 / result.estimated_diameter, rel=0.15)  # onto the upper bound
     assert match_instances(truth, result.labels, iou_threshold=0.5).f1 >= 0.9
+
+
+def test_cli_segment_uses_auto_by_default_for_a_model_with_a_range_as_the_widget_does(tmp_path, capsys,
+                                                                                      builtin):
+    import json
+
+    import tifffile
+    import zarr
+
+    from napari_tiled_unet.cli import main
+
+    ranged = tmp_path / "ranged.safetensors"
+    _with_range(builtin, 12, 30).save(ranged)  # 44 px discs lie above this range
+    image, _ = disc_field(shape=(200, 260), diameter=44, seed=2)
+    tifffile.imwrite(tmp_path / "discs.tif", image)
+    common = ["segment", str(tmp_path / "discs.tif"), "--device", "cpu", "--json", "-m", str(ranged)]
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    row = json.loads(capsys.readouterr().out)["segmented"][0]
+    assert abs(row["estimated_diameter"] / 44 - 1) <= 0.2 and row["scale"] < 0.8
+    # 'none' keeps every image at its own scale, as before
+    assert main([*common, "-o", str(tmp_path / "b"), "--diameter", "none"]) == 0
+    row = json.loads(capsys.readouterr().out)["segmented"][0]
+    assert "estimated_diameter" not in row and "scale" not in row
+    # a model without a range: no diameter unless asked for
+    plain = ["segment", str(tmp_path / "discs.tif"), "--device", "cpu", "--json", "-o", str(tmp_path / "c")]
+    assert main(plain) == 0
+    assert "estimated_diameter" not in json.loads(capsys.readouterr().out)["segmented"][0]
+    # labels that go to a zarr store are not rescaled: the default gives way with a warning
+    zarr.save_array(str(tmp_path / "discs.zarr"), image)
+    assert main(["segment", str(tmp_path / "discs.zarr"), "--device", "cpu", "--json", "-m", str(ranged),
+                 "-o", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr()
+    row = json.loads(out.out)["segmented"][0]
+    assert "own scale" in out.err and "scale" not in row and row["objects"] >= 5

@@ -217,10 +217,12 @@ def _add_segment(sub) -> None:
     p.add_argument("--foreground-threshold", type=float, default=None)
     p.add_argument("--seed-threshold", type=float, default=None)
     p.add_argument("--min-size", type=int, default=None, help="smallest object kept, in pixels")
-    p.add_argument("--diameter", default=None, metavar="PX|auto",
+    p.add_argument("--diameter", default=None, metavar="PX|auto|none",
                    help="the objects' diameter in pixels, or 'auto' (estimated from a first pass; an image "
                         "whose objects lie in the sizes the model was trained on stays at its own scale): "
-                        "each image is rescaled to the model's object size; labels keep the image's size")
+                        "each image is rescaled to the model's object size; labels keep the image's size. "
+                        "'none': every image at its own scale. Default: auto for a model that records the "
+                        "range of sizes it was trained on (nuclei-v2), as in the Segment widget, else none")
     p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
                    help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
@@ -295,6 +297,12 @@ def _cmd_segment(args) -> int:
         args.ome_labels = args.ome_labels or bundle.name
         for src in paths:  # before any work: every input must take the labels
             check_target(src, args.ome_labels, args.overwrite)
+    from .objectsize import model_range
+
+    if args.diameter is None and model_range(bundle) is not None and not (args.workers or args.scheduler):
+        job.diameter, job.diameter_by_default = "auto", True  # as the Segment widget does for this model
+    elif args.diameter is not None and args.diameter.strip().lower() == "none":
+        args.diameter = None
     if args.diameter is not None:
         from .objectsize import check_diameter, model_diameter
 
@@ -429,6 +437,7 @@ class _SegmentJob:
     runtime: Any  # runtime.Runtime
     tta: bool = False
     diameter: float | str | None = None
+    diameter_by_default: bool = False  # "auto" chosen by the model, not by --diameter
     client: Any = None
 
     def on_event(self, bar=None):
@@ -644,6 +653,12 @@ def _segment_one(job: _SegmentJob, image, axes: str, dst: Path, name: str, keep=
         tiles = tiles.aligned_to_chunks(job.bundle.depth)
     options = {"axes": axes, "channel": job.args.channel, "postprocess": job.post, "tiles": tiles,
                "runtime": job.runtime, "tta": job.tta, "diameter": job.diameter}
+    if dst.suffix == ".zarr" and job.diameter_by_default:
+        # results on disk are not rescaled (segmentation.py); an explicit --diameter is refused there
+        options["diameter"] = None
+        tqdm.write(f"warning: {name}: its labels go to a zarr store, which is not rescaled, so it is "
+                   "segmented at its own scale (give --diameter none to say so, or segment a tif copy with "
+                   "--diameter auto).", file=sys.stderr)
     try:
         if dst.suffix == ".zarr":
             with tempfile.TemporaryDirectory(prefix=scratch_prefix("probabilities"),
