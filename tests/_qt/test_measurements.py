@@ -50,6 +50,10 @@ def test_features_table_on_the_sample_one_row_per_object(widget, qtbot):
     table = w._table
     assert table.isVisibleTo(viewer.window._qt_window) and table.model.rowCount() == len(ids)
     assert table.title.text().startswith(f"nuclei labels: {len(ids)} objects")
+    # below the canvas, where its columns fit, not in the right column where it would push the
+    # Segment widget's status out of sight
+    dock = table.parent()
+    assert dock.parent().dockWidgetArea(dock) == Qt.DockWidgetArea.BottomDockWidgetArea
     index = table.proxy.index(3, 0)
     qtbot.mouseClick(table.view.viewport(), Qt.MouseButton.LeftButton,
                      pos=table.view.visualRect(index).center())

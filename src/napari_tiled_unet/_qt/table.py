@@ -221,7 +221,7 @@ class MeasureControls:
             self._table = ObjectsTable(self.viewer, self.measure_again)
             self._table.destroyed.connect(lambda *_: setattr(self, "_table", None))
         if self._table.parent() is None:  # new, or its dock was closed (napari keeps the widget)
-            self.viewer.window.add_dock_widget(self._table, name="Objects", area="right")
+            self.viewer.window.add_dock_widget(self._table, name="Objects", area="bottom")
         self._table.show_layer(layer, stale=self._measured[id(layer)]["stale"])
 
     def _on_active_layer(self, event) -> None:
