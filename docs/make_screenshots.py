@@ -20,6 +20,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+from napari_tiled_unet._qt.layerview import camera_of
 from napari_tiled_unet._qt.predict_widget import SegmentWidget
 from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
 
@@ -63,6 +64,8 @@ def segment_pictures() -> None:
     wait(w)
     labels = viewer.layers["nuclei labels"]
     labels.contour = 2
+    settle()
+    viewer.reset_view()  # the whole image, in the canvas made smaller by the Objects table
     shot(viewer, "segment-result.png")
     # a correction painted into the result, then Segment again: the edit is kept
     labels.contour = 0
@@ -72,6 +75,7 @@ def segment_pictures() -> None:
     w.run_button.click()
     wait(w)
     settle(1.0)
+    viewer.reset_view()
     shot(viewer, "segment-edits.png")
     viewer.close()
 
@@ -89,6 +93,8 @@ def rgb_picture() -> None:
     w.run_button.click()
     wait(w)
     viewer.layers["rgb snapshot labels"].contour = 2
+    settle()
+    viewer.reset_view()
     shot(viewer, "segment-rgb.png")
     viewer.close()
 
@@ -140,13 +146,12 @@ def objects_picture() -> None:
     f = table.model
     names = f.names
     for row in range(f.n):
-        source = table.proxy.mapToSource(table.proxy.index(row, 0)).row()
-        y, x = (f.columns[names.index(c)][source] for c in ("centroid_y_px", "centroid_x_px"))
+        y, x = (f.columns[names.index(c)][row] for c in ("centroid_y_px", "centroid_x_px"))  # sorted in place
         if 150 < y < 370 and 200 < x < 500:
             break
     table.view.selectRow(row)
     table._go_to_row(table.proxy.index(row, 0))
-    viewer.camera.zoom = 3
+    camera_of(viewer).zoom = 3
     settle()
     label = int(layer.selected_label)
     y, x = np.argwhere(layer.data == label).mean(axis=0)
@@ -170,9 +175,9 @@ def corrections_picture() -> None:
     seg.image_combo.setCurrentText("nuclei")
     seg.run()
     wait(seg)
-    for dock in (seg_dock, viewer.window._dock_widgets.get("Objects")):  # room for Fine-tune
-        if dock is not None:
-            dock.hide()
+    seg_dock.hide()  # room for Fine-tune, and for the canvas below
+    if seg._table is not None:
+        viewer.window.remove_dock_widget(seg._table)
     result = viewer.layers["nuclei labels"]
     data = result.data.copy()
     fresh = int(data.max()) + 1
@@ -215,9 +220,8 @@ def diameter_picture() -> None:
     w.run_button.click()
     wait(w)
     viewer.layers["Neuroblastoma_11 (63x) labels"].contour = 3
-    for name, dock in list(viewer.window._dock_widgets.items()):
-        if name.startswith("Objects"):  # the table would hide the diameter setting and the status
-            viewer.window.remove_dock_widget(dock)
+    if w._table is not None:  # the Objects table below would make the canvas smaller
+        viewer.window.remove_dock_widget(w._table)
     settle(1.0)
     shot(viewer, "segment-diameter.png")
     viewer.close()

@@ -226,3 +226,13 @@ def test_labels_painted_during_training_join_the_training_targets(data):
     assert trainer.step == 6
     with pytest.raises(ValueError, match="paint the labels on a layer of the image's size"):
         trainer.update_annotation(0, labels[0][:, :40])  # refused at once, not inside the run
+
+
+def test_the_reason_for_the_returned_weights_names_the_loss_when_the_f1_ties():
+    from napari_tiled_unet.training.validate import selection_reason
+
+    # both found every held-out object: the lower loss chose the weights, and the sentence says so
+    tie = selection_reason(100, {"f1@0.5": 1.0}, 0.331, {"f1@0.5": 1.0}, 0.459, "f1@0.5")
+    assert "f1@0.5 as good (1.000)" in tie and "validation loss 0.3310 against 0.4590" in tie
+    better = selection_reason(100, {"f1@0.5": 0.9}, 0.4, {"f1@0.5": 0.8}, 0.3, "f1@0.5")
+    assert better.endswith("f1@0.5 0.900 against f1@0.5 0.800")

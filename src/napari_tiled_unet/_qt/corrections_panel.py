@@ -26,6 +26,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..corrections import correction_region
+from .layerview import camera_of
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,9 @@ class CorrectionPanel(QGroupBox):
         self._watched = labels
         labels.events.paint.connect(self._on_stroke)
         labels.events.data.connect(self._on_stroke)
-        self.viewer.camera.events.center.connect(self._on_view)
-        self.viewer.camera.events.zoom.connect(self._on_view)
+        camera = camera_of(self.viewer)
+        camera.events.center.connect(self._on_view)
+        camera.events.zoom.connect(self._on_view)
         self._on_view()
         self._send_annotation()
         # the preview layer is added now, before the thread runs: adding a layer is napari's most
@@ -294,7 +296,8 @@ class CorrectionPanel(QGroupBox):
         if labels is not None:
             for ev in (labels.events.paint, labels.events.data):
                 ev.disconnect(self._on_stroke)
-        for ev in (self.viewer.camera.events.center, self.viewer.camera.events.zoom):
+        camera = camera_of(self.viewer)
+        for ev in (camera.events.center, camera.events.zoom):
             ev.disconnect(self._on_view)
         self._watched = None
 

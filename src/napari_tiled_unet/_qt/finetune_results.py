@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
-from .layerview import TrainingPlane
+from .layerview import TrainingPlane, camera_of
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ class ResultActions:
         h, w = plane.shape
         whole = (0, 0, int(h), int(w))
         viewer = self.viewer
-        scene = getattr(viewer, "scene", None)
-        camera = scene.camera if scene is not None else viewer.camera
+        camera = camera_of(viewer)
         canvas = getattr(viewer, "canvas", None)
         size = getattr(canvas, "size", None) if canvas is not None else getattr(viewer, "_canvas_size", None)
         grid = getattr(canvas, "grid", None) or getattr(viewer, "grid", None)

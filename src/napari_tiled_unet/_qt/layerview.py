@@ -23,6 +23,13 @@ CHOOSE = "choose"
 CHANNEL_NAMES = ["red", "green", "blue", "alpha"]
 
 
+def camera_of(viewer) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` (napari >= 0.9, where ``viewer.camera`` is
+    deprecated), else ``viewer.camera``."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def layer_origin(layer) -> dict[str, Any]:
     """What the plugin recorded about a layer it made: ``{"role", "image", "edited", "model"}``
     (``model``: the source of the model that wrote a result), or {}."""

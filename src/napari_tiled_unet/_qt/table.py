@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .layerview import labels_data, layer_image_and_axes, layer_scale_and_unit
+from .layerview import camera_of, labels_data, layer_image_and_axes, layer_scale_and_unit
 from .workers import EngineJob
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class ObjectsTable(QWidget):
         world = np.asarray(self.layer.data_to_world(point))
         if "plane" in col:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, world[0])
-        self.viewer.camera.center = tuple(world[-2:])
+        camera_of(self.viewer).center = tuple(world[-2:])
 
 
 class MeasureControls:

@@ -86,6 +86,12 @@ def selection_reason(best_step: int | None, best_metrics: dict[str, float], best
     if base_loss is None:
         return (f"the weights of step {best_step} were the best on the held-out part "
                 f"({figure(best_metrics, best_loss)})")
+    best_score, base_score = best_metrics.get(score_name or ""), base_metrics.get(score_name or "")
+    if best_score is not None and base_score is not None and abs(best_score - base_score) <= SCORE_TOLERANCE:
+        # a tie on the score (both 1.000, say): the loss decided, so name both
+        return (f"the weights of step {best_step} beat the starting weights on the held-out part: "
+                f"{score_name} as good ({best_score:.3f}), validation loss {best_loss:.4f} against "
+                f"{base_loss:.4f}")
     return (f"the weights of step {best_step} beat the starting weights on the held-out part: "
             f"{figure(best_metrics, best_loss)} against {figure(base_metrics, base_loss)}")
 
