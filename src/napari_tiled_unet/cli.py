@@ -297,9 +297,9 @@ def _cmd_segment(args) -> int:
         args.ome_labels = args.ome_labels or bundle.name
         for src in paths:  # before any work: every input must take the labels
             check_target(src, args.ome_labels, args.overwrite)
-    from .objectsize import model_range
+    from .objectsize import prefers_auto
 
-    if args.diameter is None and model_range(bundle) is not None and not (args.workers or args.scheduler):
+    if args.diameter is None and prefers_auto(bundle) and not (args.workers or args.scheduler):
         job.diameter, job.diameter_by_default = "auto", True  # as the Segment widget does for this model
     elif args.diameter is not None and args.diameter.strip().lower() == "none":
         args.diameter = None

@@ -59,6 +59,18 @@ def model_range(bundle: Any) -> tuple[float, float] | None:
     return (lo, hi) if 0 < lo <= hi else None
 
 
+def prefers_auto(bundle: Any) -> bool:
+    """Whether ``diameter="auto"`` is the right default for ``bundle``: it records the range of
+    sizes it was trained on, or it was fine-tuned on images at the scale auto chose for them
+    (its training record's ``image_scale``). The Segment widget, ``segment`` and the
+    Fine-tune widget's preview use auto then."""
+    if model_range(bundle) is not None:
+        return True
+    record = bundle.metadata.get("training") or {}
+    return record.get("image_scale") is not None and bool(
+        bundle.metadata.get("object_diameter") or KNOWN_DIAMETERS.get(bundle.metadata.get("name")))
+
+
 def auto_factor(bundle: Any, estimated: float) -> float:
     """The resize factor ``diameter="auto"`` applies to an image whose objects measure
     ``estimated`` px: onto the model's range when it records one (1.0 inside it), else onto its
@@ -149,6 +161,15 @@ def resize(array: np.ndarray, axes: str, shape_yx: tuple[int, int], *, order: in
     shrinking = out_shape[y] < array.shape[y] or out_shape[x] < array.shape[x]
     return _resize(array.astype(np.float32, copy=False), tuple(out_shape), order=order, mode="reflect",
                    anti_aliasing=shrinking and order > 0, preserve_range=True).astype(np.float32)
+
+
+def resize_labels(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
+    """Integer (Y, X) ``labels`` resized to ``shape_yx`` by nearest neighbour (each output pixel
+    takes the label under its centre; ids and dtype are kept)."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(shape_yx[0]) + 0.5) * h / shape_yx[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape_yx[1]) + 0.5) * w / shape_yx[1]).astype(np.intp), w - 1)
+    return labels[rows[:, None], cols[None, :]]
 
 
 def scaled_shape(shape_yx: tuple[int, int], factor: float) -> tuple[int, int]:

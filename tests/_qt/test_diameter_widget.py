@@ -62,3 +62,56 @@ def test_a_model_that_records_its_range_of_sizes_segments_with_auto_diameter(mak
     assert w.result.scale is None and "x its size" not in w.status.text()
     w.model_combo.setCurrentText("nuclei-dsb2018")
     assert not w.diameter_auto.isChecked()
+
+
+def test_learning_from_corrections_of_a_shrunk_image_trains_at_that_scale_and_keeps_auto(make_napari_viewer,
+                                                                                          qtbot):
+    """Large nuclei that nuclei-v2 segmented at 0.6x: Learn from my corrections fine-tunes it on
+    the image at that scale (the sizes it knows), and the fine-tuned model keeps segmenting at
+    it (auto), in the preview too; a result of another model is learned at the image's own size."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+    from napari_tiled_unet._qt.session import ModelSession
+    from napari_tiled_unet.objectsize import prefers_auto
+
+    viewer = make_napari_viewer()
+    seg = SegmentWidget(viewer, session=ModelSession())
+    viewer.window.add_dock_widget(seg)
+    seg.device_combo.setCurrentText("cpu")
+    seg.model_combo.setCurrentText("nuclei-v2")
+    image, truth = disc_field(shape=(320, 320), diameter=110, seed=5)
+    viewer.add_image(image, name="large nuclei")
+    seg.image_combo.setCurrentText("large nuclei")
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.busy, timeout=180_000)
+    result = viewer.layers["large nuclei labels"]
+    scale = seg.result.scale
+    assert scale < 0.75 and result.metadata["napari_tiled_unet"]["scale"] == scale
+    # the user redraws one nucleus
+    k = int(truth[160, 160]) or int(truth.max())
+    data = result.data.copy()
+    data[truth == k] = data.max() + 1
+    result.data = data
+    ft = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(ft)
+    ft.model_combo.setCurrentText("nuclei-dsb2018")
+    ft.budget_spin.setValue(2)
+    ft.steps_spin.setValue(1)
+    ft.device_combo.setCurrentText("cpu")
+    ft.corrections.learn_button.click()
+    assert ft.running, ft.status.text()
+    assert ft.model_combo.currentText() == "nuclei-v2" and ft.trainer.data.scale == scale
+    assert f"at {scale:.2f}x the image's size" in ft.status.text()
+    (item,) = ft.trainer.train_items
+    assert abs(item.classes.shape[0] / 320 - scale) < 0.01  # the image, shrunk as for segmenting
+    qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    assert ft.bundle is not None and prefers_auto(ft.bundle)
+    assert ft.bundle.metadata["object_diameter_range"] == [12.0, 64.0]
+    # the preview of the fine-tuned model segments at the same scale
+    ft.image_combo.setCurrentText("large nuclei")
+    ft.preview_button.click()
+    qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    preview = [lyr for lyr in viewer.layers if "preview" in lyr.name.lower()]
+    assert preview and preview[0].data.max() >= 3
+    # a result the picked base did not write is learned at the image's own size
+    ft.model_combo.setCurrentText("nuclei-dsb2018")
+    assert ft.make_trainer().data.scale is None

@@ -236,3 +236,32 @@ def test_the_reason_for_the_returned_weights_names_the_loss_when_the_f1_ties():
     assert "f1@0.5 as good (1.000)" in tie and "validation loss 0.3310 against 0.4590" in tie
     better = selection_reason(100, {"f1@0.5": 0.9}, 0.4, {"f1@0.5": 0.8}, 0.3, "f1@0.5")
     assert better.endswith("f1@0.5 0.900 against f1@0.5 0.800")
+
+
+def test_training_at_the_scale_segmentation_used_resizes_image_labels_and_region_and_keeps_the_range():
+    from napari_tiled_unet.training.loop import new_bundle
+
+    base = new_bundle(**TINY, seed=0)
+    base.metadata["object_diameter_range"] = [12.0, 64.0]
+    img, lab = discs(3, size=128, n=8)
+    region = [(0, 0, 64, 128)]  # the top half, at the image's own size
+    trainer = Trainer(base, [img], [lab], regions=[region], scale=0.5, epochs=1, steps_per_epoch=2,
+                      patch_size=32, batch_size=2, val_fraction=0.0)
+    (item,) = trainer.train_items
+    assert item.image.shape[-2:] == item.classes.shape == (64, 64)  # the image at half its size
+    counted = item.classes != 255
+    assert counted[:32].all() and not counted[32:].any()  # the region, halved with it
+    # the labels at half size: every disc still there, nearest neighbour keeps the ids
+    assert set(np.unique(item.classes[:32])) <= {0, 1, 2}
+    # live updates come at the image's own size too
+    trainer.update_annotation(0, lab, [(64, 0, 128, 128)])
+    _, bundle = _run(trainer)
+    assert bundle.metadata["object_diameter_range"] == [12.0, 64.0]  # auto keeps working for it
+    assert bundle.metadata["training"]["image_scale"] == 0.5
+    # at the image's own size, the range is dropped as before (auto would move its images)
+    plain = Trainer(base, [img], [lab], epochs=1, steps_per_epoch=1, patch_size=32, batch_size=2,
+                    val_fraction=0.0)
+    _, plain_bundle = _run(plain)
+    assert "object_diameter_range" not in plain_bundle.metadata
+    with pytest.raises(ValueError, match=r"between 0\.1 and 10"):
+        Trainer(base, [img], [lab], scale=0.0, epochs=1)

@@ -138,6 +138,7 @@ class ResultActions:
     def preview(self) -> None:
         """Segment the visible part of the image with the fine-tuned model into the plugin's own
         preview layer (added once, then replaced); the user's layers are not touched."""
+        from .. import objectsize
         from ..normalization import compute_stats
         from ..segmentation import segment_iter
 
@@ -163,8 +164,10 @@ class ResultActions:
             stats = compute_stats(image, bundle.normalization, channel_axis=axes.index("C") if "C" in axes
                                   else None)
             yield None
+            # at the scale the model was fine-tuned at (auto), as the Segment widget will use it
+            diameter = "auto" if objectsize.prefers_auto(bundle) else None
             return (yield from segment_iter(bundle, crop, axes=axes, stats=stats, device=device,
-                                            precision=precision))
+                                            precision=precision, diameter=diameter))
 
         self._preview_place = (layer.name, y0, x0, np.asarray(layer.scale[-2:]),
                                np.asarray(layer.translate[-2:]))

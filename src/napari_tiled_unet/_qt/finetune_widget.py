@@ -473,6 +473,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         budget = self.budget_spin.value()
         minutes = self.budget_unit.currentText() == "minutes"
         model = self._new_model(annotation, labels, n_channels) if new else base
+        scale = None if new else self._training_scale(labels_layer, base)
         # validation and early stopping as the CLI does it (training/adaptation.py); the rest is on show
         short_run = {k: v for k, v in short_run_options(base).items()
                      if k in ("val_every", "early_stopping_patience")}
@@ -486,8 +487,31 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             val_fraction=self.val_spin.value() if val_fraction is None else val_fraction,
             seed=self.seed_spin.value(),
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
-            **short_run,
+            scale=scale, **short_run,
         )
+
+    def _training_scale(self, labels_layer: Any, base: Any) -> float | None:
+        """The factor the chosen base model segmented ``labels_layer``'s image at (its object
+        diameter), when the layer is that model's result and the model records the range of
+        sizes it was trained on (nuclei-v2): training then sees the objects at the sizes the
+        model segments them at, and the fine-tuned model keeps using them. None (the image's
+        own size) for any other layer or base model. A model of one trained diameter
+        (nuclei-dsb2018) learns the user's sizes instead: at its own size, two minutes of
+        fine-tuning on 63x images did better than at 0.3x (docs/models.md, "Fine-tuning at
+        the scale segmentation used")."""
+        from pathlib import Path
+
+        from .. import objectsize
+
+        origin = layer_origin(labels_layer)
+        scale, made_by = origin.get("scale"), origin.get("model")
+        if scale is None or not made_by or objectsize.model_range(base) is None:
+            return None
+        name = self.model_combo.currentText()
+        source = str(self._loaded.get(name, name))
+        same = source == made_by or (Path(source).is_file() and Path(made_by).is_file()
+                                     and Path(source).resolve() == Path(made_by).resolve())
+        return float(scale) if same else None
 
     # -- the correction loop (corrections_panel.py) ----------------------------------------------
 
@@ -530,8 +554,11 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.train(region_override=[tuple(b) for b in boxes], val_fraction=0.0 if few else None,
                    selection_note=note)
         if self.running:
+            data = self.trainer.data
+            at = (f" at {data.scale:.2f}x the image's size (the scale it segmented the image at)"
+                  if data.resizes else "")
             self.status.setText(f"Learning from your corrections ({description}), starting from "
-                                f"{self.model_combo.currentText()} …")
+                                f"{self.model_combo.currentText()}{at} …")
             self.region_hint.setVisible(False)  # the edits are the region, not the whole image
 
     def _live_base_model(self):

@@ -31,8 +31,9 @@ def camera_of(viewer) -> Any:
 
 
 def layer_origin(layer) -> dict[str, Any]:
-    """What the plugin recorded about a layer it made: ``{"role", "image", "edited", "model"}``
-    (``model``: the source of the model that wrote a result), or {}."""
+    """What the plugin recorded about a layer it made: ``{"role", "image", "edited", "model",
+    "scale"}`` (``model``: the source of the model that wrote a result; ``scale``: the factor
+    the image was resized by for it, None at its own size), or {}."""
     meta = getattr(layer, "metadata", None) or {}
     return meta.get(META_KEY, {}) if isinstance(meta, dict) else {}
 

@@ -295,13 +295,14 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
     def _show_model_defaults(self, bundle) -> None:
         """Set the post-processing controls to the defaults stored in the model file, and tick
         "auto" object diameter for a model that records the range of sizes it was trained on
-        (an image whose objects lie inside it is segmented at its own scale, as without auto)."""
+        (an image whose objects lie inside it is segmented at its own scale, as without auto), or
+        that was fine-tuned at the scale auto chose (:func:`objectsize.prefers_auto`)."""
         post = bundle.postprocess if bundle.task == "instances" else {}
         for spin, key in ((self.fg_spin, "foreground_threshold"), (self.seed_spin, "seed_threshold"),
                           (self.min_size_spin, "min_size")):
             if post.get(key) is not None:
                 spin.setValue(post[key])
-        self.diameter_auto.setChecked(objectsize.model_range(bundle) is not None)
+        self.diameter_auto.setChecked(objectsize.prefers_auto(bundle))
 
     def postprocess_overrides(self) -> dict[str, Any]:
         if self.bundle is None or self.bundle.task != "instances":

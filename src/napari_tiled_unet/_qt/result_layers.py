@@ -125,6 +125,9 @@ class ResultLayers:
         out.labels, out.edited = labels, False
         labels.metadata[META_KEY]["edited"] = False
         labels.metadata[META_KEY]["model"] = None if run.model is None else str(run.model)
+        # the factor the image was resized by for the network (object diameter), None: its own size
+        scale = getattr(result, "scale", None)
+        labels.metadata[META_KEY]["scale"] = None if scale is None else float(scale)
         from .corrections_panel import remember_written
 
         remember_written(labels)  # what was written, to find the user's corrections later

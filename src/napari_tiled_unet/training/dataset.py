@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import normalization
+from .. import normalization, objectsize
 from ..model.bundle import ModelBundle
 from .config import TrainConfig
 from .data import IGNORE, Augmentation, TrainingImage, cover_windows
-from .targets import check_annotation, check_labels, make_targets
+from .targets import check_annotation, check_labels, make_targets, region_boxes
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class _Slot:
     strip: np.ndarray | None = None
     item: TrainingImage | None = None
     labels: np.ndarray | None = None
+    native: tuple[int, ...] = ()  # (Y, X) of the image as given (``image`` may be resized)
 
 
 class TrainingSet:
@@ -179,6 +180,10 @@ class TrainingSet:
         sample_weights: per image, a relative chance of drawing its patches (times its
             annotated area); used to mix training sets in chosen proportions (mixture.py).
         diameters: per image, its median object diameter (px) or None, for scale augmentation.
+        scale: resize every image (and its labels and region) by this factor before training:
+            the scale the base model's ``diameter="auto"`` segmented them at, so that a model is
+            fine-tuned on objects of the sizes it was trained on. Labels and regions are given
+            at the images' own size; None or 1 trains at that size.
 
     Raises:
         ValueError: bad input, with one sentence that says what to do.
@@ -188,8 +193,11 @@ class TrainingSet:
                  config: TrainConfig, *, regions: Sequence[Any] | None = None,
                  channel_axis: int | None = None, names: Sequence[str] | None = None,
                  val_images: Sequence[int] | None = None, sample_weights: Sequence[float] | None = None,
-                 diameters: Sequence[float | None] | None = None) -> None:
+                 diameters: Sequence[float | None] | None = None, scale: float | None = None) -> None:
         annotation = config.annotation
+        if scale is not None and not (np.isfinite(scale) and 0.1 <= scale <= 10):
+            raise ValueError(f"The training scale must be between 0.1 and 10, got {scale}.")
+        self.scale = None if scale is None else float(scale)
         if annotation == "instances" and base.task != "instances":
             raise ValueError("Instance labels need an instances model (3 classes); paint scribbles for a "
                              "semantic model, or start a new instances model.")
@@ -218,8 +226,11 @@ class TrainingSet:
         n_annotated, present, has_object = 0, set(), False
         for i, (img, lab) in enumerate(zip(images, labels)):
             chw = as_channels_first(img, base.n_channels, channel_axis)
-            region = regions[i] if regions is not None else None
-            slot = _Slot(chw, None, region, "train")
+            native = chw.shape[1:]
+            if self.resizes:
+                chw = objectsize.resize(chw, "CYX", objectsize.scaled_shape(native, self.scale))
+            slot = _Slot(chw, None, None, "train", native=native)
+            slot.region = self._scaled_region(slot, regions[i] if regions is not None else None)
             self._slots.append(slot)
             t, lab = self._targets(i, lab)
             n_annotated += t.n_annotated
@@ -237,9 +248,24 @@ class TrainingSet:
 
     # -- targets ------------------------------------------------------------------------------
 
+    @property
+    def resizes(self) -> bool:
+        """Whether images are trained at another size than their own (``scale``)."""
+        return self.scale is not None and self.scale != 1.0
+
+    def _scaled_region(self, slot: _Slot, region: Any) -> Any:
+        """``region`` (at the image's own size) as boxes at the training size."""
+        if region is None or not self.resizes:
+            return region
+        (h, w), (th, tw) = slot.native, slot.image.shape[1:]
+        return [(y0 * th / h, x0 * tw / w, y1 * th / h, x1 * tw / w)
+                for y0, x0, y1, x1 in region_boxes(slot.native, region)]
+
     def _targets(self, i: int, labels: np.ndarray) -> tuple[Any, np.ndarray]:
         c, slot = self.config, self._slots[i]
-        lab = check_labels(slot.image.shape[1:], labels)
+        lab = check_labels(slot.native, labels)
+        if self.resizes:
+            lab = objectsize.resize_labels(lab, slot.image.shape[1:])
         t = make_targets(slot.image.shape[1:], lab, c.annotation, slot.region,
                          n_classes=int(self.base.model.n_classes), w0=c.w0, sigma=c.sigma, balance=c.balance)
         return t, lab
@@ -334,7 +360,7 @@ class TrainingSet:
 
     def check_labels(self, index: int, labels: np.ndarray) -> np.ndarray:
         """``labels`` checked against image ``index`` (shape, integer values >= 0)."""
-        return check_labels(self._slots[index].image.shape[1:], labels)
+        return check_labels(self._slots[index].native, labels)
 
     def update(self, index: int, labels: np.ndarray, region: Any = ...) -> None:
         """Replace image ``index``'s labels (and ``region``, when given) during a run.
@@ -348,7 +374,7 @@ class TrainingSet:
         """
         slot = self._slots[index]
         if region is not ...:
-            slot.region = region
+            slot.region = self._scaled_region(slot, region)
         t, lab = self._targets(index, labels)
         item = self._item(index, t)
         if item is not None and slot.item is None and slot.role == "val":
@@ -386,6 +412,8 @@ class TrainingSet:
         h = hashlib.sha256()
         parts = [c.annotation, self.patch_size, c.batch_size, c.seed, self.base.model.config,
                  [d["sha256"] for d in self.data_record], self.val_record, repr(self._regions)]
+        if self.resizes:
+            parts.append(self.scale)
         if self._sampling != (None, None) or c.augmentation != Augmentation():
             parts += [repr(self._sampling), repr(c.augmentation)]
         h.update(repr(parts).encode())

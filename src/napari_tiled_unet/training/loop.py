@@ -72,6 +72,7 @@ from .._interrupts import deferred_signals
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
 from ..model.unet import UNet
+from ..objectsize import KNOWN_DIAMETERS
 from .checkpoint import Checkpoint, Progress
 from .config import TrainConfig
 from .data import Prefetcher
@@ -86,7 +87,7 @@ log = logging.getLogger(__name__)
 #: consecutive non-finite steps after which training gives up (keeping the best weights)
 MAX_BAD_STEPS = 8
 #: keyword arguments of :class:`Trainer` that go to its :class:`TrainingSet`
-DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters")
+DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters", "scale")
 
 
 class StopReason(str, enum.Enum):
@@ -247,8 +248,13 @@ class Trainer:
         meta = copy.deepcopy(self.base.metadata)
         meta.pop("classes_from", None)  # kept in the training record
         # trained now on images at their own scale: diameter="auto" must not move images out of it
-        # (train on a mixture records the range of its own run again)
-        meta.pop("object_diameter_range", None)
+        # (train on a mixture records the range of its own run again); trained at the scale
+        # auto chose for them (``scale``), the model keeps its sizes and auto keeps working
+        if self.data.scale is None:
+            meta.pop("object_diameter_range", None)
+        known = KNOWN_DIAMETERS.get(meta.get("name"))
+        if known and not meta.get("object_diameter"):  # known by the built-in's name, which changes
+            meta["object_diameter"] = known
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):
@@ -272,6 +278,7 @@ class Trainer:
             "validation": self.data.val_record, "epochs": round(p.step / self.steps_per_epoch, 3),
             "steps": p.step, "steps_per_epoch": self.steps_per_epoch, "patch_size": self.data.patch_size,
             "batch_size": c.batch_size, "lr": c.lr, "seed": c.seed, "time_s": round(p.elapsed, 1),
+            "image_scale": self.data.scale,
             "stopped": None if self.stop_reason is None else self.stop_reason.value,
             "best_step": p.best_step, "selection": self.selection,
             "metrics": {"best_val_loss": p.best_val, **p.best_metrics},
