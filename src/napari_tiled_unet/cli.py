@@ -222,7 +222,8 @@ def _add_segment(sub) -> None:
                         "whose objects lie in the sizes the model was trained on stays at its own scale): "
                         "each image is rescaled to the model's object size; labels keep the image's size. "
                         "'none': every image at its own scale. Default: auto for a model that records the "
-                        "range of sizes it was trained on (nuclei-v2), as in the Segment widget, else none")
+                        "range of sizes it was trained on (nuclei-v2), as in the Segment widget, on one "
+                        "machine (not with --workers/--scheduler), else none")
     p.add_argument("--format", default="auto", choices=["auto", "tif", "zarr"],
                    help="output format (auto: zarr above 8192x8192 pixels or for zarr inputs)")
     p.add_argument("--overlay", action="store_true", help="also write a PNG of the outlines on the image")
