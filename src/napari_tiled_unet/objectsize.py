@@ -36,13 +36,19 @@ MAX_UPSCALE_PIXELS = 16.0
 AUTO_PASSES = 3
 
 
+def recorded_diameter(bundle: Any) -> float | None:
+    """The object diameter (px) the bundle records (or that its built-in name is known for), or None."""
+    value = bundle.metadata.get("object_diameter") or KNOWN_DIAMETERS.get(bundle.metadata.get("name"))
+    return float(value) if value else None
+
+
 def model_diameter(bundle: Any) -> float:
     """The object diameter (px) the bundle was trained at.
 
     Raises:
         ImageError: the bundle does not say (a model trained before this was recorded).
     """
-    value = bundle.metadata.get("object_diameter") or KNOWN_DIAMETERS.get(bundle.metadata.get("name"))
+    value = recorded_diameter(bundle)
     if not value:
         raise ImageError(f"The model {bundle.name!r} does not record the object diameter it was trained at; "
                          "segment without a diameter, or use a model that records it.")
@@ -67,8 +73,7 @@ def prefers_auto(bundle: Any) -> bool:
     if model_range(bundle) is not None:
         return True
     record = bundle.metadata.get("training") or {}
-    return record.get("image_scale") is not None and bool(
-        bundle.metadata.get("object_diameter") or KNOWN_DIAMETERS.get(bundle.metadata.get("name")))
+    return record.get("image_scale") is not None and recorded_diameter(bundle) is not None
 
 
 def auto_factor(bundle: Any, estimated: float) -> float:

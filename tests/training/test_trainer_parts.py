@@ -265,3 +265,15 @@ def test_training_at_the_scale_segmentation_used_resizes_image_labels_and_region
     assert "object_diameter_range" not in plain_bundle.metadata
     with pytest.raises(ValueError, match=r"between 0\.1 and 10"):
         Trainer(base, [img], [lab], scale=0.0, epochs=1)
+
+
+def test_a_fine_tuned_built_in_keeps_the_object_diameter_its_name_stood_for():
+    from napari_tiled_unet.model.bundle import load_model
+    from napari_tiled_unet.objectsize import model_diameter
+
+    base = load_model("nuclei-dsb2018")  # records no diameter: it is known by its name
+    img, lab = discs(4, size=64)
+    tuned = finetune(base, [img], [lab], epochs=1, steps_per_epoch=1, patch_size=32, batch_size=2,
+                     val_fraction=0.0)
+    assert tuned.metadata["name"] == "nuclei-dsb2018-finetuned"
+    assert model_diameter(tuned) == model_diameter(base)  # so segment --diameter works with it

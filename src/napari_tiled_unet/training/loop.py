@@ -72,7 +72,7 @@ from .._interrupts import deferred_signals
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
 from ..model.unet import UNet
-from ..objectsize import KNOWN_DIAMETERS
+from ..objectsize import recorded_diameter
 from .checkpoint import Checkpoint, Progress
 from .config import TrainConfig
 from .data import Prefetcher
@@ -252,9 +252,8 @@ class Trainer:
         # auto chose for them (``scale``), the model keeps its sizes and auto keeps working
         if self.data.scale is None:
             meta.pop("object_diameter_range", None)
-        known = KNOWN_DIAMETERS.get(meta.get("name"))
-        if known and not meta.get("object_diameter"):  # known by the built-in's name, which changes
-            meta["object_diameter"] = known
+        if not meta.get("object_diameter") and recorded_diameter(self.base):  # a built-in's, by its name
+            meta["object_diameter"] = recorded_diameter(self.base)  # which the fine-tuned model changes
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):
