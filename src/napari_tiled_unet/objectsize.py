@@ -171,10 +171,11 @@ def resize(array: np.ndarray, axes: str, shape_yx: tuple[int, int], *, order: in
 def resize_labels(labels: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
     """Integer (Y, X) ``labels`` resized to ``shape_yx`` by nearest neighbour (each output pixel
     takes the label under its centre; ids and dtype are kept)."""
+    from scipy import ndimage as ndi
+
     h, w = labels.shape
-    rows = np.minimum(((np.arange(shape_yx[0]) + 0.5) * h / shape_yx[0]).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape_yx[1]) + 0.5) * w / shape_yx[1]).astype(np.intp), w - 1)
-    return labels[rows[:, None], cols[None, :]]
+    zoom = (shape_yx[0] / h, shape_yx[1] / w)
+    return ndi.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
 
 
 def scaled_shape(shape_yx: tuple[int, int], factor: float) -> tuple[int, int]:

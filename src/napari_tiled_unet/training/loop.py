@@ -252,8 +252,9 @@ class Trainer:
         # auto chose for them (``scale``), the model keeps its sizes and auto keeps working
         if self.data.scale is None:
             meta.pop("object_diameter_range", None)
-        if not meta.get("object_diameter") and recorded_diameter(self.base):  # a built-in's, by its name
-            meta["object_diameter"] = recorded_diameter(self.base)  # which the fine-tuned model changes
+        known = recorded_diameter(self.base)  # also a built-in's, by its name, which fine-tuning changes
+        if known and not meta.get("object_diameter"):
+            meta["object_diameter"] = known
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):

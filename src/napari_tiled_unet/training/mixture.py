@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
+from ..objectsize import resize_labels
 from .config import TrainConfig
 from .data import Augmentation
 from .folders import image_files, read_ids, read_pair
@@ -180,8 +181,7 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[n
     else:
         img = np.stack([ndi.zoom(img[..., c], zoom, order=1, grid_mode=True, mode="nearest")
                         for c in range(img.shape[-1])], axis=-1)
-    lab = ndi.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
-    return img, lab
+    return img, resize_labels(labels, shape)
 
 
 def _hash_files(paths: Sequence[Path]) -> str:
