@@ -14,6 +14,8 @@
 # A wider network (issue 13, item 6): nuclei-v2 widened to 32 base channels (train --widen-to,
 # function-preserving, so it starts at nuclei-v2's result), then trained on the same mix:
 #   NAME=nuclei_v2_w32 BASE=nuclei-v2 WIDEN=32 MINUTES=95 benchmarks/training/nuclei_v2.sh
+# Wider boundary where nuclei touch (train --touching-width; nuclei-v2 fine-tuned on the same mix):
+#   NAME=nuclei_v2_t3 BASE=nuclei-v2 TOUCH=3 MINUTES=95 benchmarks/training/nuclei_v2.sh
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${NTU:-$ROOT/.venv/bin/napari-tiled-unet}
@@ -22,6 +24,7 @@ SETS=${SETS:-nuclei_v2_sets.txt}
 mkdir -p "$ROOT/runs/$NAME" "$HERE/checkpoints"
 cd "$ROOT/runs/$NAME"
 exec "$BIN" -v train --data-list "$HERE/$SETS" --base ${BASE:-nuclei-dsb2018} ${WIDEN:+--widen-to $WIDEN} \
+  ${TOUCH:+--touching-width $TOUCH} \
   --normalization-high 99.0 --exclude-saturated --monitor-per-set 2 \
   --patch-size 128 --batch-size 8 --lr 5e-4 --precision bf16 --device cpu \
   --minutes ${MINUTES:-222} --val-every 300 --patience 0 --seed 13 \

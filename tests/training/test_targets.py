@@ -122,3 +122,64 @@ def test_nothing_annotated_and_single_scribble_class_are_refused():
     t = make_targets((8, 8), one, "scribbles")
     with pytest.raises(ValueError, match="at least two classes"):
         check_annotated([t], [one], "scribbles")
+
+
+def test_touching_width_widens_the_boundary_only_where_objects_touch():
+    lab = _two_squares(gap=0)  # squares at x 10..19 and 20..29, touching between 19 and 20
+    thin, wide = instance_classes(lab), instance_classes(lab, touching_width=3)
+    row = 25
+    assert [int(c) for c in thin[row, 15:25]] == [1, 1, 1, 1, 2, 2, 1, 1, 1, 1]
+    assert [int(c) for c in wide[row, 15:25]] == [1, 1, 2, 2, 2, 2, 2, 2, 1, 1]  # a 6 px band
+    # against the background the outline stays 1 px: the foreground is the same
+    assert wide[row, 10] == BOUNDARY and wide[row, 11] == INTERIOR
+    assert np.array_equal(wide > 0, lab > 0)
+    # objects apart by more than the width: nothing changes
+    apart = _two_squares(gap=4)
+    assert np.array_equal(instance_classes(apart, touching_width=3), instance_classes(apart))
+
+
+def test_touching_width_equals_distances_to_other_objects_brute_force():
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:48, :48]
+    lab = np.zeros((48, 48), np.int32)
+    for k in range(1, 9):  # overlapping discs: later ones cut into earlier ones
+        cy, cx, r = rng.integers(6, 42), rng.integers(6, 42), rng.integers(4, 9)
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = k
+    width = 2
+    got = instance_classes(lab, touching_width=width) == BOUNDARY
+    expected = instance_classes(lab) == BOUNDARY
+    points = np.argwhere(lab > 0)
+    for y, x in points:
+        others = (lab > 0) & (lab != lab[y, x])
+        near = others & ((yy - y) ** 2 + (xx - x) ** 2 <= width * width)
+        expected[y, x] |= bool(near.any())
+    assert np.array_equal(got, expected)
+    assert got.sum() > (instance_classes(lab) == BOUNDARY).sum()  # the field has touching discs
+
+
+def test_train_touching_width_is_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys):
+    import tifffile
+
+    from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+    from napari_tiled_unet.cli import main
+    from napari_tiled_unet.model.bundle import load_model
+    from napari_tiled_unet.training.new_model import new_bundle
+
+    img, lab = nuclei_image(), nuclei_labels()
+    for k, (y, x) in enumerate([(0, 0), (0, 300), (250, 0)]):
+        for folder, array in (("images", img), ("labels", lab)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / folder / f"n{k}.tif", array[y : y + 96, x : x + 96])
+    base = tmp_path / "base.safetensors"
+    new_bundle(base_channels=4, depth=2, seed=0, name="tiny").save(base)
+    out = tmp_path / "t.safetensors"
+    common = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+              "--base", str(base), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1",
+              "--patch-size", "64", "--batch-size", "2", "--val-fraction", "0.34"]
+    assert main([*common, "--touching-width", "2"]) == 0
+    assert load_model(out).metadata["training"]["touching_width"] == 2
+    out.unlink()
+    capsys.readouterr()
+    assert main([*common, "--touching-width", "-1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "touching_width" in err and "\n" not in err and not out.exists()

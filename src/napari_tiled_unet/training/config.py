@@ -92,6 +92,8 @@ class TrainConfig:
         resume: continue from ``checkpoint_path`` when it holds a matching run.
         augmentation: :class:`~napari_tiled_unet.training.data.Augmentation` (default: all on).
         w0, sigma: U-Net border weight (instances).
+        touching_width: px of each object next to another object that are trained as boundary
+            too (instances; 0: only the 1 px outline; see :func:`.targets.instance_classes`).
         balance: class-balancing weights.
         dice_weight: weight of the soft Dice term added to the cross-entropy.
         lr_schedule: a name in :data:`LR_SCHEDULES` or an :data:`LRSchedule`.
@@ -126,6 +128,7 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     w0: float = 10.0
     sigma: float = 5.0
+    touching_width: int = 0
     balance: bool = True
     dice_weight: float = 1.0
     lr_schedule: str | LRSchedule = "cosine"
@@ -141,6 +144,7 @@ class TrainConfig:
         if isinstance(self.lr_schedule, str) and self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}: use "
                              f"{' or '.join(LR_SCHEDULES)}.")
+        settings.integer("touching_width", self.touching_width, minimum=0, maximum=16)
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"Unknown BatchNorm mode {self.batchnorm!r}: use 'train' or 'frozen'.")
         settings.training(self.batch_size, self.patch_size, self.lr, self.val_fraction, self.epochs,

@@ -267,7 +267,8 @@ class TrainingSet:
         if self.resizes:
             lab = objectsize.resize_labels(lab, slot.image.shape[1:])
         t = make_targets(slot.image.shape[1:], lab, c.annotation, slot.region,
-                         n_classes=int(self.base.model.n_classes), w0=c.w0, sigma=c.sigma, balance=c.balance)
+                         n_classes=int(self.base.model.n_classes), w0=c.w0, sigma=c.sigma, balance=c.balance,
+                         touching_width=c.touching_width)
         return t, lab
 
     def _item(self, i: int, targets: Any) -> TrainingImage | None:
@@ -414,6 +415,8 @@ class TrainingSet:
                  [d["sha256"] for d in self.data_record], self.val_record, repr(self._regions)]
         if self.resizes:
             parts.append(self.scale)
+        if c.touching_width:
+            parts.append(("touching_width", c.touching_width))
         if self._sampling != (None, None) or c.augmentation != Augmentation():
             parts += [repr(self._sampling), repr(c.augmentation)]
         h.update(repr(parts).encode())

@@ -285,6 +285,8 @@ class Trainer:
             "package_version": __version__, "device": str(self.device), "precision": c.precision,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if c.touching_width:
+            rec["touching_width"] = c.touching_width
         if scratch and self.base.metadata.get("classes_from"):
             rec["classes_from"] = self.base.metadata["classes_from"]
         rec.update(self.record_extra)

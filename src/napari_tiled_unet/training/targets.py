@@ -32,12 +32,18 @@ BORDER_CUTOFF = 1e-3
 CLASS_WEIGHT_RANGE = (0.1, 10.0)
 
 
-def instance_classes(labels: np.ndarray) -> np.ndarray:
+def instance_classes(labels: np.ndarray, touching_width: int = 0) -> np.ndarray:
     """Instance labels (Y, X) -> classes (Y, X) uint8: 0 background, 1 interior, 2 boundary.
 
     A pixel is boundary when it belongs to an object and one of its 4-neighbours belongs to
     another label (background or another object), so touching objects are always split by
     boundary pixels and each object's interior is what the seeds are grown from.
+
+    With ``touching_width`` w > 0, an object's pixels within w px (a disc) of *another
+    object* are boundary as well (the 1 px outline included): where nuclei touch, the band of
+    boundary between their interiors is about 2w px wide instead of 2 px, a wider margin for
+    the seeds of two touching nuclei to stay apart. Edges against the background stay 1 px, so the objects'
+    outlines (the foreground) are unchanged.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -51,7 +57,25 @@ def instance_classes(labels: np.ndarray) -> np.ndarray:
     out = np.zeros(labels.shape, dtype=np.uint8)
     out[fg] = INTERIOR
     out[fg & edge] = BOUNDARY
+    if touching_width > 0 and fg.any():
+        out[fg & near_other_object(labels, int(touching_width))] = BOUNDARY
     return out
+
+
+def near_other_object(labels: np.ndarray, radius: int) -> np.ndarray:
+    """bool (Y, X): pixels with a pixel of an object other than their own label within
+    ``radius`` px (a disc); background pixels count any object. Largest and smallest object id
+    over the disc (background left out of the smallest): another id is near exactly when
+    either differs from the pixel's own."""
+    labels = np.asarray(labels)
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disc = yy**2 + xx**2 <= radius**2
+    top = int(labels.max())
+    highest = ndi.maximum_filter(labels, footprint=disc, mode="constant", cval=0)
+    lowest = ndi.minimum_filter(np.where(labels > 0, labels, top + 1), footprint=disc,
+                                mode="constant", cval=top + 1)
+    own = np.where(labels > 0, labels, 0)
+    return ((highest > 0) & (highest != own)) | ((lowest <= top) & (lowest != own))
 
 
 @dataclass
@@ -234,11 +258,12 @@ def instance_targets(
     w0: float = 10.0,
     sigma: float = 5.0,
     balance: bool = True,
+    touching_width: int = 0,
 ) -> Targets:
     """Instance labels -> 3-class targets with the U-Net weight map, inside ``region``.
 
-    Classes come from :func:`instance_classes`. The weight is ``w_c(x) + w0 * exp(-(d1 +
-    d2)**2 / (2 sigma**2))`` (Ronneberger et al. 2015, eq. 2) with ``w_c`` from
+    Classes come from :func:`instance_classes` (with ``touching_width``). The weight is
+    ``w_c(x) + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` (Ronneberger et al. 2015, eq. 2) with ``w_c`` from
     :func:`class_balance_weights` (1 when ``balance`` is False). The border term is added on
     background and boundary pixels, not on object interiors: in the 3-class scheme the
     separation that matters is the gap between objects and the boundary pixels where they
@@ -253,6 +278,7 @@ def instance_targets(
         region: see :func:`region_boxes`; None for the whole image.
         w0, sigma: border-term weight and width (px).
         balance: add the class-balancing weights (else w_c = 1).
+        touching_width: px of each object next to another object that are boundary too.
 
     Returns:
         :class:`Targets` with ``n_classes == 3``.
@@ -265,7 +291,7 @@ def instance_targets(
     mask = np.zeros(labels.shape, dtype=bool)
     for y0, x0, y1, x1 in region_boxes(labels.shape, region):
         crop = labels[y0:y1, x0:x1]
-        cls = instance_classes(crop)
+        cls = instance_classes(crop, touching_width)
         classes[y0:y1, x0:x1] = cls
         b = border_weight(crop, w0, sigma)
         b[cls == INTERIOR] = 0.0
@@ -326,6 +352,7 @@ def make_targets(
     w0: float = 10.0,
     sigma: float = 5.0,
     balance: bool = True,
+    touching_width: int = 0,
 ) -> Targets:
     """Validated targets for one image.
 
@@ -335,7 +362,7 @@ def make_targets(
         annotation: ``"instances"`` or ``"scribbles"``.
         region: optional rectangles; None = the whole image.
         n_classes: network classes (scribbles; instances always use 3).
-        w0, sigma, balance: see :func:`instance_targets`.
+        w0, sigma, balance, touching_width: see :func:`instance_targets`.
 
     Raises:
         ValueError: labels of another shape or type, an unknown annotation kind, a label
@@ -343,7 +370,8 @@ def make_targets(
     """
     labels = check_labels(tuple(image_shape), labels)
     if annotation == "instances":
-        return instance_targets(labels, region, w0=w0, sigma=sigma, balance=balance)
+        return instance_targets(labels, region, w0=w0, sigma=sigma, balance=balance,
+                                touching_width=touching_width)
     if annotation == "scribbles":
         return scribble_targets(labels, n_classes, region, balance=balance)
     raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
