@@ -104,6 +104,7 @@ def test_learning_from_corrections_of_a_shrunk_image_trains_at_that_scale_and_ke
     (item,) = ft.trainer.train_items
     assert abs(item.classes.shape[0] / 320 - scale) < 0.01  # the image, shrunk as for segmenting
     qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
+    assert ft.status.text().startswith("Done after") and f"at {scale:.2f}x the image's size" in ft.status.text()
     assert ft.bundle is not None and prefers_auto(ft.bundle)
     assert ft.bundle.metadata["object_diameter_range"] == [12.0, 64.0]
     # the preview of the fine-tuned model segments at the same scale

@@ -688,7 +688,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             loss = f"stopping, last validation loss {ev.val_loss:.3f}" if ev.val_loss is not None \
                 else f"{loss}; stopping after this step"
         remaining = "" if self._stop_asked else f", {fmt_seconds(left)} left"
-        self.status.setText(f"{steps} (epoch {ev.epoch:.1f}), {loss}, "
+        self.status.setText(f"{steps} (epoch {ev.epoch:.1f}){_at_scale(trainer)}, {loss}, "
                             f"{fmt_seconds(ev.elapsed)} elapsed{remaining}")
         if time.monotonic() - self._last_draw >= PLOT_INTERVAL:
             self._refresh_plot()
@@ -741,8 +741,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         reason = _words(trainer.stop_reason)
         if not self._failed and reason and reason not in QUIET_STOP_REASONS:
             how = f"{how} ({reason})"
-        self.status.setText(f"{how} after {trainer.step} steps in {fmt_seconds(trainer.elapsed)}: {best}. "
-                            "Save the model or preview it on the view.")
+        self.status.setText(f"{how} after {trainer.step} steps in {fmt_seconds(trainer.elapsed)}"
+                            f"{_at_scale(trainer)}: {best}. Save the model or preview it on the view.")
         if trainer.best_step is None:
             return
         self.after = {k: float(v) for k, v in trainer.best_metrics.items()}
@@ -757,6 +757,14 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         before, after = figures
         self.before.update(before)
         self.after.update(after)
+
+
+def _at_scale(trainer: Any) -> str:
+    """" at 0.65x the image's size" while a trainer trains on resized images, else ""."""
+    data = getattr(trainer, "data", None)
+    if data is None or not getattr(data, "resizes", False):
+        return ""
+    return f" at {data.scale:.2f}x the image's size"
 
 
 def _words(value: Any) -> str:
