@@ -87,3 +87,42 @@ def test_live_training_that_only_hurts_keeps_the_starting_weights(tiny_model_fil
     assert "starting weights" in live.kept and bundle.metadata["training"]["kept"] == live.kept
     for (k, v), w in zip(bundle.model.state_dict().items(), base.model.state_dict().values()):
         assert np.array_equal(v.numpy(), w.numpy()), k
+
+
+def test_live_training_at_a_scale_trains_on_the_resized_image_and_answers_in_the_images_pixels(
+        tiny_model_file, one_torch_thread):
+    """A layer that a model with a size range segmented at 0.5x: live training learns the image
+    at 0.5x (as the model segments it), previews and classes come back at the image's own size,
+    and the result keeps the range, so it goes on segmenting at that scale; without a scale the
+    range is dropped, as Train does (the model learnt the image's own sizes)."""
+    from napari_tiled_unet.objectsize import prefers_auto
+
+    image, labels = _crop()  # 192 x 256
+    base = load_model(tiny_model_file)
+    base.metadata["object_diameter_range"] = [12.0, 64.0]
+    previews = []
+    live = LiveTrainer(base, image, patch_size=64, batch_size=2, preview_every=0.3, validate_every=0.5,
+                       on_preview=previews.append, threads=1, scale=0.5)
+    assert live.image.shape[1:] == (96, 128) and live.native == (192, 256)
+    live.set_window((32, 64, 160, 256))
+    version = live.set_annotation(labels, [(0, 0, 192, 256)])
+    live.start()
+    try:
+        assert _wait(lambda: live.annotation_version == version and live.step >= 3 and len(previews) >= 1)
+        classes = live.training_classes()
+        assert classes.shape == (192, 256)
+        # the targets were made from the labels at half size: each object's outline is one pixel
+        # there, two here, so the interior seen here matches the half-size classes drawn back
+        half = instance_classes(labels[1::2, 1::2])
+        assert np.array_equal(classes, np.repeat(np.repeat(half, 2, 0), 2, 1))
+        preview = previews[-1]
+        assert preview.box == (32, 64, 160, 256) and preview.labels.shape == (128, 192)
+    finally:
+        bundle = live.stop(timeout=60)
+    assert live.error is None
+    assert bundle.metadata["training"]["image_scale"] == 0.5 and prefers_auto(bundle)
+    assert bundle.metadata["object_diameter_range"] == [12.0, 64.0]
+    with pytest.raises(ValueError, match="differ in shape"):
+        live.set_annotation(labels[::2, ::2])  # labels of the resized image are not the user's
+    own = LiveTrainer(base, image, patch_size=64, threads=1)
+    assert own.best_bundle().metadata.get("object_diameter_range") is None

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import normalization
+from . import normalization, objectsize
 from .metrics import class_overlap_counts
 from .model.bundle import ModelBundle, load_model
 from .postprocess import labels_from_probabilities
@@ -52,7 +52,7 @@ from .training.data import IGNORE, Augmentation, PatchSampler, TrainingImage
 from .training.device import PRECISIONS, autocast
 from .training.device import resolve as resolve_precision
 from .training.step import Optimization
-from .training.targets import make_targets
+from .training.targets import make_targets, scaled_region
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ class LiveTrainer:
         on_preview, on_step: callbacks on the training thread (``Preview``; step number and loss).
         seed: seed of the patch sampling.
         threads: torch threads of the training thread (None: torch's setting).
+        scale: train on the image resized by this factor (the scale ``diameter="auto"``
+            segmented it at, see the Fine-tune widget's ``_training_scale``), so that the model
+            learns the objects at the sizes it segments them at and keeps its size range.
+            Labels, regions and windows stay in the image's own pixels; previews come back
+            at its own size. None: the image's own size.
     """
 
     def __init__(self, bundle: ModelBundle | str, image: Any, *, annotation: str = "instances",
@@ -118,7 +123,7 @@ class LiveTrainer:
                  validate_every: float = 10.0, freeze_bn: bool = True,
                  on_preview: Callable[[Preview], None] | None = None,
                  on_step: Callable[[int, float], None] | None = None, seed: int = 0,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, scale: float | None = None) -> None:
         from .training.dataset import as_channels_first
 
         self.base = load_model(bundle)
@@ -128,8 +133,17 @@ class LiveTrainer:
             raise ValueError("Instance labels need an instances model; paint scribbles for a semantic model.")
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {precision!r}: use auto, fp32, bf16 or fp16.")
+        if scale is not None and not (np.isfinite(scale) and 0.1 <= scale <= 10):
+            raise ValueError(f"The training scale must be between 0.1 and 10, got {scale}.")
         self.annotation = annotation
-        self.image = np.ascontiguousarray(as_channels_first(image, self.base.n_channels, channel_axis))
+        chw = as_channels_first(image, self.base.n_channels, channel_axis)
+        #: (Y, X) of the image as given: labels, regions, windows and previews are in these pixels
+        self.native: tuple[int, int] = tuple(int(v) for v in chw.shape[1:])
+        self.scale = None if scale is None or float(scale) == 1.0 else float(scale)
+        if self.scale is not None:
+            chw = objectsize.resize(chw, "CYX", objectsize.scaled_shape(self.native, self.scale))
+        #: the image trained on ((C, Y, X), resized when ``scale`` is given)
+        self.image = np.ascontiguousarray(chw)
         self.stats = normalization.compute_stats(self.image, self.base.normalization, channel_axis=0)
         m = self.base.model.size_multiple
         self.patch_size = -(-min(int(patch_size), max(self.image.shape[1:])) // m) * m
@@ -173,8 +187,8 @@ class LiveTrainer:
             once the training thread trains on it.
         """
         labels = np.array(labels, copy=True)
-        if labels.shape != self.image.shape[1:]:
-            raise ValueError(f"The labels {labels.shape} and the image {self.image.shape[1:]} differ in "
+        if labels.shape != self.native:
+            raise ValueError(f"The labels {labels.shape} and the image {self.native} differ in "
                              "shape; paint on a labels layer of the image's size.")
         with self._lock:
             self._version += 1
@@ -182,8 +196,9 @@ class LiveTrainer:
             return self._version
 
     def set_window(self, box: tuple[int, int, int, int]) -> None:
-        """The part of the image to preview, ``(y0, x0, y1, x1)`` (clipped to the image)."""
-        h, w = self.image.shape[1:]
+        """The part of the image to preview, ``(y0, x0, y1, x1)`` in the image's own pixels
+        (clipped to the image)."""
+        h, w = self.native
         y0, x0, y1, x1 = (int(v) for v in box)
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
         if y1 - y0 > PREVIEW_MAX:
@@ -198,7 +213,7 @@ class LiveTrainer:
     @property
     def window(self) -> tuple[int, int, int, int]:
         """The window previewed, ``(y0, x0, y1, x1)`` (the whole image until one is set)."""
-        return self._window or (0, 0, *self.image.shape[1:])
+        return self._window or (0, 0, *self.native)
 
     def request_preview(self) -> None:
         """Preview at the end of the current step (e.g. when the user stopped painting)."""
@@ -234,11 +249,14 @@ class LiveTrainer:
 
     def training_classes(self) -> np.ndarray | None:
         """uint8 (Y, X): the classes the thread trains on now (:data:`IGNORE` where nothing
-        counts; held-out blocks included), or None before the first annotation is taken up."""
-        tr, va = self._train_item, self._val_item
+        counts; held-out blocks included), or None before the first annotation is taken up; at
+        the image's own size (nearest pixel) when training on a resized image."""
+        with self._lock:  # the pair the thread set together
+            tr, va = self._train_item, self._val_item
         if tr is None:
             return None
-        return np.where(tr.classes != IGNORE, tr.classes, va.classes if va is not None else IGNORE)
+        classes = np.where(tr.classes != IGNORE, tr.classes, va.classes if va is not None else IGNORE)
+        return self._native_window(classes, (0, 0, *self.image.shape[1:]), (0, 0, *self.native))
 
     def best_bundle(self) -> ModelBundle:
         """The best weights so far (the starting ones when nothing beat them) with a training record."""
@@ -246,14 +264,14 @@ class LiveTrainer:
         state = self._best_state if self._best_state is not None else self.base.model.state_dict()
         model.load_state_dict(state)
         model.eval()
-        meta = copy.deepcopy(self.base.metadata)
+        meta = objectsize.finetuned_metadata(self.base, self.scale)
         name = meta.get("name") or "model"
         if not name.endswith("-finetuned"):
             meta["name"] = f"{name}-finetuned"
         meta["training"] = {"base_model": self.base.name, "mode": "live", "annotation": self.annotation,
                             "steps": self.step, "time_s": round(self.train_seconds, 1),
                             "stopped": self.stop_reason, "validation": "held-out 64 px blocks (1 in 5)",
-                            "metrics": dict(self.scores), "kept": self.kept}
+                            "metrics": dict(self.scores), "kept": self.kept, "image_scale": self.scale}
         if self.base.metadata.get("training"):
             meta["training"]["base_training"] = self.base.metadata["training"]
         return ModelBundle(model, meta)
@@ -334,17 +352,22 @@ class LiveTrainer:
         if pending is None:
             return
         version, labels, region = pending
+        if self.scale is not None:
+            labels = objectsize.resize_labels(labels, self.image.shape[1:])
+            region = scaled_region(region, self.native, self.image.shape[1:])
         n_classes = int(self.base.model.n_classes)
         t = make_targets(self.image.shape[1:], labels, self.annotation, region, n_classes=n_classes)
         self.annotation_version = version
         if not t.n_annotated:
-            self._sampler = self._train_item = self._val_item = None
+            with self._lock:
+                self._sampler = self._train_item = self._val_item = None
             return
         item = TrainingImage(self.image, t, self.stats, name="live")
         train, val = item.restrict(~self.holdout), item.restrict(self.holdout)
         if not train.n_counted:  # everything painted so far lies in held-out blocks: train on it all
             train, val = item, None
-        self._train_item, self._val_item = train, (val if val is not None and val.n_counted else None)
+        with self._lock:
+            self._train_item, self._val_item = train, (val if val is not None and val.n_counted else None)
         state = self._sampler.rng if self._sampler is not None else rng
         self._sampler = PatchSampler([train], self.patch_size, state, Augmentation())
         if self._val_item is not None:
@@ -367,15 +390,39 @@ class LiveTrainer:
     def _preview(self, model: torch.nn.Module) -> None:
         t0 = time.monotonic()
         box = self._window
-        prob = self._probabilities(model, box)
+        inner = self._trained_box(box)
+        prob = self._probabilities(model, inner)
         if self.base.task == "instances":
             labels = labels_from_probabilities(prob, "instances", **self.base.postprocess)
         else:
             labels = prob.argmax(0).astype(np.int32) + 1
+        labels = self._native_window(np.asarray(labels), inner, box)
         self.latest_preview = Preview(box, np.asarray(labels, np.int32), self.step, self.annotation_version,
                                       time.monotonic() - t0)
         if self.on_preview is not None:
             self.on_preview(self.latest_preview)
+
+    def _trained_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """``box`` (the image's own pixels) -> the box of the trained image that covers it."""
+        if self.scale is None:
+            return box
+        (h, w), (th, tw) = self.native, self.image.shape[1:]
+        y0, x0, y1, x1 = box
+        return (int(np.floor(y0 * th / h)), int(np.floor(x0 * tw / w)),
+                min(th, int(np.ceil(y1 * th / h))), min(tw, int(np.ceil(x1 * tw / w))))
+
+    def _native_window(self, array: np.ndarray, inner: tuple[int, int, int, int],
+                       box: tuple[int, int, int, int]) -> np.ndarray:
+        """``array`` covering ``inner`` (pixels of the trained image) -> ``box`` (the image's own
+        pixels): each pixel takes the value under its centre, as :func:`.objectsize.resize_labels`."""
+        if self.scale is None:
+            return array
+        (h, w), (th, tw) = self.native, self.image.shape[1:]
+        rows = np.floor((np.arange(box[0], box[2]) + 0.5) * th / h).astype(np.int64) - inner[0]
+        cols = np.floor((np.arange(box[1], box[3]) + 0.5) * tw / w).astype(np.int64) - inner[1]
+        rows = np.clip(rows, 0, array.shape[0] - 1)
+        cols = np.clip(cols, 0, array.shape[1] - 1)
+        return array[np.ix_(rows, cols)]
 
     def _score(self, model: torch.nn.Module) -> float:
         """Mean class IoU on the held-out annotated pixels."""

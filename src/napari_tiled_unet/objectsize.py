@@ -42,6 +42,30 @@ def recorded_diameter(bundle: Any) -> float | None:
     return float(value) if value else None
 
 
+def scale_phrase(scale: float | None) -> str:
+    """\" at 0.65x the image's size\" for a status line, or "" at the image's own size."""
+    return f" at {scale:.2f}x the image's size" if scale is not None and scale != 1.0 else ""
+
+
+def finetuned_metadata(base: Any, scale: float | None) -> dict[str, Any]:
+    """A copy of ``base``'s metadata for a model fine-tuned from it, with its sizes right.
+
+    Trained on images at their own size (``scale`` None), ``diameter="auto"`` must not move
+    images out of it: the range of sizes is dropped. Trained at the scale auto chose for them,
+    the model keeps its sizes and auto keeps working. The object diameter is kept, also a
+    built-in's that is known only by its name (which fine-tuning changes).
+    """
+    import copy
+
+    meta = copy.deepcopy(base.metadata)
+    if scale is None:
+        meta.pop("object_diameter_range", None)
+    known = recorded_diameter(base)
+    if known and not meta.get("object_diameter"):
+        meta["object_diameter"] = known
+    return meta
+
+
 def model_diameter(bundle: Any) -> float:
     """The object diameter (px) the bundle was trained at.
 

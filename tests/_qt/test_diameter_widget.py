@@ -104,7 +104,8 @@ def test_learning_from_corrections_of_a_shrunk_image_trains_at_that_scale_and_ke
     (item,) = ft.trainer.train_items
     assert abs(item.classes.shape[0] / 320 - scale) < 0.01  # the image, shrunk as for segmenting
     qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
-    assert ft.status.text().startswith("Done after") and f"at {scale:.2f}x the image's size" in ft.status.text()
+    done = ft.status.text()
+    assert done.startswith("Done after") and f"at {scale:.2f}x the image's size" in done
     assert ft.bundle is not None and prefers_auto(ft.bundle)
     assert ft.bundle.metadata["object_diameter_range"] == [12.0, 64.0]
     # the preview of the fine-tuned model segments at the same scale
@@ -113,6 +114,15 @@ def test_learning_from_corrections_of_a_shrunk_image_trains_at_that_scale_and_ke
     qtbot.waitUntil(lambda: not ft.running, timeout=180_000)
     preview = [lyr for lyr in viewer.layers if "preview" in lyr.name.lower()]
     assert preview and preview[0].data.max() >= 3
+    # live training on the same result trains at that scale too, and its result keeps auto
+    ft.labels_combo.setCurrentText("large nuclei labels")
+    ft.corrections.live_button.click()
+    assert ft.corrections.running and ft.corrections.live.scale == scale
+    assert f"at {scale:.2f}x the image's size" in ft.corrections.status.text()
+    assert ft.corrections.live.window == (0, 0, 320, 320)  # the user's pixels, not the resized image's
+    ft.corrections.live_button.click()  # Stop (keep the best)
+    qtbot.waitUntil(lambda: not ft.corrections.running, timeout=120_000)
+    assert ft.bundle.metadata["training"]["mode"] == "live" and prefers_auto(ft.bundle)
     # a result the picked base did not write is learned at the image's own size
     ft.model_combo.setCurrentText("nuclei-dsb2018")
     assert ft.make_trainer().data.scale is None

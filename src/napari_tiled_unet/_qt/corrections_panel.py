@@ -26,6 +26,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..corrections import correction_region
+from ..objectsize import scale_phrase
 from .layerview import camera_of
 
 log = logging.getLogger(__name__)
@@ -213,8 +214,8 @@ class CorrectionPanel(QGroupBox):
         self._poll.start()
         self.live_button.setText("Stop (keep the best)")
         self.learn_button.setEnabled(False)
-        self.status.setText("Live training: paint on the labels layer; the preview refreshes every few "
-                            "seconds.")
+        self.status.setText(f"Live training{scale_phrase(self.live.scale)}: paint on the labels layer; the "
+                            "preview refreshes every few seconds.")
 
     def stop_live(self) -> None:
         """Ask the training thread to stop; the result is handed over once it has (without waiting here)."""
@@ -230,7 +231,7 @@ class CorrectionPanel(QGroupBox):
     def _on_view(self, *_: Any) -> None:
         if self.live is None:
             return
-        h, w = self.live.image.shape[1:]
+        h, w = self.live.native
         self.live.set_window(self._visible_box() if self._visible_box is not None else (0, 0, h, w))
 
     def _send_annotation(self) -> None:
@@ -276,9 +277,9 @@ class CorrectionPanel(QGroupBox):
             return
         if live.running:
             if live.step:
-                self.status.setText(f"Live training: step {live.step}, loss {live.loss:.3f}"
-                                    + (f"; held-out IoU {live.best_score:.3f}" if live.best_score else "")
-                                    + ". Stop keeps the best weights.")
+                held = f"; held-out IoU {live.best_score:.3f}" if live.best_score else ""
+                self.status.setText(f"Live training{scale_phrase(live.scale)}: step {live.step}, "
+                                    f"loss {live.loss:.3f}{held}. Stop keeps the best weights.")
             return
         self._poll.stop()
         self._disconnect()
@@ -306,3 +307,4 @@ class CorrectionPanel(QGroupBox):
         if self.live is not None:
             self.live.request_stop()
             self._poll.stop()
+

@@ -525,7 +525,8 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
             learn=self.learn_from_corrections, on_result=self._on_live_result, notify=self._notify_error,
             settings=lambda: {"lr": self.lr_spin.value(), "patch_size": self.patch_spin.value(),
                               "batch_size": self.batch_spin.value(),
-                              "precision": self.precision_combo.currentText()},
+                              "precision": self.precision_combo.currentText(),
+                              "scale": self._live_scale()},
             visible_box=self._visible_box_now)
 
     def _visible_box_now(self) -> tuple[int, int, int, int]:
@@ -555,8 +556,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                    selection_note=note)
         if self.running:
             data = self.trainer.data
-            at = (f" at {data.scale:.2f}x the image's size (the scale it segmented the image at)"
-                  if data.resizes else "")
+            at = f"{_at_scale(self.trainer)} (the scale it segmented the image at)" if data.resizes else ""
             self.status.setText(f"Learning from your corrections ({description}), starting from "
                                 f"{self.model_combo.currentText()}{at} …")
             self.region_hint.setVisible(False)  # the edits are the region, not the whole image
@@ -568,6 +568,12 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         if layer is not None:
             self._choose_model_that_made(layer)
         return self._base_model()
+
+    def _live_scale(self) -> float | None:
+        """The scale live training trains at: the one the base model segmented the labels
+        layer's image at, as for Learn from my corrections (:meth:`_training_scale`)."""
+        layer = self._layer(self.labels_combo)
+        return None if layer is None else self._training_scale(layer, self._base_model())
 
     def _choose_model_that_made(self, layer: Any) -> None:
         """Make the model that wrote ``layer`` the base model, when the layer says which one
@@ -761,10 +767,9 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
 
 def _at_scale(trainer: Any) -> str:
     """" at 0.65x the image's size" while a trainer trains on resized images, else ""."""
-    data = getattr(trainer, "data", None)
-    if data is None or not getattr(data, "resizes", False):
-        return ""
-    return f" at {data.scale:.2f}x the image's size"
+    from ..objectsize import scale_phrase
+
+    return scale_phrase(getattr(getattr(trainer, "data", None), "scale", None))
 
 
 def _words(value: Any) -> str:

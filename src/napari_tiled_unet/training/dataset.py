@@ -35,7 +35,7 @@ from .. import normalization, objectsize
 from ..model.bundle import ModelBundle
 from .config import TrainConfig
 from .data import IGNORE, Augmentation, TrainingImage, cover_windows
-from .targets import check_annotation, check_labels, make_targets, region_boxes
+from .targets import check_annotation, check_labels, make_targets, scaled_region
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +255,9 @@ class TrainingSet:
 
     def _scaled_region(self, slot: _Slot, region: Any) -> Any:
         """``region`` (at the image's own size) as boxes at the training size."""
-        if region is None or not self.resizes:
+        if not self.resizes:
             return region
-        (h, w), (th, tw) = slot.native, slot.image.shape[1:]
-        return [(y0 * th / h, x0 * tw / w, y1 * th / h, x1 * tw / w)
-                for y0, x0, y1, x1 in region_boxes(slot.native, region)]
+        return scaled_region(region, slot.native, slot.image.shape[1:])
 
     def _targets(self, i: int, labels: np.ndarray) -> tuple[Any, np.ndarray]:
         c, slot = self.config, self._slots[i]

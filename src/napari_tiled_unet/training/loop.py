@@ -72,7 +72,7 @@ from .._interrupts import deferred_signals
 from ..events import TrainStep, WarningEvent, run_to_end
 from ..model.bundle import ModelBundle, load_model
 from ..model.unet import UNet
-from ..objectsize import recorded_diameter
+from ..objectsize import finetuned_metadata
 from .checkpoint import Checkpoint, Progress
 from .config import TrainConfig
 from .data import Prefetcher
@@ -245,16 +245,9 @@ class Trainer:
         model = type(self.base.model)(**self.base.model.config)
         model.load_state_dict(state)
         model.eval()
-        meta = copy.deepcopy(self.base.metadata)
+        # (train on a mixture records the range of its own run again)
+        meta = finetuned_metadata(self.base, self.data.scale)
         meta.pop("classes_from", None)  # kept in the training record
-        # trained now on images at their own scale: diameter="auto" must not move images out of it
-        # (train on a mixture records the range of its own run again); trained at the scale
-        # auto chose for them (``scale``), the model keeps its sizes and auto keeps working
-        if self.data.scale is None:
-            meta.pop("object_diameter_range", None)
-        known = recorded_diameter(self.base)  # also a built-in's, by its name, which fine-tuning changes
-        if known and not meta.get("object_diameter"):
-            meta["object_diameter"] = known
         meta["training"] = self.record()
         base_name = self.base.metadata.get("name")
         if base_name and not self.record_is_scratch and not base_name.endswith("-finetuned"):

@@ -149,6 +149,16 @@ def region_boxes(shape: tuple[int, int], region: Any) -> list[tuple[int, int, in
     return boxes
 
 
+def scaled_region(region: Any, shape: tuple[int, int], to_shape: tuple[int, int]) -> Any:
+    """``region`` of an image of ``shape`` (Y, X) as boxes of the same image resized to
+    ``to_shape``; None stays None (the whole image)."""
+    if region is None:
+        return None
+    (h, w), (th, tw) = shape, to_shape
+    return [(y0 * th / h, x0 * tw / w, y1 * th / h, x1 * tw / w)
+            for y0, x0, y1, x1 in region_boxes(shape, region)]
+
+
 def region_mask(shape: tuple[int, int], region: Any) -> np.ndarray:
     """bool (Y, X): True inside any rectangle of ``region`` (everywhere when it is None)."""
     mask = np.zeros((int(shape[0]), int(shape[1])), dtype=bool)
