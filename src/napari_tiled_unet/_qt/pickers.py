@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QWidget
 
 from . import layerview
@@ -157,6 +157,12 @@ class DockControls:
                 self._docked = True
             elif self._docked:
                 self.release()
+        elif event.type() == QEvent.Type.Show and self._docked and not getattr(self, "_balanced", False):
+            # once docked and shown: share the dock column's height (after napari placed the dock)
+            from .layout import balance_docks
+
+            self._balanced = True
+            QTimer.singleShot(0, lambda: self._is_alive() and balance_docks(self))
         return super().event(event)
 
     # -- pickers -----------------------------------------------------------------------
