@@ -35,3 +35,46 @@ def test_segment_and_finetune_opened_from_the_plugins_menu_share_the_column(make
     ft.findChild(QCollapsible).expand(animate=False)
     qtbot.wait(200)
     assert ft_area.widget().width() <= ft_area.viewport().width()
+
+
+def test_a_run_started_from_below_the_fold_scrolls_its_status_into_view(make_napari_viewer, qtbot,
+                                                                       tiny_model_file):
+    """In a short dock the user scrolls down to a button (Train, Learn from my corrections);
+    the run's progress, Stop and status line above it come into view, and the result's
+    sentence is in view when it ends."""
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 600)
+    viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment (U-Net)")  # above it: a short dock
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune (U-Net)")
+    viewer.add_image(nuclei_image()[:96, :96], name="img")
+    viewer.add_labels(nuclei_labels()[:96, :96], name="my labels")
+    ft.add_model_file(tiny_model_file)
+    ft.device_combo.setCurrentText("cpu")
+    ft.patch_spin.setValue(64)
+    ft.budget_spin.setValue(1)
+    ft.steps_spin.setValue(2)
+    ft.image_combo.setCurrentText("img")
+    ft.labels_combo.setCurrentText("my labels")
+    qtbot.wait(200)
+    area = ft.findChild(QScrollArea)
+
+    def in_view(widget):
+        top = widget.mapTo(area.viewport(), QPoint(0, 0)).y()
+        return top >= 0 and top + widget.height() <= area.viewport().height()
+
+    area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())  # scrolled down
+    qtbot.wait(50)
+    assert not in_view(ft.status)  # the dock is short: the status is out of sight down here
+    ft.train_button.click()
+    qtbot.wait(50)
+    assert in_view(ft.stop_button) and in_view(ft.status)
+    qtbot.waitUntil(lambda: not ft.running, timeout=60_000)
+    area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
+    qtbot.wait(50)
+    ft._reveal(ft.status)
+    assert in_view(ft.status) and ft.status.text().startswith("Done")

@@ -648,6 +648,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                              on_error=self._on_error, on_done=self._on_done, kind=kind)
         self.job.owner_alive = self._is_alive
         self._set_running(True)
+        self._reveal(self.stop_button, self.status)  # started from a button further down, maybe
         self.job.start()
 
     def stop(self) -> None:
@@ -731,6 +732,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         elif job.kind is Task.PREVIEW and job.cancelled:
             self.status.setText("Preview cancelled.")
         self._set_running(self.running)  # _finish_training may have started the evaluation
+        self._reveal(self.status)
 
     def _finish_training(self, job: EngineJob) -> None:
         trainer = self.trainer

@@ -165,6 +165,18 @@ class DockControls:
             QTimer.singleShot(0, lambda: self._is_alive() and balance_docks(self))
         return super().event(event)
 
+    def _reveal(self, *widgets: Any) -> None:
+        """Scroll the controls (``scrolling_body``) so that ``widgets`` are in view, the last
+        one above all: in a short dock the progress and the status line of a run started by a
+        button far below them would otherwise stay out of sight."""
+        from qtpy.QtWidgets import QScrollArea
+
+        area = self.findChild(QScrollArea)
+        if area is None:
+            return
+        for widget in widgets:
+            area.ensureWidgetVisible(widget, 0, 4)
+
     # -- pickers -----------------------------------------------------------------------
 
     def _fill_devices(self) -> None:

@@ -503,6 +503,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         self.progress.setValue(1 if job is not None and job.succeeded else 0)  # no "100 %" beside an error
         self._pending = None
         self._set_running(False)
+        self._reveal(self.status)  # the sentence about the result, in a dock too short for it
 
     def _schedule(self) -> None:
         """Run the queued display steps from the next event-loop turn on (never inside the
