@@ -35,6 +35,27 @@ def dsb_dir() -> Path:
     return DSB
 
 
+@pytest.fixture
+def tiny_train_args(tmp_path) -> list[str]:
+    """``train`` arguments for a CLI run of seconds: three 96 px crops of the nuclei sample in
+    tmp_path/images and tmp_path/labels, a new 4-channel U-Net as ``--base``
+    (tmp_path/base.safetensors), one epoch of 2 steps; add ``--out``."""
+    import tifffile
+
+    from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+    from napari_tiled_unet.training.new_model import new_bundle
+
+    img, lab = nuclei_image(), nuclei_labels()
+    for k, (y, x) in enumerate([(0, 0), (0, 300), (250, 0)]):
+        for folder, array in (("images", img), ("labels", lab)):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / folder / f"n{k}.tif", array[y : y + 96, x : x + 96])
+    base = new_bundle(base_channels=4, depth=2, seed=0, name="tiny").save(tmp_path / "base.safetensors")
+    return ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+            "--base", str(base), "--epochs", "1", "--steps-per-epoch", "2",
+            "--patch-size", "64", "--batch-size", "2", "--val-fraction", "0.34"]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A tiny U-Net (8 channels, depth 2) trained for 30 steps on the shipped nuclei sample.

@@ -2,15 +2,12 @@
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 
-from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
 from napari_tiled_unet.cli import main
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.model.unet import UNet
 from napari_tiled_unet.model.widen import widen_unet
-from napari_tiled_unet.training.new_model import new_bundle
 
 
 def _trained_looking(bilinear: bool) -> UNet:
@@ -54,22 +51,9 @@ def test_widening_to_fewer_channels_is_refused():
         widen_unet(_trained_looking(False), 3)
 
 
-def _write(folder, name, array):
-    folder.mkdir(exist_ok=True)
-    tifffile.imwrite(folder / f"{name}.tif", array)
-
-
-def test_train_widen_to_trains_a_wider_copy_of_the_base_and_records_it(tmp_path, capsys):
-    img, lab = nuclei_image(), nuclei_labels()
-    for k, (y, x) in enumerate([(0, 0), (0, 300), (250, 0)]):
-        _write(tmp_path / "images", f"n{k}", img[y : y + 128, x : x + 128])
-        _write(tmp_path / "labels", f"n{k}", lab[y : y + 128, x : x + 128])
-    base = tmp_path / "base.safetensors"
-    new_bundle(base_channels=4, depth=2, seed=0, name="tiny").save(base)
+def test_train_widen_to_trains_a_wider_copy_of_the_base_and_records_it(tmp_path, capsys, tiny_train_args):
     out = tmp_path / "wide.safetensors"
-    common = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-              "--base", str(base), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
-              "--patch-size", "64", "--batch-size", "2", "--val-fraction", "0.34"]
+    common = [*tiny_train_args, "--out", str(out)]
     assert main([*common, "--widen-to", "6"]) == 0
     wide = load_model(out)
     assert wide.metadata["architecture"]["args"]["base_channels"] == 6
@@ -81,7 +65,7 @@ def test_train_widen_to_trains_a_wider_copy_of_the_base_and_records_it(tmp_path,
     assert main([*common, "--widen-to", "2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "only be widened" in err and "\n" not in err
-    no_base = [a for a in common if a not in ("--base", str(base))]
+    no_base = [a for a in common if a not in ("--base", str(tmp_path / "base.safetensors"))]
     assert main([*no_base, "--widen-to", "6"]) == 1
     assert "--base-channels" in capsys.readouterr().err
     assert not out.exists()

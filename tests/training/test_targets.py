@@ -157,25 +157,12 @@ def test_touching_width_equals_distances_to_other_objects_brute_force():
     assert got.sum() > (instance_classes(lab) == BOUNDARY).sum()  # the field has touching discs
 
 
-def test_train_touching_width_is_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys):
-    import tifffile
-
-    from napari_tiled_unet._sample_data import nuclei_image, nuclei_labels
+def test_train_touching_width_is_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys, tiny_train_args):
     from napari_tiled_unet.cli import main
     from napari_tiled_unet.model.bundle import load_model
-    from napari_tiled_unet.training.new_model import new_bundle
 
-    img, lab = nuclei_image(), nuclei_labels()
-    for k, (y, x) in enumerate([(0, 0), (0, 300), (250, 0)]):
-        for folder, array in (("images", img), ("labels", lab)):
-            (tmp_path / folder).mkdir(exist_ok=True)
-            tifffile.imwrite(tmp_path / folder / f"n{k}.tif", array[y : y + 96, x : x + 96])
-    base = tmp_path / "base.safetensors"
-    new_bundle(base_channels=4, depth=2, seed=0, name="tiny").save(base)
     out = tmp_path / "t.safetensors"
-    common = ["train", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-              "--base", str(base), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1",
-              "--patch-size", "64", "--batch-size", "2", "--val-fraction", "0.34"]
+    common = [*tiny_train_args, "--out", str(out)]
     assert main([*common, "--touching-width", "2"]) == 0
     assert load_model(out).metadata["training"]["touching_width"] == 2
     out.unlink()
