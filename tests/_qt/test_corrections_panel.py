@@ -203,3 +203,35 @@ def test_learn_from_my_corrections_starts_from_the_model_that_made_the_result(ma
     assert w.corrections.running and w.model_combo.currentText() == tiny_model_file.name
     w.corrections.stop_live()
     qtbot.waitUntil(lambda: not w.corrections.running, timeout=120_000)
+
+
+def test_live_training_on_an_rgb_image_reads_it_as_train_and_segment_do(make_napari_viewer, qtbot,
+                                                                         tiny_model_file):
+    """An RGB image (a stained slide photographed in colour) and a grayscale model: live
+    training starts (it was refused before), trains on the image read as Segment reads it,
+    and previews at the image's size."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    gray = nuclei_image()[:128, :160]
+    rgb = np.stack([gray, gray // 2, gray // 4], axis=-1)  # a colour picture of the same nuclei
+    image = viewer.add_image(rgb, name="colour", rgb=True)
+    assert image.rgb
+    viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.image_combo.setCurrentText("colour")
+    w.labels_combo.setCurrentText("my labels")
+    w.corrections.start_live()
+    live = w.corrections.live
+    assert w.corrections.running, w.corrections.status.text()
+    assert live.image.shape == (1, 128, 160)  # one channel for a one-channel model
+    expected = np.asarray(w.training_plane(image, 1).image, np.float32)
+    assert np.allclose(live.image[0], expected)
+    viewer.layers["my labels"].paint((60, 60), 5)
+    qtbot.waitUntil(lambda: w.corrections.previews_shown >= 2, timeout=60_000)
+    assert w.corrections.preview_layer.data.shape == (128, 160)
+    w.corrections.stop_live()
+    qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
+    assert w.bundle is not None and w.bundle.metadata["training"]["mode"] == "live"

@@ -83,7 +83,8 @@ class CorrectionPanel(QGroupBox):
                  base_model: Callable[[], Any], annotation: Callable[[], str],
                  learn: Callable[[Any, list, str], None], on_result: Callable[[Any, str], None],
                  notify: Callable[[str], None], settings: Callable[[], dict] | None = None,
-                 visible_box: Callable[[], tuple[int, int, int, int]] | None = None) -> None:
+                 visible_box: Callable[[], tuple[int, int, int, int]] | None = None,
+                 plane: Callable[[Any, int], Any] | None = None) -> None:
         super().__init__("Correction loop")
         self.viewer = viewer
         self._image_layer, self._labels_layer = image_layer, labels_layer
@@ -91,6 +92,7 @@ class CorrectionPanel(QGroupBox):
         self._learn, self._on_result, self._notify = learn, on_result, notify
         self._settings = settings or (lambda: {})
         self._visible_box = visible_box
+        self._plane = plane  # (image layer, model channels) -> the plane to train on, as Train reads it
         self.live = None
         self.preview_layer = None
         self.previews_shown = 0
@@ -186,13 +188,18 @@ class CorrectionPanel(QGroupBox):
         if image is None or labels is None:
             self._notify("Choose an image layer and a labels layer to paint on (Layers > New Labels).")
             return
-        if image.ndim != 2 or getattr(image, "rgb", False) or getattr(labels, "multiscale", False) \
-                or labels.ndim != 2:
-            self._notify("Live training works on a single 2D grayscale image and a 2D labels layer; "
-                         "use Train for stacks, RGB or multiscale images.")
+        if image.ndim != 2 or labels.ndim != 2 or getattr(image, "multiscale", False) \
+                or getattr(labels, "multiscale", False):
+            self._notify("Live training works on a single 2D image (grayscale or RGB) and a 2D labels layer; "
+                         "use Train for stacks or multiscale images.")
             return
         try:
-            self.live = LiveTrainer(self._base_model(), np.asarray(image.data), annotation=self._annotation(),
+            base = self._base_model()
+            data, channel_axis = np.asarray(image.data), None
+            if self._plane is not None:  # RGB for a grayscale model: read as Segment reads it
+                plane = self._plane(image, base.n_channels)
+                data, channel_axis = np.asarray(plane.image), plane.channel_axis
+            self.live = LiveTrainer(base, data, channel_axis=channel_axis, annotation=self._annotation(),
                                     on_preview=self._bridge.preview.emit, **self._settings())
         except ValueError as exc:
             self._notify(str(exc))

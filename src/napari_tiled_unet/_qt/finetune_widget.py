@@ -527,14 +527,15 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                               "batch_size": self.batch_spin.value(),
                               "precision": self.precision_combo.currentText(),
                               "scale": self._live_scale()},
-            visible_box=self._visible_box_now)
+            visible_box=self._visible_box_now, plane=self.training_plane)
 
     def _visible_box_now(self) -> tuple[int, int, int, int]:
         """The chosen 2D image's pixels on display (live training's preview window)."""
         from types import SimpleNamespace
 
         layer = self._layer(self.image_combo)
-        return self.visible_box(layer, SimpleNamespace(shape=tuple(layer.data.shape[-2:])))
+        shape = layer.data.shape[-3:-1] if getattr(layer, "rgb", False) else layer.data.shape[-2:]
+        return self.visible_box(layer, SimpleNamespace(shape=tuple(shape)))
 
     def learn_from_corrections(self, layer: Any, boxes: list, description: str) -> None:
         """Train on ``layer`` (a corrected result layer), counting only ``boxes`` (the edits)."""
