@@ -15,7 +15,8 @@ ids left out, so the defaults follow the annotation convention of the whole trai
 settings are ranked by the mean of the sets' AP@0.5 weighted as in the list (pooled AP would
 favour the sets with most nuclei per image), and each set's own best foreground threshold is
 printed beside. ``--foreground/--seed/--min-size/--min-size-fraction`` replace the grid's values;
-``--cache DIR`` keeps the probabilities (one .npy per image) for a second run.
+``--cache DIR`` keeps the probabilities (one .npy per image, under the hash of the weights) for a
+second run of the same weights.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from napari_tiled_unet.inference import predict
 from napari_tiled_unet.metrics import Matching, match_instances
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.postprocess import instances_from_probabilities
+from napari_tiled_unet.training.dataset import state_hash
 
 GRID = {
     "foreground_threshold": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
@@ -77,9 +79,11 @@ def main() -> None:
         picked = np.random.default_rng(0).choice(train, min(n, len(train)), replace=False).tolist()
         ids += [(folder, i) for i in sorted(picked)]
     cached = []
+    weights_key = state_hash(bundle.model)[:16]
     for folder, i in ids:
         gt = tifffile.imread(folder / "labels" / f"{i}.tif")
-        saved = args.cache / f"{folder.name}--{i}.npy" if args.cache else None
+        # the weights' hash in the path: probabilities of another model are never reused
+        saved = args.cache / weights_key / f"{folder.name}--{i}.npy" if args.cache else None
         if saved is not None and saved.exists():
             prob = np.load(saved)
         else:
