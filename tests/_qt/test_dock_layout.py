@@ -77,4 +77,5 @@ def test_a_run_started_from_below_the_fold_scrolls_its_status_into_view(make_nap
     area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())
     qtbot.wait(50)
     ft._reveal(ft.status)
+    qtbot.wait(50)
     assert in_view(ft.status) and ft.status.text().startswith("Done")

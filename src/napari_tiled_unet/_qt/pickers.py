@@ -174,8 +174,13 @@ class DockControls:
         area = self.findChild(QScrollArea)
         if area is None:
             return
-        for widget in widgets:
-            area.ensureWidgetVisible(widget, 0, 4)
+
+        def reveal() -> None:  # on the next turn, once a status line that just grew is laid out
+            if self._is_alive():
+                for widget in widgets:
+                    area.ensureWidgetVisible(widget, 0, 4)
+
+        QTimer.singleShot(0, reveal)
 
     # -- pickers -----------------------------------------------------------------------
 
