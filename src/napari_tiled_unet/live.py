@@ -133,13 +133,12 @@ class LiveTrainer:
             raise ValueError("Instance labels need an instances model; paint scribbles for a semantic model.")
         if precision != "auto" and precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {precision!r}: use auto, fp32, bf16 or fp16.")
-        if scale is not None and not (np.isfinite(scale) and 0.1 <= scale <= 10):
-            raise ValueError(f"The training scale must be between 0.1 and 10, got {scale}.")
         self.annotation = annotation
         chw = as_channels_first(image, self.base.n_channels, channel_axis)
         #: (Y, X) of the image as given: labels, regions, windows and previews are in these pixels
         self.native: tuple[int, int] = tuple(int(v) for v in chw.shape[1:])
-        self.scale = None if scale is None or float(scale) == 1.0 else float(scale)
+        scale = objectsize.check_training_scale(scale)
+        self.scale = None if scale == 1.0 else scale
         if self.scale is not None:
             chw = objectsize.resize(chw, "CYX", objectsize.scaled_shape(self.native, self.scale))
         #: the image trained on ((C, Y, X), resized when ``scale`` is given)

@@ -42,6 +42,19 @@ def recorded_diameter(bundle: Any) -> float | None:
     return float(value) if value else None
 
 
+def check_training_scale(scale: float | None) -> float | None:
+    """The factor a model is trained at (None: the image's own size), as a float.
+
+    Raises:
+        ValueError: a factor outside 0.1-10.
+    """
+    if scale is None:
+        return None
+    if not (np.isfinite(scale) and 0.1 <= scale <= 10):
+        raise ValueError(f"The training scale must be between 0.1 and 10, got {scale}.")
+    return float(scale)
+
+
 def scale_phrase(scale: float | None) -> str:
     """\" at 0.65x the image's size\" for a status line, or "" at the image's own size."""
     return f" at {scale:.2f}x the image's size" if scale is not None and scale != 1.0 else ""

@@ -195,9 +195,7 @@ class TrainingSet:
                  val_images: Sequence[int] | None = None, sample_weights: Sequence[float] | None = None,
                  diameters: Sequence[float | None] | None = None, scale: float | None = None) -> None:
         annotation = config.annotation
-        if scale is not None and not (np.isfinite(scale) and 0.1 <= scale <= 10):
-            raise ValueError(f"The training scale must be between 0.1 and 10, got {scale}.")
-        self.scale = None if scale is None else float(scale)
+        self.scale = objectsize.check_training_scale(scale)
         if annotation == "instances" and base.task != "instances":
             raise ValueError("Instance labels need an instances model (3 classes); paint scribbles for a "
                              "semantic model, or start a new instances model.")
