@@ -791,6 +791,9 @@ def _add_train(sub) -> None:
     opt.add_argument("--touching-width", type=int, default=0, metavar="PX",
                      help="instances: train this many px of each object next to another object as boundary, "
                           "a wider gap between touching objects' seeds (default 0: the 1 px outline)")
+    opt.add_argument("--keep", default="best", choices=["best", "last"],
+                     help="the weights written: best = the best on the held-out part (default), last = those "
+                          "of the last step (a schedule run to its end; validations are still recorded)")
     opt.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     opt.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                      help="default: when fine-tuning --base, bf16 where it is fast (CUDA, or a CPU with bf16 "
@@ -884,8 +887,8 @@ def _cmd_train(args) -> int:
     config = TrainConfig(
         annotation=args.annotation, epochs=args.epochs, minutes=args.minutes,
         steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction, seed=args.seed,
-        touching_width=args.touching_width, device=args.device, checkpoint_path=args.checkpoint,
-        checkpoint_minutes=args.checkpoint_minutes,
+        touching_width=args.touching_width, keep=args.keep, device=args.device,
+        checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
         **chosen,
     )  # checks the settings' ranges first
     out = Path(args.out)

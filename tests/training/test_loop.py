@@ -177,6 +177,25 @@ def test_stop_mid_run_returns_the_best_weights_so_far_and_they_are_finite(data):
     assert _finite(result.model)
 
 
+def test_keep_last_returns_the_weights_of_the_last_step_and_still_records_the_best(data):
+    images, labels = data
+    runs = {}
+    for keep in ("best", "last"):
+        trainer = Trainer(new_bundle(seed=0, **TINY), images, labels, epochs=4, steps_per_epoch=3,
+                          patch_size=64, lr=0.05, early_stopping_patience=None, keep=keep)
+        _, result = _run(trainer)
+        runs[keep] = (trainer, result, result.metadata["training"])
+    trainer, result, rec = runs["best"]
+    assert rec["best_step"] < rec["steps"] == 12  # the validation preferred earlier weights ...
+    assert not _same(_state(result.model), _state(trainer.model)) and "keep" not in rec
+    trainer, result, rec = runs["last"]
+    assert _same(_state(result.model), _state(trainer.model))  # ... keep last returns the last ones
+    assert rec["keep"] == "last" and rec["best_step"] == runs["best"][2]["best_step"]
+    assert rec["selection"].startswith("the last weights (step 12) are returned")
+    with pytest.raises(ValueError, match="use 'best' or 'last'"):
+        Trainer(new_bundle(seed=0, **TINY), images, labels, epochs=1, keep="newest")
+
+
 def test_closing_the_generator_still_leaves_the_best_bundle(data):
     images, labels = data
     trainer = Trainer(new_bundle(seed=0, **TINY), images, labels, epochs=50, steps_per_epoch=2,

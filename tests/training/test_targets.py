@@ -157,14 +157,16 @@ def test_touching_width_equals_distances_to_other_objects_brute_force():
     assert got.sum() > (instance_classes(lab) == BOUNDARY).sum()  # the field has touching discs
 
 
-def test_train_touching_width_is_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys, tiny_train_args):
+def test_train_touching_width_and_keep_are_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys,
+                                                                                     tiny_train_args):
     from napari_tiled_unet.cli import main
     from napari_tiled_unet.model.bundle import load_model
 
     out = tmp_path / "t.safetensors"
     common = [*tiny_train_args, "--out", str(out)]
-    assert main([*common, "--touching-width", "2"]) == 0
-    assert load_model(out).metadata["training"]["touching_width"] == 2
+    assert main([*common, "--touching-width", "2", "--keep", "last"]) == 0
+    record = load_model(out).metadata["training"]
+    assert record["touching_width"] == 2 and record["keep"] == "last"
     out.unlink()
     capsys.readouterr()
     assert main([*common, "--touching-width", "-1"]) == 1

@@ -60,6 +60,9 @@ LR_SCHEDULES: dict[str, LRSchedule] = {"cosine": cosine_schedule, "constant": co
 #: default); ``"frozen"``: it keeps the base model's statistics (eval mode) while training
 BATCHNORM_MODES = ("train", "frozen")
 
+#: which weights a run returns (``TrainConfig.keep``)
+KEEP = ("best", "last")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -94,6 +97,9 @@ class TrainConfig:
         w0, sigma: U-Net border weight (instances).
         touching_width: px of each object next to another object that are trained as boundary
             too (instances; 0: only the 1 px outline; see :func:`.targets.instance_classes`).
+        keep: which weights the run returns: ``"best"`` (the best on the held-out part) or
+            ``"last"`` (those of the last step, for a schedule meant to run to its end; the best
+            step is still recorded).
         balance: class-balancing weights.
         dice_weight: weight of the soft Dice term added to the cross-entropy.
         lr_schedule: a name in :data:`LR_SCHEDULES` or an :data:`LRSchedule`.
@@ -129,6 +135,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     touching_width: int = 0
+    keep: str = "best"
     balance: bool = True
     dice_weight: float = 1.0
     lr_schedule: str | LRSchedule = "cosine"
@@ -145,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}: use "
                              f"{' or '.join(LR_SCHEDULES)}.")
         settings.integer("touching_width", self.touching_width, minimum=0, maximum=16)
+        if self.keep not in KEEP:
+            raise ValueError(f"Unknown choice of weights to keep {self.keep!r}: use 'best' or 'last'.")
         if self.batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"Unknown BatchNorm mode {self.batchnorm!r}: use 'train' or 'frozen'.")
         settings.training(self.batch_size, self.patch_size, self.lr, self.val_fraction, self.epochs,

@@ -24,6 +24,9 @@ trains from scratch.
 candidate to beat: weights are kept only when they beat it on the held-out part by object
 F1 (instance labels) or mean class IoU (scribbles), the loss deciding ties
 (:meth:`~.validate.ValidationResult.beats`); :attr:`Trainer.selection` says which and why.
+``keep="last"`` (:class:`~.config.TrainConfig`) returns the last weights instead, for a
+schedule meant to run to its end, where a few held-out windows are a noisier judge than the
+schedule; the validations still run and are recorded.
 
 **Robustness**: a NaN or infinite loss or gradient skips the step, restores the BatchNorm
 statistics of that forward pass, halves the learning rate and yields a warning; weights
@@ -229,16 +232,21 @@ class Trainer:
     def selection(self) -> str:
         """One sentence: which weights :meth:`best_bundle` returns and why."""
         p = self.progress
-        return selection_reason(p.best_step, p.best_metrics, p.best_val, p.base_metrics, p.base_val,
-                                self.validator.score_name)
+        reason = selection_reason(p.best_step, p.best_metrics, p.best_val, p.base_metrics, p.base_val,
+                                  self.validator.score_name)
+        if self.config.keep == "last" and p.step > 0:
+            return f"the last weights (step {p.step}) are returned, as asked (keep last); by validation, " \
+                   f"{reason}"
+        return reason
 
     def best_bundle(self) -> ModelBundle:
         """The best weights so far (see the module docstring; the last finite weights without
-        validation) as a new bundle with the training record, model in eval mode on the CPU.
+        validation or with ``keep="last"``) as a new bundle with the training record, model in
+        eval mode on the CPU.
 
         Safe to call at any time, also after the generator was closed or failed.
         """
-        state = self.progress.best_state
+        state = None if self.config.keep == "last" and self.progress.step > 0 else self.progress.best_state
         if state is None:
             current = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             state = current if finite(current) else self.base.model.state_dict()
@@ -280,6 +288,8 @@ class Trainer:
         }
         if c.touching_width:
             rec["touching_width"] = c.touching_width
+        if c.keep != "best":
+            rec["keep"] = c.keep
         if scratch and self.base.metadata.get("classes_from"):
             rec["classes_from"] = self.base.metadata["classes_from"]
         rec.update(self.record_extra)
