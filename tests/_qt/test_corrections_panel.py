@@ -235,3 +235,79 @@ def test_live_training_on_an_rgb_image_reads_it_as_train_and_segment_do(make_nap
     w.corrections.stop_live()
     qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
     assert w.bundle is not None and w.bundle.metadata["training"]["mode"] == "live"
+
+
+def test_live_training_on_a_stack_trains_on_the_plane_on_display_and_keeps_it(make_napari_viewer, qtbot,
+                                                                               tiny_model_file):
+    """A z-stack with a stack of labels: live training runs on the plane on display when it
+    started (it was refused before), keeps to it when the user looks at another plane, and
+    labels of another stack's shape are refused in one sentence."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    gray = nuclei_image()
+    stack = np.stack([gray[:128, :160], gray[128:256, :160], gray[256:384, :160]])  # three different planes
+    viewer.add_image(stack, name="stack")
+    labels = viewer.add_labels(np.zeros((3, 128, 160), np.uint16), name="my labels")
+    viewer.add_labels(np.zeros((4, 128, 160), np.uint16), name="other stack")  # plane 1 exists, but not ours
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.image_combo.setCurrentText("stack")
+    w.labels_combo.setCurrentText("my labels")  # labels of the stack's shape: its first axis holds planes
+    viewer.dims.set_point(0, 1)
+    w.corrections.start_live()
+    live = w.corrections.live
+    assert w.corrections.running, w.corrections.status.text()
+    assert np.allclose(live.image[0], stack[1].astype(np.float32))  # plane 1, on display at the start
+    assert "on plane 1" in w.corrections.status.text()
+    sent = []
+    send = live.set_annotation
+    live.set_annotation = lambda data, region=None: (sent.append(np.array(data)), send(data, region))[1]
+    labels.paint((1, 60, 60), 5)  # on the plane live training runs on
+    viewer.dims.set_point(0, 2)  # the user looks at another plane
+    qtbot.waitUntil(lambda: w.corrections.previews_shown >= 2 and bool(sent), timeout=60_000)
+    assert sent[-1].shape == (128, 160) and sent[-1].max() > 0  # plane 1's strokes, not plane 2's (empty)
+    assert np.array_equal(sent[-1], labels.data[1])
+    preview = w.corrections.preview_layer
+    assert preview.data.shape == (128, 160) and preview.name == "stack live preview (plane 1)"
+    w.corrections.stop_live()
+    qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
+    assert w.bundle is not None and w.bundle.metadata["training"]["mode"] == "live"
+    assert np.array_equal(viewer.layers["stack"].data, stack)  # the user's image is untouched
+    notes = []
+    w.corrections._notify = notes.append
+    w.labels_combo.setCurrentText("other stack")
+    w.corrections.start_live()
+    assert not w.corrections.running and len(notes) == 1 and "\n" not in notes[0]
+    assert notes[0].startswith("The labels have shape (4, 128, 160) but the image is (3, 128, 160)")
+
+
+def test_live_training_on_a_multichannel_image_trains_on_the_chosen_channel(make_napari_viewer, qtbot,
+                                                                           tiny_model_file):
+    """A (C, Y, X) image in one layer with 2D labels (refused before): the labels answer that the
+    first axis holds channels, and live training reads the channel the pickers chose."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    nuclei = nuclei_image()[:128, :160]
+    other = np.random.default_rng(0).integers(0, 255, (128, 160)).astype(nuclei.dtype)
+    viewer.add_image(np.stack([other, nuclei]), name="two channels", channel_axis=None)
+    viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.image_combo.setCurrentText("two channels")
+    w.labels_combo.setCurrentText("my labels")
+    picker = w.channel_row
+    picker.set_layer(viewer.layers["two channels"])
+    picker.axis_combo.setCurrentIndex(picker.axis_combo.findData(0))  # the first axis holds channels
+    picker.channel_combo.setCurrentIndex(picker.channel_combo.findData(1))  # the nuclei
+    w.corrections.start_live()
+    assert w.corrections.running, w.corrections.status.text()
+    assert np.allclose(w.corrections.live.image[0], nuclei.astype(np.float32))
+    viewer.layers["my labels"].paint((60, 60), 5)
+    qtbot.waitUntil(lambda: w.corrections.previews_shown >= 2, timeout=60_000)
+    assert w.corrections.preview_layer.data.shape == (128, 160)
+    w.corrections.stop_live()
+    qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from ..corrections import correction_region
 from ..objectsize import scale_phrase
-from .layerview import camera_of
+from .layerview import camera_of, labels_plane
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class CorrectionPanel(QGroupBox):
         self._visible_box = visible_box
         self._plane = plane  # (image layer, model channels) -> the plane to train on, as Train reads it
         self.live = None
+        self._index: tuple[int, ...] = ()  # the stack plane live training runs on (() for a 2D image)
         self.preview_layer = None
         self.previews_shown = 0
         self._watched = None
@@ -188,22 +189,27 @@ class CorrectionPanel(QGroupBox):
         if image is None or labels is None:
             self._notify("Choose an image layer and a labels layer to paint on (Layers > New Labels).")
             return
-        if image.ndim != 2 or labels.ndim != 2 or getattr(image, "multiscale", False) \
-                or getattr(labels, "multiscale", False):
-            self._notify("Live training works on a single 2D image (grayscale or RGB) and a 2D labels layer; "
-                         "use Train for stacks or multiscale images.")
+        if getattr(image, "multiscale", False) or getattr(labels, "multiscale", False):
+            self._notify("Live training works on in-memory images and labels; use Train for multiscale "
+                         "images.")
+            return
+        if self._plane is None and (image.ndim != 2 or labels.ndim != 2):
+            self._notify("Live training works on a single 2D image and a 2D labels layer here; use Train.")
             return
         try:
             base = self._base_model()
-            data, channel_axis = np.asarray(image.data), None
-            if self._plane is not None:  # RGB for a grayscale model: read as Segment reads it
+            if self._plane is None:
+                data, channel_axis, index = np.asarray(image.data), None, ()
+            else:  # the plane on display, its channels read as Segment and Train read them
                 plane = self._plane(image, base.n_channels)
-                data, channel_axis = np.asarray(plane.image), plane.channel_axis
+                labels_plane(labels, plane)  # the labels fit that plane (else one sentence)
+                data, channel_axis, index = np.asarray(plane.image), plane.channel_axis, plane.index
             self.live = LiveTrainer(base, data, channel_axis=channel_axis, annotation=self._annotation(),
                                     on_preview=self._bridge.preview.emit, **self._settings())
         except ValueError as exc:
             self._notify(str(exc))
             return
+        self._index = index
         self._watched = labels
         labels.events.paint.connect(self._on_stroke)
         labels.events.data.connect(self._on_stroke)
@@ -221,8 +227,14 @@ class CorrectionPanel(QGroupBox):
         self._poll.start()
         self.live_button.setText("Stop (keep the best)")
         self.learn_button.setEnabled(False)
-        self.status.setText(f"Live training{scale_phrase(self.live.scale)}: paint on the labels layer; the "
+        self.status.setText(f"Live training{self._where()}: paint on the labels layer; the "
                             "preview refreshes every few seconds.")
+
+    def _where(self) -> str:
+        """Where live training runs, for the status line: " on plane 5 at 0.65x the image's size",
+        each part left out where it does not apply."""
+        plane = f" on plane {', '.join(map(str, self._index))}" if self._index else ""
+        return plane + scale_phrase(self.live.scale if self.live is not None else None)
 
     def stop_live(self) -> None:
         """Ask the training thread to stop; the result is handed over once it has (without waiting here)."""
@@ -245,10 +257,12 @@ class CorrectionPanel(QGroupBox):
         live, labels = self.live, self._watched
         if live is None or labels is None:
             return
-        data = np.asarray(labels.data)  # a 2D in-memory layer (checked at start)
+        data = np.asarray(labels.data)  # in memory (checked at start)
+        if self._index and data.ndim == len(self._index) + 2:
+            data = data[self._index]  # the plane live training started on, wherever the user looks now
         region = None
         if live.annotation == "instances":
-            written = written_of(labels)
+            written = written_of(labels) if labels.ndim == 2 else None  # (only 2D results are remembered)
             base = written if written is not None else np.zeros_like(data)
             if not np.array_equal(base, data):
                 region = correction_region(base, data).boxes
@@ -272,7 +286,8 @@ class CorrectionPanel(QGroupBox):
             layer.data = labels
             layer.translate = translate
         else:
-            self.preview_layer = self.viewer.add_labels(labels, name=f"{image.name} live preview",
+            on = f" (plane {', '.join(map(str, self._index))})" if self._index else ""
+            self.preview_layer = self.viewer.add_labels(labels, name=f"{image.name} live preview{on}",
                                                         scale=scale, translate=translate, opacity=0.5)
             if self._watched in self.viewer.layers:  # keep painting on the user's layer
                 self.viewer.layers.selection.active = self._watched
@@ -285,7 +300,7 @@ class CorrectionPanel(QGroupBox):
         if live.running:
             if live.step:
                 held = f"; held-out IoU {live.best_score:.3f}" if live.best_score else ""
-                self.status.setText(f"Live training{scale_phrase(live.scale)}: step {live.step}, "
+                self.status.setText(f"Live training{self._where()}: step {live.step}, "
                                     f"loss {live.loss:.3f}{held}. Stop keeps the best weights.")
             return
         self._poll.stop()

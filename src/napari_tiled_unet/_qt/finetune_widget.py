@@ -373,18 +373,9 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
                                         self.viewer.dims.point)
 
     @staticmethod
-    def _shape_message(labels_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> str:
-        return (f"The labels have shape {tuple(labels_shape)} but the image is {tuple(image_shape)}; "
-                "paint the labels on a layer of the image's size.")
-
-    def _labels_array(self, labels_layer, plane: TrainingPlane) -> np.ndarray:
+    def _labels_array(labels_layer, plane: TrainingPlane) -> np.ndarray:
         """The painted labels of ``plane`` (a copy: training never touches the user's layer)."""
-        data = full_resolution(labels_layer)
-        if plane.index and data.ndim == len(plane.index) + 2:
-            data = data[plane.index]
-        if tuple(data.shape) != plane.shape:
-            raise ValueError(self._shape_message(tuple(full_resolution(labels_layer).shape), plane.shape))
-        return np.array(data, copy=True)
+        return np.array(layerview.labels_plane(labels_layer, plane), copy=True)
 
     def _region(self, image_layer, plane: TrainingPlane) -> list[np.ndarray] | None:
         """The rectangles of the chosen Shapes layer in the image's pixel coordinates (2D)."""

@@ -212,6 +212,7 @@ class TrainingPlane:
             for one channel).
         index: the indices of the layer's stack axes (``()`` for a 2D image).
         view: how the layer was read (:class:`~napari_tiled_unet.imageview.ImageView`).
+        stack: the lengths of the layer's stack axes (``()`` for a 2D image).
     """
 
     image: Any
@@ -219,6 +220,7 @@ class TrainingPlane:
     channel_axis: int | None
     index: tuple[int, ...]
     view: ImageView
+    stack: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -238,16 +240,34 @@ def training_plane(layer, choice: ChannelChoice, n_model_channels: int, world_po
     if "Z" in view.axes:  # the plane on display
         z = view.axes.index("Z")
         pos = layer.world_to_data(world_point)
-        index = (int(np.clip(round(float(pos[z])), 0, data.shape[z] - 1)),)
+        stack = (int(data.shape[z]),)
+        index = (int(np.clip(round(float(pos[z])), 0, stack[0] - 1)),)
         key = [slice(None)] * data.ndim
         key[z] = index[0]
         data = data[tuple(key)]
         view = ImageView(view.axes.replace("Z", ""), view.channel, view.ambiguous)
     else:
-        index = ()
+        index = stack = ()
     if view.channel is None or view.channel == "rgb":
         plane = data if view.channel is None else ChannelSelection(data, view)
         axes = view.axes
     else:
         plane, axes = ChannelSelection(data, view), view.model_axes
-    return TrainingPlane(plane, axes, axes.index("C") if "C" in axes else None, index, view)
+    return TrainingPlane(plane, axes, axes.index("C") if "C" in axes else None, index, view, stack)
+
+
+def labels_plane(labels_layer, plane: TrainingPlane) -> Any:
+    """The labels of ``plane`` in ``labels_layer`` (not copied): a 2D layer of the plane's size,
+    or the plane's slice of a stack of labels of the image's stack shape.
+
+    Raises:
+        ValueError: the layer fits neither (one sentence).
+    """
+    data = full_resolution(labels_layer)
+    shape = tuple(data.shape)
+    if plane.index and shape[:-2] == plane.stack:
+        data = data[plane.index]
+    if tuple(data.shape) != plane.shape:
+        raise ValueError(f"The labels have shape {shape} but the image is {plane.stack + plane.shape}; "
+                         "paint the labels on a layer of the image's size.")
+    return data
