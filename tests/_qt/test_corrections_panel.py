@@ -311,3 +311,44 @@ def test_live_training_on_a_multichannel_image_trains_on_the_chosen_channel(make
     assert w.corrections.preview_layer.data.shape == (128, 160)
     w.corrections.stop_live()
     qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
+
+
+def test_learn_from_my_corrections_on_a_stack_learns_the_corrected_plane_on_display(make_napari_viewer, qtbot,
+                                                                                    tiny_model_file):
+    """A z-stack's result corrected on one plane (refused before: only 2D results were
+    remembered): shown another plane, the user is told where the corrections are; shown that
+    plane, its edits are learned on its image."""
+    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
+
+    viewer = make_napari_viewer()
+    gray, lab = nuclei_image(), nuclei_labels().astype(np.uint16)
+    crops = [(slice(y, y + 128), slice(0, 160)) for y in (0, 128, 256)]
+    stack = np.stack([gray[c] for c in crops])
+    viewer.add_image(stack, name="zstack")
+    result = viewer.add_labels(np.stack([lab[c] for c in crops]), name="zstack labels")
+    result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "zstack"}
+    assert remember_written(result)  # as the Segment widget does when it writes a result
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.add_model_file(tiny_model_file)
+    w.budget_spin.setValue(2)
+    w.steps_spin.setValue(2)
+    notes = []
+    w.corrections._notify = notes.append
+    result.brush_size = 12
+    result.paint((2, 90, 120), 77)  # a correction on plane 2
+    viewer.dims.set_point(0, 0)
+    w.corrections.learn_button.click()
+    assert not w.running and len(notes) == 1 and "\n" not in notes[0]
+    assert "on plane 2, not on the plane on display" in notes[0]
+    viewer.dims.set_point(0, 2)
+    w.corrections.learn_button.click()
+    assert w.running, w.status.text()
+    item = w.trainer.train_items[0]
+    assert np.array_equal(np.asarray(item.image)[0], stack[2])  # plane 2's image (normalized per patch)
+    counted = item.classes != IGNORE
+    assert counted[result.data[2] == 77].all() and not counted[:40, :40].any()  # the edit, not its far corner
+    assert "plane 2" in w.corrections.status.text()
+    qtbot.waitUntil(lambda: not w.running, timeout=120_000)
+    assert w.bundle is not None
+    assert np.array_equal(result.data[0], lab[crops[0]])  # the user's layer is as they left it

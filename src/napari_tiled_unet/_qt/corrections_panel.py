@@ -40,10 +40,10 @@ _WRITTEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def remember_written(layer: Any) -> bool:
-    """Keep a copy of ``layer``'s data as the plugin wrote it (2D in-memory layers up to
-    :data:`MAX_REMEMBERED` pixels); True when kept."""
+    """Keep a copy of ``layer``'s data as the plugin wrote it (in-memory layers, 2D or stacks,
+    up to :data:`MAX_REMEMBERED` pixels); True when kept."""
     data = layer.data
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.size > MAX_REMEMBERED:
+    if not isinstance(data, np.ndarray) or data.ndim < 2 or data.size > MAX_REMEMBERED:
         _WRITTEN.pop(layer, None)
         return False
     _WRITTEN[layer] = data.copy()
@@ -157,17 +157,37 @@ class CorrectionPanel(QGroupBox):
         except ValueError as exc:
             self._notify(str(exc))
             return
-        self.status.setText(f"Learning from {layer.name}: {region.describe()}.")
-        self._learn(layer, region.boxes, region.describe())
+        index = self._displayed_plane(layer)
+        on = f"plane {', '.join(map(str, index))}: " if index else ""
+        self.status.setText(f"Learning from {layer.name}, {on}{region.describe()}.")
+        self._learn(layer, region.boxes, on + region.describe())
+
+    def _displayed_plane(self, layer: Any) -> tuple[int, ...]:
+        """The indices of ``layer``'s stack axes on display (() for a 2D layer): the plane that
+        Train reads (:func:`~.layerview.training_plane`)."""
+        if layer.ndim <= 2:
+            return ()
+        pos = np.asarray(layer.world_to_data(self.viewer.dims.point))[:-2]
+        return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(pos, layer.data.shape[:-2]))
 
     def _region(self, layer: Any):
+        """The region of the edits on the plane on display (the whole layer when it is 2D)."""
         written, current = written_of(layer), layer.data
         if written is None or not isinstance(current, np.ndarray):
             # only in-memory result layers have a written copy (remember_written); a lazy layer's
             # data is never pulled into memory here
             raise ValueError(f"{layer.name} is not an in-memory result of the Segment widget: segment the "
                              "image (up to 64 megapixels) and correct that layer.")
-        return correction_region(written, current)
+        index = self._displayed_plane(layer)
+        if index and np.array_equal(written[index], current[index]):
+            changed = (written != current).reshape(*written.shape[:-2], -1).any(axis=-1)
+            planes = ["/".join(map(str, p)) for p in zip(*np.nonzero(changed))]
+            if planes:
+                shown = ", ".join(planes[:5]) + (" …" if len(planes) > 5 else "")
+                raise ValueError(f"Your corrections of {layer.name} are on plane {shown}, not on the plane "
+                                 "on display; show one of them with the slider and click Learn from my "
+                                 "corrections again.")
+        return correction_region(written[index], current[index])
 
     # -- live training ------------------------------------------------------------------------
 
@@ -262,7 +282,9 @@ class CorrectionPanel(QGroupBox):
             data = data[self._index]  # the plane live training started on, wherever the user looks now
         region = None
         if live.annotation == "instances":
-            written = written_of(labels) if labels.ndim == 2 else None  # (only 2D results are remembered)
+            written = written_of(labels)
+            if written is not None and self._index and written.ndim == len(self._index) + 2:
+                written = written[self._index]
             base = written if written is not None else np.zeros_like(data)
             if not np.array_equal(base, data):
                 region = correction_region(base, data).boxes
