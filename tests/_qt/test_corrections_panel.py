@@ -205,31 +205,22 @@ def test_learn_from_my_corrections_starts_from_the_model_that_made_the_result(ma
     qtbot.waitUntil(lambda: not w.corrections.running, timeout=120_000)
 
 
-def test_live_training_on_an_rgb_image_reads_it_as_train_and_segment_do(make_napari_viewer, qtbot,
-                                                                         tiny_model_file):
-    """An RGB image (a stained slide photographed in colour) and a grayscale model: live
-    training starts (it was refused before), trains on the image read as Segment reads it,
-    and previews at the image's size."""
+def _fine_tune(viewer, model_file, image: str, labels: str | None = None):
+    """The Fine-tune widget docked in ``viewer`` with ``model_file`` loaded and the layers chosen."""
     from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
 
-    viewer = make_napari_viewer()
-    gray = nuclei_image()[:128, :160]
-    rgb = np.stack([gray, gray // 2, gray // 4], axis=-1)  # a colour picture of the same nuclei
-    image = viewer.add_image(rgb, name="colour", rgb=True)
-    assert image.rgb
-    viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
     w = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model_file)
-    w.image_combo.setCurrentText("colour")
-    w.labels_combo.setCurrentText("my labels")
-    w.corrections.start_live()
-    live = w.corrections.live
-    assert w.corrections.running, w.corrections.status.text()
-    assert live.image.shape == (1, 128, 160)  # one channel for a one-channel model
-    expected = np.asarray(w.training_plane(image, 1).image, np.float32)
-    assert np.allclose(live.image[0], expected)
-    viewer.layers["my labels"].paint((60, 60), 5)
+    w.add_model_file(model_file)
+    w.image_combo.setCurrentText(image)
+    if labels is not None:
+        w.labels_combo.setCurrentText(labels)
+    return w
+
+
+def _paint_preview_stop(w, qtbot, labels, point) -> None:
+    """Paint one object at ``point``, wait for two previews of the plane's size, stop."""
+    labels.paint(point, 5)
     qtbot.waitUntil(lambda: w.corrections.previews_shown >= 2, timeout=60_000)
     assert w.corrections.preview_layer.data.shape == (128, 160)
     w.corrections.stop_live()
@@ -237,12 +228,33 @@ def test_live_training_on_an_rgb_image_reads_it_as_train_and_segment_do(make_nap
     assert w.bundle is not None and w.bundle.metadata["training"]["mode"] == "live"
 
 
+def test_live_training_on_an_rgb_image_reads_it_as_train_and_segment_do(make_napari_viewer, qtbot,
+                                                                         tiny_model_file):
+    """An RGB image (a stained slide photographed in colour) and a grayscale model: live
+    training starts (it was refused before), trains on the image read as Segment reads it,
+    and previews at the image's size."""
+
+    viewer = make_napari_viewer()
+    gray = nuclei_image()[:128, :160]
+    rgb = np.stack([gray, gray // 2, gray // 4], axis=-1)  # a colour picture of the same nuclei
+    image = viewer.add_image(rgb, name="colour", rgb=True)
+    assert image.rgb
+    labels = viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
+    w = _fine_tune(viewer, tiny_model_file, "colour", "my labels")
+    w.corrections.start_live()
+    live = w.corrections.live
+    assert w.corrections.running, w.corrections.status.text()
+    assert live.image.shape == (1, 128, 160)  # one channel for a one-channel model
+    expected = np.asarray(w.training_plane(image, 1).image, np.float32)
+    assert np.allclose(live.image[0], expected)
+    _paint_preview_stop(w, qtbot, labels, (60, 60))
+
+
 def test_live_training_on_a_stack_trains_on_the_plane_on_display_and_keeps_it(make_napari_viewer, qtbot,
                                                                                tiny_model_file):
     """A z-stack with a stack of labels: live training runs on the plane on display when it
     started (it was refused before), keeps to it when the user looks at another plane, and
     labels of another stack's shape are refused in one sentence."""
-    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
 
     viewer = make_napari_viewer()
     gray = nuclei_image()
@@ -250,11 +262,7 @@ def test_live_training_on_a_stack_trains_on_the_plane_on_display_and_keeps_it(ma
     viewer.add_image(stack, name="stack")
     labels = viewer.add_labels(np.zeros((3, 128, 160), np.uint16), name="my labels")
     viewer.add_labels(np.zeros((4, 128, 160), np.uint16), name="other stack")  # plane 1 exists, but not ours
-    w = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model_file)
-    w.image_combo.setCurrentText("stack")
-    w.labels_combo.setCurrentText("my labels")  # labels of the stack's shape: its first axis holds planes
+    w = _fine_tune(viewer, tiny_model_file, "stack", "my labels")  # labels of the stack's shape: planes
     viewer.dims.set_point(0, 1)
     w.corrections.start_live()
     live = w.corrections.live
@@ -287,18 +295,13 @@ def test_live_training_on_a_multichannel_image_trains_on_the_chosen_channel(make
                                                                            tiny_model_file):
     """A (C, Y, X) image in one layer with 2D labels (refused before): the labels answer that the
     first axis holds channels, and live training reads the channel the pickers chose."""
-    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
 
     viewer = make_napari_viewer()
     nuclei = nuclei_image()[:128, :160]
     other = np.random.default_rng(0).integers(0, 255, (128, 160)).astype(nuclei.dtype)
     viewer.add_image(np.stack([other, nuclei]), name="two channels", channel_axis=None)
-    viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
-    w = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model_file)
-    w.image_combo.setCurrentText("two channels")
-    w.labels_combo.setCurrentText("my labels")
+    labels = viewer.add_labels(np.zeros((128, 160), np.uint16), name="my labels")
+    w = _fine_tune(viewer, tiny_model_file, "two channels", "my labels")
     picker = w.channel_row
     picker.set_layer(viewer.layers["two channels"])
     picker.axis_combo.setCurrentIndex(picker.axis_combo.findData(0))  # the first axis holds channels
@@ -306,11 +309,7 @@ def test_live_training_on_a_multichannel_image_trains_on_the_chosen_channel(make
     w.corrections.start_live()
     assert w.corrections.running, w.corrections.status.text()
     assert np.allclose(w.corrections.live.image[0], nuclei.astype(np.float32))
-    viewer.layers["my labels"].paint((60, 60), 5)
-    qtbot.waitUntil(lambda: w.corrections.previews_shown >= 2, timeout=60_000)
-    assert w.corrections.preview_layer.data.shape == (128, 160)
-    w.corrections.stop_live()
-    qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
+    _paint_preview_stop(w, qtbot, labels, (60, 60))
 
 
 def test_learn_from_my_corrections_on_a_stack_learns_the_corrected_plane_on_display(make_napari_viewer, qtbot,
@@ -318,7 +317,6 @@ def test_learn_from_my_corrections_on_a_stack_learns_the_corrected_plane_on_disp
     """A z-stack's result corrected on one plane (refused before: only 2D results were
     remembered): shown another plane, the user is told where the corrections are; shown that
     plane, its edits are learned on its image."""
-    from napari_tiled_unet._qt.finetune_widget import FineTuneWidget
 
     viewer = make_napari_viewer()
     gray, lab = nuclei_image(), nuclei_labels().astype(np.uint16)
@@ -328,9 +326,7 @@ def test_learn_from_my_corrections_on_a_stack_learns_the_corrected_plane_on_disp
     result = viewer.add_labels(np.stack([lab[c] for c in crops]), name="zstack labels")
     result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "zstack"}
     assert remember_written(result)  # as the Segment widget does when it writes a result
-    w = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.add_model_file(tiny_model_file)
+    w = _fine_tune(viewer, tiny_model_file, "zstack")
     w.budget_spin.setValue(2)
     w.steps_spin.setValue(2)
     notes = []
