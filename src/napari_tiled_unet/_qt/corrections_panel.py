@@ -277,9 +277,10 @@ class CorrectionPanel(QGroupBox):
         live, labels = self.live, self._watched
         if live is None or labels is None:
             return
-        data = np.asarray(labels.data)  # in memory (checked at start)
+        data = labels.data
         if self._index and data.ndim == len(self._index) + 2:
             data = data[self._index]  # the plane live training started on, wherever the user looks now
+        data = np.asarray(data)  # one plane
         region = None
         if live.annotation == "instances":
             written = written_of(labels)
