@@ -21,6 +21,14 @@ def test_the_widget_opens_from_napari_plugins_menu(make_napari_viewer):
     _, w = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Segment (U-Net)")
     assert isinstance(w, SegmentWidget)
     assert w.model_combo.count() >= 1
+    # each built-in model tells, on hover, which images it suits, in both widgets' pickers
+    from qtpy.QtCore import Qt
+
+    _, ft = viewer.window.add_plugin_dock_widget("napari-tiled-unet", "Fine-tune (U-Net)")
+    for combo in (w.model_combo, ft.model_combo):
+        tip = Qt.ItemDataRole.ToolTipRole
+        tips = {combo.itemText(i): combo.itemData(i, tip) for i in range(combo.count())}
+        assert "other labs" in tips["nuclei-v2"] and "like DSB2018" in tips["nuclei-dsb2018"]
 
 
 def _wait(qtbot, w, timeout=60_000):

@@ -36,7 +36,14 @@ from .finetune_results import ResultActions, Task
 from .layerview import TrainingPlane, full_resolution, layer_image_and_axes, layer_origin
 from .layout import WrappedLabel, scrolling_body
 from .loss_plot import LossPlot
-from .pickers import LOAD_FILE, ChannelPicker, DockControls, PickerComboBox, show_engine_message
+from .pickers import (
+    LOAD_FILE,
+    ChannelPicker,
+    DockControls,
+    PickerComboBox,
+    describe_builtin_models,
+    show_engine_message,
+)
 from .progress import fmt_seconds
 from .session import ModelSession, shared_session
 from .workers import EngineJob
@@ -257,6 +264,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         self.model_combo.addItems([*names, LOAD_FILE])
+        describe_builtin_models(self.model_combo)
         if current in names:
             self.model_combo.setCurrentText(current)
         self.model_combo.blockSignals(False)

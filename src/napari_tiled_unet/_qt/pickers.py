@@ -29,6 +29,19 @@ def show_engine_message(event: Any) -> None:
     (show_info if getattr(event, "kind", "warning") == "info" else show_warning)(event.message)
 
 
+def describe_builtin_models(combo: QComboBox) -> None:
+    """Give each built-in model in ``combo`` its description as the entry's tooltip, so the
+    user can tell which one suits their images before choosing."""
+    from qtpy.QtCore import Qt
+
+    from ..model import zoo
+
+    for i in range(combo.count()):
+        entry = zoo.BUILTIN.get(combo.itemText(i))
+        if entry is not None:
+            combo.setItemData(i, entry[1], Qt.ItemDataRole.ToolTipRole)
+
+
 class PickerComboBox(QComboBox):
     """A combo box that refreshes its entries just before it opens."""
 

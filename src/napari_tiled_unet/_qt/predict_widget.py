@@ -39,7 +39,7 @@ from ..postprocess import import_helpers
 from . import layerview
 from .layerview import layer_image_and_axes
 from .layout import scrolling_body
-from .pickers import LOAD_FILE, ChannelPicker, DockControls, show_engine_message
+from .pickers import LOAD_FILE, ChannelPicker, DockControls, describe_builtin_models, show_engine_message
 from .progress import eta, fmt_seconds
 from .result_layers import ResultLayers, Run, for_display, pyramid_on_disk, warm_up_labels
 from .session import ModelSession, shared_session
@@ -233,6 +233,7 @@ class SegmentWidget(DockControls, MeasureControls, QWidget):
         for name in self._loaded:
             self.model_combo.addItem(name)
         self.model_combo.addItem(LOAD_FILE)
+        describe_builtin_models(self.model_combo)
         self.model_combo.blockSignals(False)
 
     def _refresh_images(self, *_: Any) -> None:
