@@ -278,7 +278,8 @@ def test_live_training_on_a_stack_trains_on_the_plane_on_display_and_keeps_it(ma
     assert sent[-1].shape == (128, 160) and sent[-1].max() > 0  # plane 1's strokes, not plane 2's (empty)
     assert np.array_equal(sent[-1], labels.data[1])
     preview = w.corrections.preview_layer
-    assert preview.data.shape == (128, 160) and preview.name == "stack live preview (plane 1)"
+    assert preview.data.shape == (1, 128, 160) and preview.name == "stack live preview (plane 1)"
+    assert tuple(preview.translate) == (1, 0, 0)  # on plane 1 of the stack, shown there only
     w.corrections.stop_live()
     qtbot.waitUntil(lambda: not w.corrections.running, timeout=60_000)
     assert w.bundle is not None and w.bundle.metadata["training"]["mode"] == "live"

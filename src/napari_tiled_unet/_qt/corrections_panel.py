@@ -302,8 +302,11 @@ class CorrectionPanel(QGroupBox):
         labels = preview.labels
         if labels.size and labels.max() < 2**16:
             labels = labels.astype(np.uint16)  # napari draws uint16 without hashing it on every draw
-        scale = np.asarray(image.scale[-2:])
-        translate = np.asarray(image.translate[-2:]) + scale * (y0, x0)
+        # on a stack, the preview lies on the plane it was trained on (not on every plane)
+        k = len(self._index) if image.ndim == len(self._index) + 2 else 0
+        labels = labels.reshape((1,) * k + labels.shape)
+        scale = np.asarray(image.scale[image.ndim - 2 - k:])
+        translate = np.asarray(image.translate[image.ndim - 2 - k:]) + scale * (*self._index[:k], y0, x0)
         layer = self.preview_layer
         if layer is not None and layer in self.viewer.layers:
             layer.data = labels
