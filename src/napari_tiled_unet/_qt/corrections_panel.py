@@ -55,6 +55,11 @@ def written_of(layer: Any) -> np.ndarray | None:
     return _WRITTEN.get(layer)
 
 
+def plane_words(index: tuple[int, ...]) -> str:
+    """The plane of a stack at ``index`` in words: "plane 5" ("plane 2, 5" with two stack axes)."""
+    return f"plane {', '.join(map(str, index))}"
+
+
 class _Bridge(QObject):
     """Carries previews from the training thread to the main thread (a queued signal)."""
 
@@ -158,7 +163,7 @@ class CorrectionPanel(QGroupBox):
             self._notify(str(exc))
             return
         index = self._displayed_plane(layer)
-        on = f"plane {', '.join(map(str, index))}: " if index else ""
+        on = f"{plane_words(index)}: " if index else ""
         self.status.setText(f"Learning from {layer.name}, {on}{region.describe()}.")
         self._learn(layer, region.boxes, on + region.describe())
 
@@ -253,7 +258,7 @@ class CorrectionPanel(QGroupBox):
     def _where(self) -> str:
         """Where live training runs, for the status line: " on plane 5 at 0.65x the image's size",
         each part left out where it does not apply."""
-        plane = f" on plane {', '.join(map(str, self._index))}" if self._index else ""
+        plane = f" on {plane_words(self._index)}" if self._index else ""
         return plane + scale_phrase(self.live.scale if self.live is not None else None)
 
     def stop_live(self) -> None:
@@ -312,7 +317,7 @@ class CorrectionPanel(QGroupBox):
             layer.data = labels
             layer.translate = translate
         else:
-            on = f" (plane {', '.join(map(str, self._index))})" if self._index else ""
+            on = f" ({plane_words(self._index)})" if self._index else ""
             self.preview_layer = self.viewer.add_labels(labels, name=f"{image.name} live preview{on}",
                                                         scale=scale, translate=translate, opacity=0.5)
             if self._watched in self.viewer.layers:  # keep painting on the user's layer
