@@ -336,7 +336,7 @@ def test_the_iou_table_counts_only_the_held_out_scribbles(widget, tmp_path):
     assert figures["IoU bg"] == pytest.approx(n_bg / (n_bg + n_fg)) and figures["IoU fg"] == 0
 
 
-def test_a_stack_trains_on_the_plane_on_display(widget):
+def test_a_stack_trains_on_the_plane_on_display_and_previews_on_it(widget, qtbot):
     viewer, w = widget
     stack = np.stack([nuclei_image()[CROP]] * 3)
     painted = np.zeros(stack.shape, np.int32)
@@ -350,6 +350,14 @@ def test_a_stack_trains_on_the_plane_on_display(widget):
     viewer.dims.set_current_step(0, 0)
     with pytest.raises(ValueError, match="No object is painted"):
         w.make_trainer()
+    viewer.dims.set_current_step(0, 1)
+    w.train()
+    _wait(qtbot, w)
+    w.preview()  # of plane 1, the plane on display: it lies on that plane, not on every plane
+    _wait(qtbot, w)
+    preview = viewer.layers["img preview (fine-tuned, plane 1)"]
+    assert preview.data.shape[0] == 1 and preview.data.shape[1:] == stack.shape[1:]
+    assert tuple(preview.translate) == (1, 0, 0)
 
 
 def test_a_time_budget_trains_until_the_time_is_up_and_counts_the_time_down(widget, qtbot):

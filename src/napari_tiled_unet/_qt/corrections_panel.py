@@ -27,7 +27,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from ..corrections import correction_region
 from ..objectsize import scale_phrase
-from .layerview import camera_of, labels_plane
+from .layerview import camera_of, labels_plane, plane_placement, plane_words
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ def remember_written(layer: Any) -> bool:
 def written_of(layer: Any) -> np.ndarray | None:
     """What the plugin wrote into ``layer``, or None when it is not a result layer it remembers."""
     return _WRITTEN.get(layer)
-
-
-def plane_words(index: tuple[int, ...]) -> str:
-    """The plane of a stack at ``index`` in words: "plane 5" ("plane 2, 5" with two stack axes)."""
-    return f"plane {', '.join(map(str, index))}"
 
 
 class _Bridge(QObject):
@@ -308,10 +303,8 @@ class CorrectionPanel(QGroupBox):
         if labels.size and labels.max() < 2**16:
             labels = labels.astype(np.uint16)  # napari draws uint16 without hashing it on every draw
         # on a stack, the preview lies on the plane it was trained on (not on every plane)
-        k = len(self._index) if image.ndim == len(self._index) + 2 else 0
+        k, scale, translate = plane_placement(image, self._index, y0, x0)
         labels = labels.reshape((1,) * k + labels.shape)
-        scale = np.asarray(image.scale[image.ndim - 2 - k:])
-        translate = np.asarray(image.translate[image.ndim - 2 - k:]) + scale * (*self._index[:k], y0, x0)
         layer = self.preview_layer
         if layer is not None and layer in self.viewer.layers:
             layer.data = labels

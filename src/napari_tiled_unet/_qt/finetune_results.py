@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
-from .layerview import TrainingPlane, camera_of
+from .layerview import TrainingPlane, camera_of, plane_placement, plane_words
 
 log = logging.getLogger(__name__)
 
@@ -169,22 +169,27 @@ class ResultActions:
             return (yield from segment_iter(bundle, crop, axes=axes, stats=stats, device=device,
                                             precision=precision, diameter=diameter))
 
-        self._preview_place = (layer.name, y0, x0, np.asarray(layer.scale[-2:]),
-                               np.asarray(layer.translate[-2:]))
+        # on a stack, the preview lies on the plane it shows (not on every plane)
+        on = f", {plane_words(plane.index)}" if plane.index else ""
+        self._preview_place = (f"{layer.name} preview (fine-tuned{on})",
+                               *plane_placement(layer, plane.index, y0, x0))
         self.status.setText(f"Previewing the fine-tuned model on {layer.name} ({y1 - y0}x{x1 - x0} px) …")
         self.progress.setRange(0, 0)
         self._start(Task.PREVIEW, work, self._on_preview)
 
     def _on_preview(self, result) -> None:
-        name, y0, x0, scale, translate = self._preview_place
-        kwargs = {"scale": scale, "translate": translate + scale * (y0, x0)}
-        title = f"{name} preview (fine-tuned)"
-        if self._preview is not None and self._preview in self.viewer.layers:
-            self._preview.data = result.labels
+        title, k, scale, translate = self._preview_place
+        kwargs = {"scale": scale, "translate": translate}
+        labels = result.labels.reshape((1,) * k + result.labels.shape)
+        shown = self._preview is not None and self._preview in self.viewer.layers
+        if shown and self._preview.ndim == labels.ndim:
+            self._preview.data = labels
             self._preview.name = title
             self._preview.scale, self._preview.translate = kwargs["scale"], kwargs["translate"]
         else:
-            self._preview = self.viewer.add_labels(result.labels, name=title, **kwargs)
+            if shown:
+                self.viewer.layers.remove(self._preview)  # a preview of a plane after one of a 2D image
+            self._preview = self.viewer.add_labels(labels, name=title, **kwargs)
             self._refresh_layers()
         # the class names on hover (napari shows a Labels layer's features in the status bar)
         self._preview.features = {"class": result.class_names} if result.task == "semantic" else {}

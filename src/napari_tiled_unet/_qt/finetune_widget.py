@@ -95,7 +95,7 @@ class FineTuneWidget(DockControls, ResultActions, QWidget):
         self.after: dict[str, float] = {}
         self._loaded: dict[str, str] = {}  # display name -> file path
         self._preview = None  # the plugin's own preview layer
-        self._preview_place: tuple[Any, ...] = ()  # image name, crop offset, scale, translate
+        self._preview_place: tuple[Any, ...] = ()  # layer name, leading axes, scale, translate
         self._failed = False  # the last job ended with an error
         self._last_draw = 0.0
         self._stop_asked = False  # Stop was pressed during this training

@@ -271,3 +271,19 @@ def labels_plane(labels_layer, plane: TrainingPlane) -> Any:
         raise ValueError(f"The labels have shape {shape} but the image is {plane.stack + plane.shape}; "
                          "paint the labels on a layer of the image's size.")
     return data
+
+
+def plane_words(index: tuple[int, ...]) -> str:
+    """The plane of a stack at ``index`` in words: "plane 5" ("plane 2, 5" with two stack axes)."""
+    return f"plane {', '.join(map(str, index))}"
+
+
+def plane_placement(image_layer, index: tuple[int, ...], y0: int, x0: int) -> tuple[int, Any, Any]:
+    """Where a 2D result of the window at (``y0``, ``x0``) of the plane ``index`` of
+    ``image_layer`` goes: ``(k, scale, translate)``, the result to be given ``k`` leading axes
+    of length 1 (``labels.reshape((1,) * k + labels.shape)``) so that on a stack it lies on
+    that plane only; ``k`` is 0 for a 2D image, or where the layer has other axes (channels)."""
+    k = len(index) if image_layer.ndim == len(index) + 2 else 0
+    scale = np.asarray(image_layer.scale[image_layer.ndim - 2 - k:])
+    translate = np.asarray(image_layer.translate[image_layer.ndim - 2 - k:]) + scale * (*index[:k], y0, x0)
+    return k, scale, translate
