@@ -791,6 +791,9 @@ def _add_train(sub) -> None:
     opt.add_argument("--touching-width", type=int, default=0, metavar="PX",
                      help="instances: train this many px of each object next to another object as boundary, "
                           "a wider gap between touching objects' seeds (default 0: the 1 px outline)")
+    opt.add_argument("--core-fraction", type=float, default=0.0, metavar="F",
+                     help="instances: train only each object's core as interior, the pixels at least F times "
+                          "the object's largest distance from its outline (0 < F < 1; default 0: off)")
     opt.add_argument("--keep", default="best", choices=["best", "last"],
                      help="the weights written: best = the best on the held-out part (default), last = those "
                           "of the last step (a schedule run to its end; validations are still recorded)")
@@ -887,7 +890,8 @@ def _cmd_train(args) -> int:
     config = TrainConfig(
         annotation=args.annotation, epochs=args.epochs, minutes=args.minutes,
         steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction, seed=args.seed,
-        touching_width=args.touching_width, keep=args.keep, device=args.device,
+        touching_width=args.touching_width, core_fraction=args.core_fraction, keep=args.keep,
+        device=args.device,
         checkpoint_path=args.checkpoint, checkpoint_minutes=args.checkpoint_minutes,
         **chosen,
     )  # checks the settings' ranges first

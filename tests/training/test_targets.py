@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from napari_tiled_unet.training.targets import (
     BOUNDARY,
@@ -157,6 +158,26 @@ def test_touching_width_equals_distances_to_other_objects_brute_force():
     assert got.sum() > (instance_classes(lab) == BOUNDARY).sum()  # the field has touching discs
 
 
+def test_core_fraction_keeps_one_central_core_per_nucleus_and_the_foreground():
+    yy, xx = np.mgrid[:48, :80]
+    lab = np.zeros((48, 80), np.int32)
+    centres = ((24, 24), (24, 52))  # discs of radius 16 that overlap: the second cuts into the first
+    for k, (cy, cx) in enumerate(centres, start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16**2] = k
+    plain, core = instance_classes(lab), instance_classes(lab, core_fraction=0.5)
+    assert np.array_equal(core > 0, lab > 0)  # the objects' extent is unchanged
+    gaps = []
+    for k, (cy, cx) in enumerate(centres, start=1):
+        inside = (core == INTERIOR) & (lab == k)
+        _, n = ndi.label(inside)
+        assert n == 1 and inside[cy, cx]  # one core, on the centre
+        assert inside.sum() < 0.45 * (plain[lab == k] == INTERIOR).sum()  # a core, not the interior
+        gaps.append(np.flatnonzero(inside[cy]))
+    # where the two nuclei meet (x 38), both cores stay at least 6 px away: a wide band between seeds
+    assert gaps[0].max() <= 38 - 6 and gaps[1].min() >= 38 + 6
+    assert np.array_equal(instance_classes(lab, core_fraction=0.0), plain)
+
+
 def test_train_touching_width_and_keep_are_recorded_and_a_bad_width_is_one_sentence(tmp_path, capsys,
                                                                                      tiny_train_args):
     from napari_tiled_unet.cli import main
@@ -164,11 +185,14 @@ def test_train_touching_width_and_keep_are_recorded_and_a_bad_width_is_one_sente
 
     out = tmp_path / "t.safetensors"
     common = [*tiny_train_args, "--out", str(out)]
-    assert main([*common, "--touching-width", "2", "--keep", "last"]) == 0
+    assert main([*common, "--touching-width", "2", "--core-fraction", "0.3", "--keep", "last"]) == 0
     record = load_model(out).metadata["training"]
-    assert record["touching_width"] == 2 and record["keep"] == "last"
+    assert record["touching_width"] == 2 and record["keep"] == "last" and record["core_fraction"] == 0.3
     out.unlink()
     capsys.readouterr()
     assert main([*common, "--touching-width", "-1"]) == 1
     err = capsys.readouterr().err.strip()
     assert "touching_width" in err and "\n" not in err and not out.exists()
+    assert main([*common, "--core-fraction", "1.5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "core_fraction" in err and "\n" not in err and not out.exists()

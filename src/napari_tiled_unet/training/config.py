@@ -97,6 +97,8 @@ class TrainConfig:
         w0, sigma: U-Net border weight (instances).
         touching_width: px of each object next to another object that are trained as boundary
             too (instances; 0: only the 1 px outline; see :func:`.targets.instance_classes`).
+        core_fraction: train only each object's core as interior, the pixels at least this
+            fraction of the object's largest distance from its outline (instances; 0: off).
         keep: which weights the run returns: ``"best"`` (the best on the held-out part) or
             ``"last"`` (those of the last step, for a schedule meant to run to its end; the best
             step is still recorded).
@@ -135,6 +137,7 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     touching_width: int = 0
+    core_fraction: float = 0.0
     keep: str = "best"
     balance: bool = True
     dice_weight: float = 1.0
@@ -152,6 +155,7 @@ class TrainConfig:
             raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}: use "
                              f"{' or '.join(LR_SCHEDULES)}.")
         settings.integer("touching_width", self.touching_width, minimum=0, maximum=16)
+        settings.fraction("core_fraction", self.core_fraction)
         if self.keep not in KEEP:
             raise ValueError(f"Unknown choice of weights to keep {self.keep!r}: use 'best' or 'last'.")
         if self.batchnorm not in BATCHNORM_MODES:

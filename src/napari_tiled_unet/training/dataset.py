@@ -264,7 +264,7 @@ class TrainingSet:
             lab = objectsize.resize_labels(lab, slot.image.shape[1:])
         t = make_targets(slot.image.shape[1:], lab, c.annotation, slot.region,
                          n_classes=int(self.base.model.n_classes), w0=c.w0, sigma=c.sigma, balance=c.balance,
-                         touching_width=c.touching_width)
+                         touching_width=c.touching_width, core_fraction=c.core_fraction)
         return t, lab
 
     def _item(self, i: int, targets: Any) -> TrainingImage | None:
@@ -413,6 +413,8 @@ class TrainingSet:
             parts.append(self.scale)
         if c.touching_width:
             parts.append(("touching_width", c.touching_width))
+        if c.core_fraction:
+            parts.append(("core_fraction", c.core_fraction))
         if self._sampling != (None, None) or c.augmentation != Augmentation():
             parts += [repr(self._sampling), repr(c.augmentation)]
         h.update(repr(parts).encode())

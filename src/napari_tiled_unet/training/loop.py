@@ -288,6 +288,8 @@ class Trainer:
         }
         if c.touching_width:
             rec["touching_width"] = c.touching_width
+        if c.core_fraction:
+            rec["core_fraction"] = c.core_fraction
         if c.keep != "best":
             rec["keep"] = c.keep
         if scratch and self.base.metadata.get("classes_from"):
