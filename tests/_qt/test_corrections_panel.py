@@ -349,3 +349,22 @@ def test_learn_from_my_corrections_on_a_stack_learns_the_corrected_plane_on_disp
     qtbot.waitUntil(lambda: not w.running, timeout=120_000)
     assert w.bundle is not None
     assert np.array_equal(result.data[0], lab[crops[0]])  # the user's layer is as they left it
+
+
+def test_learn_from_a_stack_result_too_large_to_compare_says_so_in_one_sentence(make_napari_viewer,
+                                                                                 tiny_model_file):
+    """A stack result above the 64 megapixels kept for comparison is refused with a sentence that
+    names the stack and what to do, and the user's layer is left as it was."""
+    viewer = make_napari_viewer()
+    shape = (17, 2048, 2048)  # 71 megapixels in all
+    image = viewer.add_image(np.zeros(shape, np.uint8), name="stack")
+    result = viewer.add_labels(np.zeros(shape, np.uint8), name="stack labels")
+    result.metadata["napari_tiled_unet"] = {"role": "labels", "image": "stack"}
+    assert not remember_written(result)
+    result.data[3, 10:20, 10:20] = 5  # an edit
+    learned, results, notes = [], [], []
+    panel = _panel(viewer, image, result, tiny_model_file, learned, results, notes)
+    panel.learn_button.click()
+    assert not learned
+    assert "stack of 17 planes" in notes[-1] and "fewer planes" in notes[-1] and "\n" not in notes[-1]
+    assert int(result.data.sum()) == 5 * 100

@@ -55,6 +55,18 @@ def written_of(layer: Any) -> np.ndarray | None:
     return _WRITTEN.get(layer)
 
 
+def _not_remembered(layer: Any, data: Any) -> str:
+    """Why ``layer`` has no written copy to compare corrections against, in one sentence."""
+    limit = MAX_REMEMBERED // (1024 * 1024)
+    if isinstance(data, np.ndarray) and data.ndim > 2 and data.size > MAX_REMEMBERED:
+        planes = int(np.prod(data.shape[:-2]))
+        return (f"{layer.name} is a stack of {planes} planes, {data.size / 2**20:.0f} megapixels in all, "
+                f"more than the {limit} megapixels of segmentation kept to compare your corrections "
+                "against: segment fewer planes (a substack of the image) and correct that result.")
+    return (f"{layer.name} is not an in-memory result of the Segment widget: segment the image (up to "
+            f"{limit} megapixels) and correct that layer.")
+
+
 class _Bridge(QObject):
     """Carries previews from the training thread to the main thread (a queued signal)."""
 
@@ -145,9 +157,23 @@ class CorrectionPanel(QGroupBox):
                 found = layer if found is None or meta.get("edited") else found
         return found
 
+    def _too_large_result(self) -> Any:
+        """The chosen labels layer, when it is a result of the plugin too large to keep a copy of
+        (:data:`MAX_REMEMBERED`), else None."""
+        chosen = self._labels_layer()
+        meta = (getattr(chosen, "metadata", None) or {}).get("napari_tiled_unet", {})
+        data = getattr(chosen, "data", None)
+        if meta.get("role") == "labels" and isinstance(data, np.ndarray) and data.size > MAX_REMEMBERED:
+            return chosen
+        return None
+
     def learn_from_corrections(self) -> None:
         """Hand the widget the corrected result layer and the region of the edits."""
         layer = self.corrected_layer()
+        too_large = self._too_large_result()
+        if layer is None and too_large is not None:
+            self._notify(_not_remembered(too_large, too_large.data))
+            return
         if layer is None:
             self._notify("Segment the image first (Segment widget), correct its result layer with the brush, "
                          "eraser or fill, then click Learn from my corrections.")
@@ -176,8 +202,7 @@ class CorrectionPanel(QGroupBox):
         if written is None or not isinstance(current, np.ndarray):
             # only in-memory result layers have a written copy (remember_written); a lazy layer's
             # data is never pulled into memory here
-            raise ValueError(f"{layer.name} is not an in-memory result of the Segment widget: segment the "
-                             "image (up to 64 megapixels) and correct that layer.")
+            raise ValueError(_not_remembered(layer, current))
         index = self._displayed_plane(layer)
         if index and np.array_equal(written[index], current[index]):
             changed = (written != current).reshape(*written.shape[:-2], -1).any(axis=-1)
