@@ -43,6 +43,49 @@ GRID = {
 }
 
 
+def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAULT_DATA,
+                           cache: Path | None = None) -> tuple[list, dict[str, float], str]:
+    """The network's probabilities on ``n`` training images (seed 0; held-out ids left out), drawn
+    from the sets of ``mix`` in proportion to their weights (at least 6 per set) or from ``data``.
+
+    Returns ``[(set name, probabilities, ground truth)]``, each set's weight, and where they came from.
+    """
+    if mix is not None:
+        from napari_tiled_unet.training.mixture import read_list_file
+
+        sets = read_list_file(mix)
+        total = sum(s.weight for s in sets)
+        sources = [(s.images.parent, set(read_ids(s.held_out)) if s.held_out else set(),
+                    max(6, round(n * s.weight / total))) for s in sets]
+        weights = {s.images.parent.name: s.weight / total for s in sets}
+        origin = f"training parts of {', '.join(s.name for s in sets)} (held-out ids excluded)"
+    else:
+        sources = [(data, set(read_ids(DEFAULT_IDS)), n)]
+        weights = {data.name: 1.0}
+        origin = "training part of DSB2018 (validation ids excluded)"
+    ids = []
+    for folder, held, count in sources:
+        train = sorted(p.stem for p in (folder / "images").glob("*.tif") if p.stem not in held)
+        picked = np.random.default_rng(0).choice(train, min(count, len(train)), replace=False).tolist()
+        ids += [(folder, i) for i in sorted(picked)]
+    cached = []
+    weights_key = state_hash(bundle.model)[:16]
+    for folder, i in ids:
+        gt = tifffile.imread(folder / "labels" / f"{i}.tif")
+        # the weights' hash in the path: probabilities of another model are never reused
+        saved = cache / weights_key / f"{folder.name}--{i}.npy" if cache else None
+        if saved is not None and saved.exists():
+            prob = np.load(saved)
+        else:
+            image = tifffile.imread(folder / "images" / f"{i}.tif")
+            prob = predict(bundle, image, device="cpu", precision="bf16")
+            if saved is not None:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                np.save(saved, prob)
+        cached.append((folder.name, prob, gt))
+    return cached, weights, origin
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
@@ -60,39 +103,7 @@ def main() -> None:
     grid = {"foreground_threshold": args.foreground, "seed_threshold": args.seed, "min_size": args.min_size,
             "min_size_fraction": args.min_size_fraction}
     bundle = load_model(args.model)
-    if args.mix is not None:
-        from napari_tiled_unet.training.mixture import read_list_file
-
-        sets = read_list_file(args.mix)
-        total = sum(s.weight for s in sets)
-        sources = [(s.images.parent, set(read_ids(s.held_out)) if s.held_out else set(),
-                    max(6, round(args.n * s.weight / total))) for s in sets]
-        weights = {s.images.parent.name: s.weight / total for s in sets}
-        origin = f"training parts of {', '.join(s.name for s in sets)} (held-out ids excluded)"
-    else:
-        sources = [(args.data, set(read_ids(DEFAULT_IDS)), args.n)]
-        weights = {args.data.name: 1.0}
-        origin = "training part of DSB2018 (validation ids excluded)"
-    ids = []
-    for folder, held, n in sources:
-        train = sorted(p.stem for p in (folder / "images").glob("*.tif") if p.stem not in held)
-        picked = np.random.default_rng(0).choice(train, min(n, len(train)), replace=False).tolist()
-        ids += [(folder, i) for i in sorted(picked)]
-    cached = []
-    weights_key = state_hash(bundle.model)[:16]
-    for folder, i in ids:
-        gt = tifffile.imread(folder / "labels" / f"{i}.tif")
-        # the weights' hash in the path: probabilities of another model are never reused
-        saved = args.cache / weights_key / f"{folder.name}--{i}.npy" if args.cache else None
-        if saved is not None and saved.exists():
-            prob = np.load(saved)
-        else:
-            image = tifffile.imread(folder / "images" / f"{i}.tif")
-            prob = predict(bundle, image, device="cpu", precision="bf16")
-            if saved is not None:
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                np.save(saved, prob)
-        cached.append((folder.name, prob, gt))
+    cached, weights, origin = training_probabilities(bundle, args.mix, args.n, args.data, args.cache)
     rows = []
     for fg, seed, size, frac in itertools.product(*grid.values()):
         ms = [(name, match_instances(
@@ -117,11 +128,11 @@ def main() -> None:
         own = max(rows, key=lambda r: r["by_set"][name])
         print(name, "alone would choose", {k: own[k] for k in grid}, "AP@0.5", own["by_set"][name])
     best = rows[0]
-    print("current", current, "->", {k: best[k] for k in grid}, "on", len(ids), "training images")
+    print("current", current, "->", {k: best[k] for k in grid}, "on", len(cached), "training images")
     if args.write:
         bundle.metadata["postprocess"] = {**current, **{k: best[k] for k in grid}}
         bundle.metadata["postprocess_tuning"] = {
-            "images": len(ids), "from": origin,
+            "images": len(cached), "from": origin,
             "grid": grid, "ap@0.5": best["ap@0.5"],
         }
         bundle.save(args.model)
