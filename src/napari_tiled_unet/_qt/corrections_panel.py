@@ -55,9 +55,9 @@ def written_of(layer: Any) -> np.ndarray | None:
     return _WRITTEN.get(layer)
 
 
-def _not_remembered(layer: Any, data: Any) -> str:
+def _not_remembered(layer: Any) -> str:
     """Why ``layer`` has no written copy to compare corrections against, in one sentence."""
-    limit = MAX_REMEMBERED // (1024 * 1024)
+    limit, data = MAX_REMEMBERED // (1024 * 1024), layer.data
     if isinstance(data, np.ndarray) and data.ndim > 2 and data.size > MAX_REMEMBERED:
         planes = int(np.prod(data.shape[:-2]))
         return (f"{layer.name} is a stack of {planes} planes, {data.size / 2**20:.0f} megapixels in all, "
@@ -170,13 +170,11 @@ class CorrectionPanel(QGroupBox):
     def learn_from_corrections(self) -> None:
         """Hand the widget the corrected result layer and the region of the edits."""
         layer = self.corrected_layer()
-        too_large = self._too_large_result()
-        if layer is None and too_large is not None:
-            self._notify(_not_remembered(too_large, too_large.data))
-            return
         if layer is None:
-            self._notify("Segment the image first (Segment widget), correct its result layer with the brush, "
-                         "eraser or fill, then click Learn from my corrections.")
+            too_large = self._too_large_result()
+            self._notify(_not_remembered(too_large) if too_large is not None else (
+                "Segment the image first (Segment widget), correct its result layer with the brush, "
+                "eraser or fill, then click Learn from my corrections."))
             return
         try:
             region = self._region(layer)
@@ -202,7 +200,7 @@ class CorrectionPanel(QGroupBox):
         if written is None or not isinstance(current, np.ndarray):
             # only in-memory result layers have a written copy (remember_written); a lazy layer's
             # data is never pulled into memory here
-            raise ValueError(_not_remembered(layer, current))
+            raise ValueError(_not_remembered(layer))
         index = self._displayed_plane(layer)
         if index and np.array_equal(written[index], current[index]):
             changed = (written != current).reshape(*written.shape[:-2], -1).any(axis=-1)
