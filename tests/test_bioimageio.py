@@ -267,3 +267,33 @@ def test_an_rgb_one_logit_model_with_a_pixel_size_exports_and_round_trips(tmp_pa
         return
     summary = test_model(str(path), weight_format="pytorch_state_dict")
     assert summary.status == "passed", summary.format()
+
+
+def test_a_ceiling_on_the_normalized_values_exports_as_clip_and_round_trips(tmp_path):
+    """A recipe with clip_high (nuclei-v2's) becomes a bioimage.io `clip` step after the scaling,
+    which bioimage.io tools run to the same test output, and comes back on import."""
+    from napari_tiled_unet.inference import whole_image_probabilities
+    from napari_tiled_unet.model import ModelBundle, make_metadata
+
+    net = UNet(1, 3, base_channels=4, depth=2).eval()
+    recipe = {"kind": "scale", "divide": 40.0, "clip_high": 2.0}
+    meta = make_metadata(net, normalization=recipe, name="clipped")
+    image = nuclei_image()[:256, :256]  # values up to 255: most nuclei above the ceiling (80)
+    assert (image > 80).mean() > 0.05
+    path = export_bioimageio(ModelBundle(net, meta), tmp_path / "clipped.zip", test_image=image)
+    steps = yaml.safe_load(zipfile.ZipFile(path).read("rdf.yaml"))["inputs"][0]["preprocessing"]
+    assert [s["id"] for s in steps] == ["ensure_dtype", "scale_linear", "clip", "ensure_dtype"]
+    assert steps[2]["kwargs"] == {"max": 2.0}
+    back = import_bioimageio(path)
+    assert back.normalization["clip_high"] == 2.0
+    np.testing.assert_array_equal(whole_image_probabilities(back, image),
+                                  whole_image_probabilities(ModelBundle(net, meta), image))
+    unclipped = ModelBundle(net, make_metadata(net, normalization={"kind": "scale", "divide": 40.0}))
+    assert not np.array_equal(whole_image_probabilities(unclipped, image),
+                              whole_image_probabilities(back, image))
+    try:
+        from bioimageio.core import test_model
+    except ImportError:
+        return
+    summary = test_model(str(path), weight_format="pytorch_state_dict")
+    assert summary.status == "passed", summary.format()

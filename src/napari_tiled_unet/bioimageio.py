@@ -122,6 +122,17 @@ def _preprocessing(normalization: dict[str, Any]) -> tuple[list[dict[str, Any]],
     how exactly they match it."""
     kind = normalization.get("kind", "percentile")
     to_float = {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+    steps, note = _scaling(normalization, kind, to_float)
+    if "clip_high" in normalization:
+        ceiling = float(normalization["clip_high"])
+        # after the scaling, on float32 values (before the last ensure_dtype where there is one)
+        steps.insert(max(len(steps) - 1, 1), {"id": "clip", "kwargs": {"max": ceiling}})
+        note += f" Values above {ceiling:g} after that are set to {ceiling:g} (`clip`)."
+    return steps, note
+
+
+def _scaling(normalization: dict[str, Any], kind: str, to_float: dict[str, Any]) -> tuple[list, str]:
+    """The steps and sentence of the recipe's scaling, without its ceiling."""
     if kind == "percentile":
         low, high = float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))
         step = {

@@ -751,6 +751,9 @@ def _add_train(sub) -> None:
                      help="high percentile of the trained model's normalization (default: the base's)")
     mix.add_argument("--exclude-saturated", action="store_true",
                      help="leave pixels at the image's maximum out of the normalization percentiles")
+    mix.add_argument("--normalization-clip", type=float, default=None, metavar="C",
+                     help="ceiling on the normalized values (1 = the high percentile): far brighter objects "
+                          "reach the network at C (default: the base's; docs/models.md, Normalization)")
     p.add_argument("--out", required=True, help="where to save the trained model (.safetensors)")
     p.add_argument("--base", default=None,
                    help="model to fine-tune (file or built-in name); default: a new model from scratch")
@@ -863,10 +866,15 @@ def _mixture_gen(args, base, out: Path, new_model, config):
         raise CLIError("--val-ids holds out ids of one folder; with several sets, give each set's held-out "
                        "ids in the --data-list file.")
     recipe = None
-    if args.normalization_high is not None or args.exclude_saturated:
+    if args.normalization_high is not None or args.exclude_saturated or args.normalization_clip is not None:
         recipe = {"kind": "percentile", "low": 1.0, "high": args.normalization_high or 99.8}
         if args.exclude_saturated:
             recipe["exclude_saturated"] = True
+        if args.normalization_clip is not None:
+            if not args.normalization_clip > 0:
+                raise CLIError(f"--normalization-clip is {args.normalization_clip:g}; give a ceiling above "
+                               "0, such as 2 (twice the image's high percentile).")
+            recipe["clip_high"] = args.normalization_clip
     return train_mixture_iter(sets, config, out=out, base=base, new_model=new_model,
                               normalization=recipe, monitor_per_set=args.monitor_per_set)
 

@@ -234,7 +234,7 @@ def predict_iter(
             tiling stays exact, because windows are whole 2^depth blocks at block offsets.
         out: None for a numpy result, or a zarr array / path to write into. When None and
             the result would exceed the RAM budget, an error asks for a zarr path.
-        stats: normalization statistics (C, 2) computed elsewhere (the cluster path computes
+        stats: normalization statistics (C, 3) computed elsewhere (the cluster path computes
             them once for the whole image); None computes them from ``image``.
         control: a :class:`~napari_tiled_unet.events.RunControl`: cancel between two layers
             of the network (raises :class:`~napari_tiled_unet.events.Cancelled`) and progress

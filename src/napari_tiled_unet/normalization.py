@@ -3,10 +3,12 @@
 A bundle carries a *recipe* (``{"kind": "percentile", "low": 1.0, "high": 99.8}``, optionally
 with ``"exclude_saturated": true``: the pixels at the image's maximum value are left out of
 the percentiles, so the flat tops of saturated objects cannot set the scale; or
-``{"kind": "scale", "divide": 255.0}``); :func:`compute_stats` turns it into per-channel
-``(offset, scale)`` pairs from the whole image (or an evenly spread sample of a lazy
-one), and :func:`apply` maps any window with those same numbers, so every tile sees
-exactly the values the whole image would.
+``{"kind": "scale", "divide": 255.0}``); any kind may add ``"clip_high": c``, a ceiling on the
+normalized values (objects far brighter than the image's bright level are shown to the network
+at ``c``, inside the brightness it was trained on). :func:`compute_stats` turns the recipe into
+per-channel ``(offset, scale, ceiling)`` from the whole image (or an evenly spread sample of a
+lazy one), and :func:`apply` maps any window with those same numbers, pixel by pixel, so every
+tile sees exactly the values the whole image would.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _sample_plane_indices(shape: tuple[int, ...], target: int) -> tuple[slice, .
 
 
 def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None = None) -> np.ndarray:
-    """Per-channel ``(offset, scale)`` such that ``(x - offset) * scale`` is normalized.
+    """Per-channel ``(offset, scale, ceiling)``: ``min((x - offset) * scale, ceiling)`` is normalized.
 
     Args:
         image: array-like (numpy, dask, zarr) of any shape; read in strided samples when
@@ -42,7 +44,7 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
         channel_axis: axis holding channels, or None for a single channel.
 
     Returns:
-        float64 array of shape (C, 2).
+        float64 array of shape (C, 3); the ceiling is ``inf`` without ``clip_high``.
 
     Raises:
         ImageError: the image is empty, constant or holds NaN/inf values.
@@ -51,7 +53,8 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
     if 0 in shape:
         raise ImageError("The image is empty (one of its dimensions is 0); choose another image.")
     n_ch = 1 if channel_axis is None else shape[channel_axis]
-    stats = np.zeros((n_ch, 2), dtype=np.float64)
+    stats = np.zeros((n_ch, 3), dtype=np.float64)
+    stats[:, 2] = float(recipe.get("clip_high", math.inf))
     for c in range(n_ch):
         if channel_axis is None:
             plane_shape = shape
@@ -79,11 +82,11 @@ def compute_stats(image: Any, recipe: dict[str, Any], channel_axis: int | None =
                 raise ImageError(
                     "The image is constant (every pixel has the same value), so there is nothing to segment."
                 )
-            stats[c] = (lo, 1.0 / (hi - lo))
+            stats[c, :2] = (lo, 1.0 / (hi - lo))
         elif kind == "scale":
-            stats[c] = (float(recipe.get("offset", 0.0)), 1.0 / float(recipe.get("divide", 1.0)))
+            stats[c, :2] = (float(recipe.get("offset", 0.0)), 1.0 / float(recipe.get("divide", 1.0)))
         elif kind == "none":
-            stats[c] = (0.0, 1.0)
+            stats[c, :2] = (0.0, 1.0)
         else:
             raise ImageError(f"Unknown normalization {kind!r} in the model file.")
     return stats
@@ -102,7 +105,10 @@ def _drop_saturated(sample: np.ndarray) -> np.ndarray:
 
 
 def apply(window: np.ndarray, stats: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Normalize a (C, ...) window with ``stats`` from :func:`compute_stats`; float32 result."""
+    """Normalize a (C, ...) window with ``stats`` from :func:`compute_stats`; float32 result.
+
+    ``stats`` of shape (C, 2) (offset and scale, no ceiling) are accepted too.
+    """
     window = np.asarray(window)
     if out is None:
         out = np.empty(window.shape, dtype=np.float32)
@@ -110,7 +116,9 @@ def apply(window: np.ndarray, stats: np.ndarray, out: np.ndarray | None = None) 
     for c in range(window.shape[0]):
         if wide:  # in float64, so large offsets and huge values survive until they are normalized
             out[c] = (window[c] - stats[c, 0]) * stats[c, 1]
-            continue
-        np.subtract(window[c], stats[c, 0], out=out[c], casting="unsafe")
-        out[c] *= np.float32(stats[c, 1])
+        else:
+            np.subtract(window[c], stats[c, 0], out=out[c], casting="unsafe")
+            out[c] *= np.float32(stats[c, 1])
+        if stats.shape[1] > 2 and np.isfinite(stats[c, 2]):
+            np.minimum(out[c], np.float32(stats[c, 2]), out=out[c])
     return out

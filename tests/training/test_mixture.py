@@ -37,7 +37,8 @@ def test_train_on_two_folder_pairs_records_both_sets(tmp_path, capsys):
     assert main(["train", "--data", str(a / "images"), f"{a / 'labels'}:3", "--data", str(b / "images"),
                  str(b / "labels"), "--out", str(out), "--base-channels", "4", "--depth", "2",
                  "--epochs", "1", "--steps-per-epoch", "3", "--patch-size", "64", "--batch-size", "2",
-                 "--monitor-per-set", "1", "--exclude-saturated", "--normalization-high", "99"]) == 0
+                 "--monitor-per-set", "1", "--exclude-saturated", "--normalization-high", "99",
+                 "--normalization-clip", "2"]) == 0
     capsys.readouterr()
     bundle = load_model(out)
     sets = {s["name"]: s for s in bundle.metadata["training"]["sets"]}
@@ -48,7 +49,8 @@ def test_train_on_two_folder_pairs_records_both_sets(tmp_path, capsys):
     assert sets["eightbit"]["sha256"] != sets["sixteen"]["sha256"]
     assert bundle.metadata["object_diameter"] > 0
     assert bundle.metadata["object_diameter_range"] == [12.0, 64.0]  # what diameter="auto" trusts
-    assert bundle.normalization == {"kind": "percentile", "low": 1.0, "high": 99.0, "exclude_saturated": True}
+    assert bundle.normalization == {"kind": "percentile", "low": 1.0, "high": 99.0, "exclude_saturated": True,
+                                    "clip_high": 2.0}
     # fine-tuned on one folder at its own scale: auto must not resize images away from that scale
     tuned = tmp_path / "tuned.safetensors"
     assert main(["train", "--images", str(a / "images"), "--labels", str(a / "labels"), "--base", str(out),
@@ -58,6 +60,12 @@ def test_train_on_two_folder_pairs_records_both_sets(tmp_path, capsys):
     tuned = load_model(tuned)
     assert "object_diameter_range" not in tuned.metadata
     assert tuned.metadata["object_diameter"] == bundle.metadata["object_diameter"]
+    assert tuned.normalization == bundle.normalization  # the base's recipe, ceiling included
+    bad = ["train", "--data", str(a / "images"), str(a / "labels"),
+           "--out", str(tmp_path / "bad.safetensors"), "--normalization-clip", "0"]
+    assert main(bad) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--normalization-clip" in err and "\n" not in err and not (tmp_path / "bad.safetensors").exists()
 
 
 def test_held_out_ids_never_reach_training_and_sets_are_drawn_by_weight(tmp_path):

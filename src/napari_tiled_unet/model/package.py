@@ -265,6 +265,10 @@ def _normalization_from(steps: list[dict[str, Any]], name: str) -> dict[str, Any
     for step in steps:
         op = step.get("id") or step.get("name")
         kwargs = step.get("kwargs") or {}
+        ceiling = kwargs.get("max")
+        if op == "clip" and found is not None and isinstance(ceiling, (int, float)) and ceiling > 0:
+            found["clip_high"] = float(ceiling)  # a ceiling on the normalized values (normalization.py)
+            continue
         if op in ("ensure_dtype", "clip") or (op == "binarize"):
             continue
         if found is not None:

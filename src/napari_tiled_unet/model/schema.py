@@ -146,6 +146,8 @@ def _check_normalization(norm: Any, fail) -> None:
         low, high = norm.get("low", 1.0), norm.get("high", 99.8)
         if not 0 <= low < high <= 100:
             raise fail(f"normalization percentiles {low} and {high} are not 0 <= low < high <= 100")
+    if "clip_high" in norm and not norm["clip_high"] > 0:
+        raise fail(f"normalization clip_high is {norm['clip_high']!r}, not a positive number")
     if kind == "scale" and norm.get("divide", 1.0) == 0:
         raise fail("normalization divides by 0")
 

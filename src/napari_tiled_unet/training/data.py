@@ -122,7 +122,7 @@ class TrainingImage:
         image: (C, Y, X) array: float32 already normalized when ``stats`` is None, else any
             numeric dtype normalized per patch with ``stats``.
         targets: the image's :class:`~napari_tiled_unet.training.targets.Targets`.
-        stats: float64 (C, 2) statistics from :func:`napari_tiled_unet.normalization.compute_stats`.
+        stats: float64 (C, 3) statistics from :func:`napari_tiled_unet.normalization.compute_stats`.
         mask: optional bool (Y, X) that replaces ``targets.mask`` (e.g. the training or the
             validation part of the annotated area).
         name: shown in messages.
