@@ -119,18 +119,19 @@ def test_euler_numbers_match_scikit_image():
 
 
 @pytest.mark.slow
-def test_builtin_model_on_chromocentres_leaves_no_object_inside_another(monkeypatch):
+@pytest.mark.parametrize("name", ["nuclei-v2", "nuclei-dsb2018"])
+def test_builtin_model_on_chromocentres_leaves_no_object_inside_another(monkeypatch, name):
     from napari_tiled_unet import postprocess
-    from napari_tiled_unet.model import zoo
     from napari_tiled_unet.model.bundle import load_model
     from napari_tiled_unet.segmentation import segment
 
     image, truth = chromocentre_field()  # 90 px nuclei, each with 4-7 bright spots
-    labels = segment(load_model(zoo.DEFAULT), image, device="cpu").labels
+    labels = segment(load_model(name), image, device="cpu").labels
     assert enclosed_pairs(labels) == []
     assert match_instances(truth, labels, iou_threshold=0.5).tp >= 0.7 * truth.max()
-    monkeypatch.setattr(postprocess, "absorb_enclosed", lambda labels: labels)  # the same without the merge
-    assert len(enclosed_pairs(segment(load_model(zoo.DEFAULT), image, device="cpu").labels)) >= 5
+    if name == "nuclei-dsb2018":  # its fragments at the spots are what the merge is for
+        monkeypatch.setattr(postprocess, "absorb_enclosed", lambda labels: labels)  # without the merge
+        assert len(enclosed_pairs(segment(load_model(name), image, device="cpu").labels)) >= 5
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from napari_tiled_unet.segmentation import segment
 
 @pytest.fixture(scope="module")
 def builtin():
-    return load_model()
+    """The built-in model that records one diameter and no range of sizes (nuclei-v2 has one)."""
+    return load_model("nuclei-dsb2018")
 
 
 @pytest.mark.slow
@@ -66,10 +67,11 @@ def test_cli_segment_with_auto_diameter_shows_the_estimate(tmp_path, capsys):
     image, _ = disc_field(shape=(200, 260), diameter=44, seed=2)
     tifffile.imwrite(tmp_path / "discs.tif", image)
     assert main(["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "out"), "--device", "cpu",
-                 "--diameter", "auto", "--json"]) == 0
+                 "--diameter", "auto", "--json", "-m", "nuclei-dsb2018"]) == 0
     row = json.loads(capsys.readouterr().out)["segmented"][0]
     assert abs(row["estimated_diameter"] / 44 - 1) <= 0.2
-    assert row["scale"] == pytest.approx(model_diameter(load_model()) / row["estimated_diameter"], rel=0.15)
+    expected = model_diameter(load_model("nuclei-dsb2018")) / row["estimated_diameter"]
+    assert row["scale"] == pytest.approx(expected, rel=0.15)
     assert tifffile.imread(row["output"]).shape == image.shape
     bad = ["segment", str(tmp_path / "discs.tif"), "-o", str(tmp_path / "o2"), "--diameter", "big"]
     assert main(bad) == 1
@@ -132,9 +134,15 @@ def test_cli_segment_uses_auto_by_default_for_a_model_with_a_range_as_the_widget
     row = json.loads(capsys.readouterr().out)["segmented"][0]
     assert "estimated_diameter" not in row and "scale" not in row
     # a model without a range: no diameter unless asked for
-    plain = ["segment", str(tmp_path / "discs.tif"), "--device", "cpu", "--json", "-o", str(tmp_path / "c")]
+    plain = ["segment", str(tmp_path / "discs.tif"), "--device", "cpu", "--json", "-o", str(tmp_path / "c"),
+             "-m", "nuclei-dsb2018"]
     assert main(plain) == 0
     assert "estimated_diameter" not in json.loads(capsys.readouterr().out)["segmented"][0]
+    # the default model records a range: auto without asking; 44 px lies inside it, so no rescaling
+    assert main(["segment", str(tmp_path / "discs.tif"), "--device", "cpu", "--json",
+                 "-o", str(tmp_path / "e")]) == 0
+    row = json.loads(capsys.readouterr().out)["segmented"][0]
+    assert abs(row["estimated_diameter"] / 44 - 1) <= 0.2 and row["scale"] == 1.0
     # labels that go to a zarr store are not rescaled: the default gives way with a warning
     zarr.save_array(str(tmp_path / "discs.zarr"), image)
     assert main(["segment", str(tmp_path / "discs.zarr"), "--device", "cpu", "--json", "-m", str(ranged),

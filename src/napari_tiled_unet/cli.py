@@ -195,7 +195,8 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("inputs", nargs="+", help="image files (.tif, .png, .zarr), folders or glob patterns")
     p.add_argument("-o", "--output", required=True, help="folder for the label maps")
-    p.add_argument("-m", "--model", default=None, help="model file or built-in name (default: built-in)")
+    p.add_argument("-m", "--model", default=None,
+                   help="model file or built-in name: nuclei-v2 (the default) or nuclei-dsb2018")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto (default): bf16 on CPUs that compute it in hardware and on CUDA (fp16 where "

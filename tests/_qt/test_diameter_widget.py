@@ -14,7 +14,7 @@ def test_auto_diameter_shows_the_estimate_and_keeps_the_image_shape(make_napari_
     image, _ = disc_field(shape=(180, 220), diameter=48, seed=3)
     viewer.add_image(image, name="discs")
     w.image_combo.setCurrentText("discs")
-    w.model_combo.setCurrentIndex(0)
+    w.model_combo.setCurrentText("nuclei-dsb2018")  # one diameter, no range: auto always rescales
     w.diameter_auto.setChecked(True)
     assert not w.diameter_spin.isEnabled()
     w.run()

@@ -11,16 +11,17 @@ from ..errors import BundleError
 
 #: name -> (file inside ``weights/``, one-line description)
 BUILTIN: dict[str, tuple[str, str]] = {
-    "nuclei-dsb2018": ("nuclei-dsb2018.safetensors",
-                       "Fluorescence nuclei (DSB2018), U-Net 16x4, instances; best on cultured cells like "
-                       "DSB2018's"),
     "nuclei-v2": ("nuclei-v2.safetensors",
                   "Fluorescence nuclei from four public sets (DSB2018, Kromp, BitDepth, Aitslab), "
-                  "U-Net 16x4, instances; better than nuclei-dsb2018 on images from other labs (tissue "
-                  "sections, cytospins, 16-bit widefield, large nuclei at 40-63x), behind it on DSB2018"),
+                  "U-Net 16x4, instances; the default: far better than nuclei-dsb2018 on images from other "
+                  "labs (tissue sections, cytospins, 16-bit widefield, large nuclei at 40-63x)"),
+    "nuclei-dsb2018": ("nuclei-dsb2018.safetensors",
+                       "Fluorescence nuclei (DSB2018), U-Net 16x4, instances; a little better than nuclei-v2 "
+                       "on cultured cells like DSB2018's, far worse on images from other labs"),
 }
 
-DEFAULT: str = "nuclei-dsb2018"
+#: the model a user gets without choosing one (listed first wherever models are offered)
+DEFAULT: str = "nuclei-v2"
 
 
 def _weights_dir() -> Path:
