@@ -43,12 +43,11 @@ GRID = {
 }
 
 
-def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAULT_DATA,
-                           cache: Path | None = None) -> tuple[list, dict[str, float], str]:
-    """The network's probabilities on ``n`` training images (seed 0; held-out ids left out), drawn
-    from the sets of ``mix`` in proportion to their weights (at least 6 per set) or from ``data``.
+def training_ids(mix: Path | None, n: int, data: Path = DEFAULT_DATA) -> tuple[list, dict[str, float], str]:
+    """``n`` training images (seed 0; held-out ids left out), drawn from the sets of ``mix`` in
+    proportion to their weights (at least 6 per set) or from ``data``.
 
-    Returns ``[(set name, probabilities, ground truth)]``, each set's weight, and where they came from.
+    Returns ``[(set folder, image id)]``, each set's weight, and where they came from.
     """
     if mix is not None:
         from napari_tiled_unet.training.mixture import read_list_file
@@ -68,6 +67,17 @@ def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAUL
         train = sorted(p.stem for p in (folder / "images").glob("*.tif") if p.stem not in held)
         picked = np.random.default_rng(0).choice(train, min(count, len(train)), replace=False).tolist()
         ids += [(folder, i) for i in sorted(picked)]
+    return ids, weights, origin
+
+
+def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAULT_DATA,
+                           cache: Path | None = None) -> tuple[list, dict[str, float], str]:
+    """The network's probabilities on the images of :func:`training_ids`.
+
+    Returns ``[(set name, probabilities, ground truth)]`` in the order of :func:`training_ids`,
+    each set's weight, and where they came from.
+    """
+    ids, weights, origin = training_ids(mix, n, data)
     cached = []
     weights_key = state_hash(bundle.model)[:16]
     for folder, i in ids:
