@@ -18,6 +18,8 @@
 #   NAME=nuclei_v2_t3 BASE=nuclei-v2 TOUCH=3 MINUTES=95 benchmarks/training/nuclei_v2.sh
 # Interior trained as each nucleus' core only (train --core-fraction; seeds mark centres):
 #   NAME=nuclei_v2_core BASE=nuclei-v2 TOUCH=3 CORE=0.4 KEEP=last MINUTES=100 benchmarks/training/nuclei_v2.sh
+# Larger patches, the same pixels per step (more context around each nucleus):
+#   NAME=nuclei_v2_p192 BASE=nuclei-v2 TOUCH=3 PATCH=192 BATCH=4 KEEP=last MINUTES=100 benchmarks/training/nuclei_v2.sh
 # KEEP=last writes the run's last weights instead of the best on the 8 watched images (train --keep;
 # the shipped nuclei-v2 holds the last weights of the t3 run, chosen by finalize_v2.py --last-from).
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -30,7 +32,7 @@ cd "$ROOT/runs/$NAME"
 exec "$BIN" -v train --data-list "$HERE/$SETS" --base ${BASE:-nuclei-dsb2018} ${WIDEN:+--widen-to $WIDEN} \
   ${TOUCH:+--touching-width $TOUCH} ${CORE:+--core-fraction $CORE} ${KEEP:+--keep $KEEP} \
   --normalization-high 99.0 --exclude-saturated --monitor-per-set 2 \
-  --patch-size 128 --batch-size 8 --lr 5e-4 --precision bf16 --device cpu \
+  --patch-size ${PATCH:-128} --batch-size ${BATCH:-8} --lr 5e-4 --precision bf16 --device cpu \
   --minutes ${MINUTES:-222} --val-every 300 --patience 0 --seed 13 \
   --checkpoint "$HERE/checkpoints/$NAME.ckpt" --checkpoint-minutes 4 \
   --out "${NAME//_/-}.safetensors"

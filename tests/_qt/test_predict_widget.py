@@ -41,7 +41,7 @@ def test_segment_adds_a_labels_layer_of_the_image_shape(widget, qtbot):
     viewer.add_image(nuclei_image(), name="nuclei")
     w.image_combo.setCurrentText("nuclei")
     w.model_combo.setCurrentIndex(0)
-    assert w.model_combo.currentText() == "nuclei-v2" and w.diameter_auto.isChecked()  # the default, with auto
+    assert w.model_combo.currentText() == "nuclei-v2" and w.diameter_auto.isChecked()  # default, auto
     w.run()
     _wait(qtbot, w)
     labels = viewer.layers["nuclei labels"]
