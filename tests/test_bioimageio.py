@@ -297,3 +297,14 @@ def test_a_ceiling_on_the_normalized_values_exports_as_clip_and_round_trips(tmp_
         return
     summary = test_model(str(path), weight_format="pytorch_state_dict")
     assert summary.status == "passed", summary.format()
+
+
+def test_the_package_says_where_its_preprocessing_differs_from_the_engines():
+    """nuclei-v2's recipe leaves saturated pixels out of the percentiles, which bioimage.io's
+    scale_range cannot: the package's documentation says so rather than claim an exact match."""
+    from napari_tiled_unet.bioimageio import _preprocessing
+
+    steps, note = _preprocessing(load_model("nuclei-v2").normalization)
+    assert [s["id"] for s in steps] == ["ensure_dtype", "scale_range", "clip", "ensure_dtype"]
+    assert "maximum value" in note and "differently" in note and "set to 2" in note
+    assert "maximum value" not in _preprocessing({"kind": "percentile", "low": 1.0, "high": 99.8})[1]

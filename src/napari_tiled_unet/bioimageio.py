@@ -146,6 +146,10 @@ def _scaling(normalization: dict[str, Any], kind: str, to_float: dict[str, Any])
             "pixels per channel for larger ones) and never per tile; `scale_range` adds 1e-6 to the "
             "range, a difference far below the network's precision."
         )
+        if normalization.get("exclude_saturated"):
+            note += (" napari-tiled-unet first leaves the pixels at the image's maximum value out of the "
+                     "percentiles (a saturated camera's plateau); `scale_range` has no such option, so on "
+                     "images with a large saturated area other tools scale them somewhat differently.")
         return [to_float, step, to_float], note
     if kind == "scale":
         divide, offset = float(normalization.get("divide", 1.0)), float(normalization.get("offset", 0.0))
