@@ -93,7 +93,7 @@ def main() -> None:
     if args.by_set:
         print(f"{'set':<22}{'imgs':>5}{'F1@0.5':>8}{'AP@0.5':>8}{'TP':>7}{'FP':>7}{'FN':>7}{'s':>8}")
         rows = by_set(bundle, args)
-        suffix = f"_diameter-{args.diameter}" if args.diameter else ""
+        suffix = (f"_diameter-{args.diameter}" if args.diameter else "") + ("_tta" if args.tta else "")
         out = args.out or HERE / "results" / f"by_set_{bundle.name}{suffix}.json"
         machine = platform.processor() or platform.machine()
         out.write_text(json.dumps({"model": bundle.name, "precision": args.precision, "tta": args.tta,
