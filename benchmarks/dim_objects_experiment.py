@@ -24,12 +24,9 @@ Experiments only: the shipped post-processing keeps every object above its minim
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import tifffile
-from flood_experiment import segment
+from flood_experiment import segment, tuning_arguments
 from scipy import ndimage as ndi
 from tune_postprocess import training_ids, training_probabilities
 
@@ -75,11 +72,7 @@ def true_objects(gt: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("--mix", type=Path, default=Path("training/nuclei_v2_sets.txt"))
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--cache", type=Path, default=None)
+    ap = tuning_arguments(__doc__)
     ap.add_argument("--foreground", type=float, default=0.85)
     ap.add_argument("--seed", type=float, default=0.3)
     ap.add_argument("--min-size", type=int, default=32)

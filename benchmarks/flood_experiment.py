@@ -73,12 +73,18 @@ def merged_and_split(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int]:
     return int(holders[holders >= 2].sum()), int((pieces >= 2).sum())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def tuning_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with the arguments every experiment on the 40 tuning images of the mix takes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path)
     ap.add_argument("--mix", type=Path, default=Path("training/nuclei_v2_sets.txt"))
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--cache", type=Path, default=None)
+    return ap
+
+
+def main() -> None:
+    ap = tuning_arguments(__doc__)
     ap.add_argument("--foreground", type=float, nargs="+", default=[0.85])
     ap.add_argument("--seed", type=float, nargs="+", default=[0.3])
     ap.add_argument("--flood", nargs="+", default=["prob", "edt16"])

@@ -22,6 +22,7 @@ second run of the same weights.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -79,10 +80,12 @@ def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAUL
     """
     ids, weights, origin = training_ids(mix, n, data)
     cached = []
-    weights_key = state_hash(bundle.model)[:16]
+    # the weights' hash and the normalization recipe in the path: probabilities of another model,
+    # or of the same weights under another recipe (a ceiling, say), are never reused
+    recipe = hashlib.sha256(json.dumps(bundle.normalization, sort_keys=True).encode()).hexdigest()[:8]
+    weights_key = f"{state_hash(bundle.model)[:16]}-{recipe}"
     for folder, i in ids:
         gt = tifffile.imread(folder / "labels" / f"{i}.tif")
-        # the weights' hash in the path: probabilities of another model are never reused
         saved = cache / weights_key / f"{folder.name}--{i}.npy" if cache else None
         if saved is not None and saved.exists():
             prob = np.load(saved)
