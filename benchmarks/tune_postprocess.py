@@ -17,6 +17,10 @@ favour the sets with most nuclei per image), and each set's own best foreground 
 printed beside. ``--foreground/--seed/--min-size/--min-size-fraction`` replace the grid's values;
 ``--cache DIR`` keeps the probabilities (one .npy per image, under the hash of the weights) for a
 second run of the same weights.
+
+``--ignore-masks`` scores with the ignore masks of the list's sets (``ignore=FOLDER``, see
+``train --data-list``): a predicted object with at least half of its pixels in its image's mask
+lies on a nucleus the annotators left out and counts neither as right nor as wrong.
 """
 
 from __future__ import annotations
@@ -71,6 +75,30 @@ def training_ids(mix: Path | None, n: int, data: Path = DEFAULT_DATA) -> tuple[l
     return ids, weights, origin
 
 
+def ignore_masks(mix: Path | None, ids: list) -> list:
+    """Per image of ``ids`` (:func:`training_ids`), its set's ignore mask (bool) or None."""
+    from napari_tiled_unet.training.mixture import read_list_file
+
+    folders = {s.images.parent: s.ignore for s in read_list_file(mix)} if mix is not None else {}
+    out = []
+    for folder, i in ids:
+        where = folders.get(folder)
+        path = where / f"{i}.tif" if where is not None else None
+        out.append(tifffile.imread(path) > 0 if path is not None and path.exists() else None)
+    return out
+
+
+def without_ignored(pred: np.ndarray, ignore: np.ndarray | None, share: float = 0.5) -> np.ndarray:
+    """``pred`` without the objects that lie at least ``share`` inside ``ignore``."""
+    if ignore is None:
+        return pred
+    area = np.bincount(pred.ravel())
+    inside = np.bincount(pred.ravel(), weights=ignore.ravel(), minlength=area.size)
+    drop = (area > 0) & (inside >= share * np.maximum(area, 1))
+    drop[0] = False
+    return np.where(drop[pred], 0, pred)
+
+
 def training_probabilities(bundle, mix: Path | None, n: int, data: Path = DEFAULT_DATA,
                            cache: Path | None = None) -> tuple[list, dict[str, float], str]:
     """The network's probabilities on the images of :func:`training_ids`.
@@ -112,16 +140,22 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, nargs="+", default=GRID["min_size"])
     ap.add_argument("--min-size-fraction", type=float, nargs="+", default=[0.0],
                     help="objects below this fraction of the image's typical object are dropped too")
+    ap.add_argument("--ignore-masks", action="store_true",
+                    help="objects on the list's ignore masks count neither way (see above)")
     args = ap.parse_args()
     grid = {"foreground_threshold": args.foreground, "seed_threshold": args.seed, "min_size": args.min_size,
             "min_size_fraction": args.min_size_fraction}
     bundle = load_model(args.model)
     cached, weights, origin = training_probabilities(bundle, args.mix, args.n, args.data, args.cache)
+    masks = ignore_masks(args.mix, training_ids(args.mix, args.n, args.data)[0]) if args.ignore_masks \
+        else [None] * len(cached)
+    if args.ignore_masks:
+        print(f"ignore masks on {sum(m is not None for m in masks)} of {len(cached)} images")
     rows = []
     for fg, seed, size, frac in itertools.product(*grid.values()):
-        ms = [(name, match_instances(
-                  gt, instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac), 0.5))
-              for name, p, gt in cached]
+        ms = [(name, match_instances(gt, without_ignored(
+                  instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac), ign), 0.5))
+              for (name, p, gt), ign in zip(cached, masks)]
         m = Matching.pooled([x for _, x in ms])
         by_set = {name: Matching.pooled([x for n, x in ms if n == name]).ap for name in weights}
         rows.append({"foreground_threshold": fg, "seed_threshold": seed, "min_size": size,

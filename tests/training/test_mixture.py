@@ -112,3 +112,56 @@ def test_license_read_from_real_sets():
     for name, lic in expected.items():
         if (root / name).is_dir():
             assert read_license(root / name) == lic, name
+
+
+def test_ignore_masks_keep_nuclei_the_annotators_left_out_from_being_trained_as_background(tmp_path, capsys):
+    """A set whose annotators left some nuclei out (Kromp's out-of-focus ones): with
+    ``ignore=FOLDER`` in the list file those pixels count neither as nucleus nor as background,
+    also where the image is resized into the trained diameter range; the record names the masks."""
+    from napari_tiled_unet.training.config import TrainConfig
+    from napari_tiled_unet.training.data import IGNORE
+    from napari_tiled_unet.training.dataset import TrainingSet
+    from napari_tiled_unet.training.mixture import read_list_file
+
+    img, lab = nuclei_image(), nuclei_labels()
+    a = _set(tmp_path, "partial", img, lab, n=2)
+    (a / "ignore").mkdir()
+    left_out = {}
+    for k in range(2):
+        labels = tifffile.imread(a / "labels" / f"partial{k}.tif")
+        ids, areas = np.unique(labels[labels > 0], return_counts=True)
+        gone = int(ids[np.argmax(areas)])  # the annotators skipped the largest nucleus
+        left_out[k] = labels == gone
+        kept = np.where(left_out[k], 0, labels).astype(labels.dtype)
+        tifffile.imwrite(a / "labels" / f"partial{k}.tif", kept)
+        if k == 0:  # image 1 has no mask file: it counts everywhere
+            tifffile.imwrite(a / "ignore" / f"partial{k}.tif", left_out[k].astype(np.uint8))
+    (tmp_path / "list.txt").write_text("partial/images partial/labels 1 ignore=partial/ignore\n")
+    sets = read_list_file(tmp_path / "list.txt")
+    assert sets[0].ignore == a / "ignore"
+    diam = median_diameter(nuclei_labels())
+    for low in (12.0, 1.5 * diam):  # own scale, then enlarged 1.5x onto the range's lower bound
+        mix, _ = load_mixture(sets, min_diameter=low)
+        assert mix.ignore[1] is None and mix.ignore[0].shape == mix.labels[0].shape
+        assert mix.record[0]["n_ignore_masks"] == 1 and 0 < mix.record[0]["ignored_fraction"] < 0.05
+        ts = TrainingSet(load_model("nuclei-dsb2018"), mix.images, mix.labels, TrainConfig(val_fraction=0),
+                         ignore=mix.ignore)
+        masked, unmasked = (ts._slots[k].item.classes for k in (0, 1))
+        # the left-out nucleus: not counted where masked, trained as background where not
+        assert (masked[mix.ignore[0]] == IGNORE).all()
+        assert (masked[~mix.ignore[0]] != IGNORE).all()
+        assert (unmasked != IGNORE).all()
+    out = tmp_path / "m.safetensors"
+    listed = ["train", "--data-list", str(tmp_path / "list.txt")]
+    assert main([*listed, "--out", str(out), "--base-channels", "4", "--depth", "2", "--epochs", "1",
+                 "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2",
+                 "--monitor-per-set", "0"]) == 0
+    capsys.readouterr()
+    record = load_model(out).metadata["training"]["sets"][0]
+    assert record["ignore"] == str(a / "ignore") and len(record["ignore_sha256"]) == 64
+    tifffile.imwrite(a / "ignore" / "partial0.tif", np.zeros((10, 10), np.uint8))
+    assert main([*listed, "--out", str(tmp_path / "bad.safetensors"), "--epochs", "1",
+                 "--steps-per-epoch", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "partial0" in err and "ignore mask" in err and "\n" not in err
+    assert not (tmp_path / "bad.safetensors").exists()

@@ -157,6 +157,7 @@ class _Slot:
     item: TrainingImage | None = None
     labels: np.ndarray | None = None
     native: tuple[int, ...] = ()  # (Y, X) of the image as given (``image`` may be resized)
+    ignore: np.ndarray | None = None  # bool (Y, X) at the training size: pixels that never count
 
 
 class TrainingSet:
@@ -173,6 +174,9 @@ class TrainingSet:
         regions: None, or one entry per image: None (whole image) or a list of rectangles
             ``(y0, x0, y1, x1)`` / corner arrays from a napari Shapes layer; only pixels
             inside count.
+        ignore: None, or one entry per image: None or a bool (Y, X) mask of the image's size,
+            True where nothing counts (objects the annotators left out); kept through
+            :meth:`update`.
         channel_axis: channel axis of 3D images (see :func:`as_channels_first`).
         names: names of the images for the training record (default ``image 0`` ...).
         val_images: indices of images to hold out whole for validation (overrides the
@@ -193,7 +197,8 @@ class TrainingSet:
                  config: TrainConfig, *, regions: Sequence[Any] | None = None,
                  channel_axis: int | None = None, names: Sequence[str] | None = None,
                  val_images: Sequence[int] | None = None, sample_weights: Sequence[float] | None = None,
-                 diameters: Sequence[float | None] | None = None, scale: float | None = None) -> None:
+                 diameters: Sequence[float | None] | None = None, scale: float | None = None,
+                 ignore: Sequence[np.ndarray | None] | None = None) -> None:
         annotation = config.annotation
         self.scale = objectsize.check_training_scale(scale)
         if annotation == "instances" and base.task != "instances":
@@ -212,12 +217,14 @@ class TrainingSet:
         self.names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         if len(self.names) != len(images):
             raise ValueError("Give one name per image.")
-        for what, values in (("sample_weights", sample_weights), ("diameters", diameters)):
+        per_image = (("sample_weights", sample_weights), ("diameters", diameters), ("ignore", ignore))
+        for what, values in per_image:
             if values is not None and len(values) != len(images):
                 raise ValueError(f"Give one of {what} per image ({len(values)} for {len(images)} images).")
         self._sampling = (list(sample_weights) if sample_weights is not None else None,
                           list(diameters) if diameters is not None else None)
         self._regions = regions
+        self._ignored: list[str] = []
         self.channel_axis = channel_axis
         self.data_record: list[dict[str, str]] = []
         self._slots: list[_Slot] = []
@@ -229,6 +236,9 @@ class TrainingSet:
                 chw = objectsize.resize(chw, "CYX", objectsize.scaled_shape(native, self.scale))
             slot = _Slot(chw, None, None, "train", native=native)
             slot.region = self._scaled_region(slot, regions[i] if regions is not None else None)
+            if ignore is not None and ignore[i] is not None:
+                slot.ignore = self._scaled_ignore(slot, ignore[i])
+                self._ignored.append(f"{i}:{hashlib.sha256(np.packbits(slot.ignore)).hexdigest()}")
             self._slots.append(slot)
             t, lab = self._targets(i, lab)
             n_annotated += t.n_annotated
@@ -257,6 +267,17 @@ class TrainingSet:
             return region
         return scaled_region(region, slot.native, slot.image.shape[1:])
 
+    def _scaled_ignore(self, slot: _Slot, ignore: np.ndarray) -> np.ndarray:
+        """An ignore mask (at the image's own size) as bool at the training size."""
+        ignore = np.asarray(ignore)
+        if ignore.shape != tuple(slot.native):
+            raise ValueError(f"An ignore mask has shape {ignore.shape}, its image {tuple(slot.native)}; give "
+                             "one mask of the image's size.")
+        ignore = ignore.astype(bool)
+        if self.resizes:
+            ignore = objectsize.resize_labels(ignore.astype(np.uint8), slot.image.shape[1:]) > 0
+        return ignore
+
     def _targets(self, i: int, labels: np.ndarray) -> tuple[Any, np.ndarray]:
         c, slot = self.config, self._slots[i]
         lab = check_labels(slot.native, labels)
@@ -264,7 +285,8 @@ class TrainingSet:
             lab = objectsize.resize_labels(lab, slot.image.shape[1:])
         t = make_targets(slot.image.shape[1:], lab, c.annotation, slot.region,
                          n_classes=int(self.base.model.n_classes), w0=c.w0, sigma=c.sigma, balance=c.balance,
-                         touching_width=c.touching_width, core_fraction=c.core_fraction)
+                         touching_width=c.touching_width, core_fraction=c.core_fraction,
+                         ignore=slot.ignore)
         return t, lab
 
     def _item(self, i: int, targets: Any) -> TrainingImage | None:
@@ -415,6 +437,8 @@ class TrainingSet:
             parts.append(("touching_width", c.touching_width))
         if c.core_fraction:
             parts.append(("core_fraction", c.core_fraction))
+        if self._ignored:
+            parts.append(("ignore", self._ignored))
         if self._sampling != (None, None) or c.augmentation != Augmentation():
             parts += [repr(self._sampling), repr(c.augmentation)]
         h.update(repr(parts).encode())

@@ -90,7 +90,8 @@ log = logging.getLogger(__name__)
 #: consecutive non-finite steps after which training gives up (keeping the best weights)
 MAX_BAD_STEPS = 8
 #: keyword arguments of :class:`Trainer` that go to its :class:`TrainingSet`
-DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters", "scale")
+DATA_OPTIONS = ("regions", "channel_axis", "names", "val_images", "sample_weights", "diameters", "scale",
+                "ignore")
 
 
 class StopReason(str, enum.Enum):

@@ -13,7 +13,11 @@ to their annotated area, as in single-set training). Each set is prepared the sa
   resized (image linearly, labels by nearest neighbour) so that it lies on the nearer
   bound, and the diameter is handed to the patch sampler (scale augmentation keeps the
   objects between ``Augmentation.diameter_range``);
-- **held-out ids** (one text file per set) are never read into training.
+- **held-out ids** (one text file per set) are never read into training;
+- **ignore masks** (optional, a third folder of ``<id>.tif``, nonzero where nothing counts):
+  pixels the annotators left unlabelled on purpose or by convention (e.g. out-of-focus
+  nuclei in one set's tissue sections) count neither as object nor as background. An
+  image without a mask file counts everywhere.
 
 The record stored in the trained bundle names every set (folder, license read from the
 set's README.md, number of images, weight) with a SHA-256 of its image and label files.
@@ -35,6 +39,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..events import TrainStep, WarningEvent, run_to_end
+from ..io import read_image
 from ..model.bundle import ModelBundle, load_model
 from ..objectsize import resize_labels
 from .config import TrainConfig
@@ -62,6 +67,8 @@ class DataSet:
         held_out: file of ids never used for training (one per line), or None.
         license: the set's license (default: read from the README.md above ``images``).
         extra: more facts for the training record.
+        ignore: folder of ignore masks named like the images (nonzero = the pixel never
+            counts), or None.
     """
 
     images: Path
@@ -71,9 +78,15 @@ class DataSet:
     held_out: Path | None = None
     license: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ignore: Path | None = None
 
     def __post_init__(self) -> None:
         self.images, self.labels = Path(self.images), Path(self.labels)
+        if self.ignore is not None:
+            self.ignore = Path(self.ignore)
+            if not self.ignore.is_dir():
+                raise ValueError(f"No folder of ignore masks at {self.ignore}; give a folder of <id>.tif "
+                                 "masks.")
         if not self.weight > 0:
             raise ValueError(f"The weight of {self.images} must be positive, got {self.weight}.")
         if not self.name:
@@ -118,9 +131,10 @@ def parse_data_arg(text: str | Sequence[str]) -> DataSet:
 
 
 def read_list_file(path: str | os.PathLike) -> list[DataSet]:
-    """A list file: one set per line, ``IMAGES LABELS [WEIGHT] [HELD_OUT_IDS]``.
+    """A list file: one set per line, ``IMAGES LABELS [WEIGHT] [HELD_OUT_IDS] [ignore=FOLDER]``.
 
     Relative paths are relative to the list file; blank lines and ``#`` comments are skipped.
+    ``ignore=FOLDER`` names the set's ignore masks (see :class:`DataSet`).
     """
     path = Path(path)
     if not path.is_file():
@@ -131,6 +145,11 @@ def read_list_file(path: str | os.PathLike) -> list[DataSet]:
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue
+        ignore = None
+        for f in [f for f in fields if f.startswith("ignore=")]:
+            fields.remove(f)
+            ignore = Path(f[len("ignore="):])
+            ignore = ignore if ignore.is_absolute() else path.parent / ignore
         if not 2 <= len(fields) <= 4:
             raise ValueError(f"{path}, line {n}: write 'IMAGES LABELS [WEIGHT] [HELD_OUT_IDS]'.")
         where = [p if Path(p).is_absolute() else str(path.parent / p) for p in fields[:2]]
@@ -141,7 +160,7 @@ def read_list_file(path: str | os.PathLike) -> list[DataSet]:
         held = None
         if len(fields) > 3:
             held = Path(fields[3]) if Path(fields[3]).is_absolute() else path.parent / fields[3]
-        sets.append(DataSet(Path(where[0]), Path(where[1]), weight, held_out=held))
+        sets.append(DataSet(Path(where[0]), Path(where[1]), weight, held_out=held, ignore=ignore))
     if not sets:
         raise ValueError(f"{path} lists no set; write one 'IMAGES LABELS [WEIGHT]' per line.")
     return sets
@@ -202,6 +221,7 @@ class Mixture:
     weights: list[float]
     diameters: list[float]
     record: list[dict[str, Any]]
+    ignore: list[np.ndarray | None] = field(default_factory=list)
 
 
 def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_diameter: float = 64.0,
@@ -223,6 +243,7 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
         ValueError: a set without matching pairs, or held-out ids that name no image.
     """
     names, images, labels, weights, diameters, record, monitor = [], [], [], [], [], [], []
+    ignores: list[np.ndarray | None] = []
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
     for ds in sets:
@@ -247,15 +268,26 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
         start = len(images)
         n_resized = 0
         set_area = 0
+        masks = image_files(ds.ignore, "ignore masks") if ds.ignore is not None else {}
+        mask_files, ignored = [], 0
         for i in train_ids:
             img, lab = read_pair(imgs[i], labs[i])
             lab = split_components(lab)
+            ign = None
+            if i in masks:
+                ign = read_ignore(masks[i], lab.shape)
+                mask_files.append(masks[i])
             d = median_diameter(lab)
             target = float(np.clip(d, min_diameter, max_diameter)) if d > 0 else d
             if d > 0 and abs(target / d - 1) > 0.05:
+                if ign is not None:
+                    ign = resize_labels(ign.astype(np.uint8), (max(1, round(lab.shape[0] * target / d)),
+                                                              max(1, round(lab.shape[1] * target / d)))) > 0
                 img, lab = resize_pair(img, lab, target / d)
                 n_resized += 1
                 d = median_diameter(lab)
+            ignores.append(ign)
+            ignored += int(ign.sum()) if ign is not None else 0
             if i in watch:
                 monitor.append(len(images))
             names.append(f"{ds.name}/{i}")
@@ -275,9 +307,22 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
             "median_diameter": round(float(np.median(diameters[start:])), 1),
             "sha256": _hash_files(files), **ds.extra,
         })
+        if ds.ignore is not None:
+            record[-1].update({"ignore": str(ds.ignore), "n_ignore_masks": len(mask_files),
+                               "ignored_fraction": round(ignored / max(set_area, 1), 4),
+                               "ignore_sha256": _hash_files(mask_files)})
         log.info("Set %s: %d images (%d held out, %d resized), license %s, weight %g.", ds.name, n,
                  len(held), n_resized, ds.license, ds.weight)
-    return Mixture(names, images, labels, weights, diameters, record), monitor
+    return Mixture(names, images, labels, weights, diameters, record, ignores), monitor
+
+
+def read_ignore(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The ignore mask at ``path`` as bool, checked against the labels' ``shape``."""
+    mask = np.asarray(read_image(path))
+    if mask.shape != tuple(shape):
+        raise ValueError(f"The ignore mask {path.name} has shape {mask.shape}, its labels {tuple(shape)}; "
+                         "give one mask of the image's size.")
+    return mask != 0
 
 
 def weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
@@ -345,6 +390,7 @@ def train_mixture_iter(
                      augmentation=augmentation if augmentation is not None else Augmentation.generalist())
     trainer = Trainer(bundle, mix.images, mix.labels, config, names=mix.names, val_images=monitor or None,
                       sample_weights=mix.weights, diameters=mix.diameters,
+                      ignore=mix.ignore if any(m is not None for m in mix.ignore) else None,
                       record_extra={"sets": mix.record, "object_diameter": diameter}, **options)
     del mix
     result = yield from trainer.iter()

@@ -293,6 +293,7 @@ def instance_targets(
     balance: bool = True,
     touching_width: int = 0,
     core_fraction: float = 0.0,
+    ignore: np.ndarray | None = None,
 ) -> Targets:
     """Instance labels -> 3-class targets with the U-Net weight map, inside ``region``.
 
@@ -314,6 +315,8 @@ def instance_targets(
         balance: add the class-balancing weights (else w_c = 1).
         touching_width: px of each object next to another object that are boundary too.
         core_fraction: only the core of each object is interior (0: all but the outline).
+        ignore: bool (Y, X), True where nothing counts (e.g. nuclei the annotators left out);
+            the targets are made as if it were not there, then its pixels are taken out.
 
     Returns:
         :class:`Targets` with ``n_classes == 3``.
@@ -332,11 +335,23 @@ def instance_targets(
         b[cls == INTERIOR] = 0.0
         border[y0:y1, x0:x1] = b
         mask[y0:y1, x0:x1] = True
-    return _finish(classes, border, mask, 3, balance)
+    return _finish(classes, border, _counted(mask, ignore), 3, balance)
+
+
+def _counted(mask: np.ndarray, ignore: np.ndarray | None) -> np.ndarray:
+    """``mask`` without the pixels of ``ignore`` (same shape, or ValueError)."""
+    if ignore is None:
+        return mask
+    ignore = np.asarray(ignore)
+    if ignore.shape != mask.shape:
+        raise ValueError(f"The ignore mask has shape {ignore.shape}, the labels {mask.shape}; give one "
+                         "mask of the image's size.")
+    return mask & ~ignore.astype(bool)
 
 
 def scribble_targets(
-    labels: np.ndarray, n_classes: int, region: Any = None, *, balance: bool = True
+    labels: np.ndarray, n_classes: int, region: Any = None, *, balance: bool = True,
+    ignore: np.ndarray | None = None,
 ) -> Targets:
     """Scribbles -> targets: value k >= 1 is class k - 1, 0 is not annotated (never counts).
 
@@ -362,6 +377,7 @@ def scribble_targets(
     mask = labels > 0
     if region is not None:
         mask &= region_mask(labels.shape, region)
+    mask = _counted(mask, ignore)
     classes = np.where(mask, labels.astype(np.int64) - 1, 0)
     return _finish(classes, np.zeros(labels.shape, dtype=np.float32), mask, n_classes, balance)
 
@@ -389,6 +405,7 @@ def make_targets(
     balance: bool = True,
     touching_width: int = 0,
     core_fraction: float = 0.0,
+    ignore: np.ndarray | None = None,
 ) -> Targets:
     """Validated targets for one image.
 
@@ -398,7 +415,7 @@ def make_targets(
         annotation: ``"instances"`` or ``"scribbles"``.
         region: optional rectangles; None = the whole image.
         n_classes: network classes (scribbles; instances always use 3).
-        w0, sigma, balance, touching_width, core_fraction: see :func:`instance_targets`.
+        w0, sigma, balance, touching_width, core_fraction, ignore: see :func:`instance_targets`.
 
     Raises:
         ValueError: labels of another shape or type, an unknown annotation kind, a label
@@ -407,9 +424,9 @@ def make_targets(
     labels = check_labels(tuple(image_shape), labels)
     if annotation == "instances":
         return instance_targets(labels, region, w0=w0, sigma=sigma, balance=balance,
-                                touching_width=touching_width, core_fraction=core_fraction)
+                                touching_width=touching_width, core_fraction=core_fraction, ignore=ignore)
     if annotation == "scribbles":
-        return scribble_targets(labels, n_classes, region, balance=balance)
+        return scribble_targets(labels, n_classes, region, balance=balance, ignore=ignore)
     raise ValueError(f"Unknown annotation {annotation!r}: use 'instances' or 'scribbles'.")
 
 

@@ -1,0 +1,94 @@
+"""Ignore masks for nuclei a set's annotators left out (issue 13: each set's caveats handled).
+
+    python benchmarks/training/make_ignore_masks.py ../shared/data/kromp-sbsst265 \
+        benchmarks/data/kromp_sbsst265_ignore --held-out benchmarks/data/kromp_sbsst265_val_ids.txt \
+        --preparation "tissue section"
+
+Kromp et al.'s README says that in its tissue sections out-of-focus nuclei are visible but not
+annotated: trained as background, they teach the network one lab's focus convention (dim
+nuclei are not nuclei), which the other sets' annotators do not share. This script marks
+them so that `train` counts them neither as nuclei nor as background: a model (default
+`nuclei-v2`, auto diameter, a permissive foreground threshold of 0.5) segments each training
+image of the chosen preparation; every predicted object of which less than ``--overlap`` of
+the pixels lie on an annotated nucleus is one the annotators left out; those objects, grown
+by ``--grow`` px, minus a ``--keep`` px ring around every annotated nucleus (so each annotated
+nucleus keeps its outline and the background next to it), are the mask. Held-out ids are
+never read. Writes ``OUT/<id>.tif`` (uint8, 1 = ignore, zlib) and prints a line per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from scipy import ndimage as ndi
+
+from napari_tiled_unet.segmentation import segment
+from napari_tiled_unet.training.folders import image_files, read_ids, read_pair
+
+
+def left_out_objects(pred: np.ndarray, labels: np.ndarray, overlap: float) -> np.ndarray:
+    """bool: the predicted objects with less than ``overlap`` of their pixels on annotations."""
+    pred = pred.astype(np.int64)
+    area = np.bincount(pred.ravel())
+    on = np.bincount(pred.ravel(), weights=(labels > 0).ravel(), minlength=area.size)
+    left = (area > 0) & (on < overlap * np.maximum(area, 1))
+    left[0] = False
+    return left[pred]
+
+
+def _disc(r: int) -> np.ndarray:
+    d = np.arange(-r, r + 1) ** 2
+    return np.add.outer(d, d) <= r * r
+
+
+def ignore_mask(pred: np.ndarray, labels: np.ndarray, *, overlap: float = 0.1, grow: int = 2,
+                keep: int = 2) -> np.ndarray:
+    """bool (Y, X): left-out objects grown by ``grow`` px, outside ``keep`` px of every annotation."""
+    mask = left_out_objects(pred, labels, overlap)
+    if grow:
+        mask = ndi.binary_dilation(mask, _disc(grow))
+    if keep:
+        mask &= ~ndi.binary_dilation(labels > 0, _disc(keep))
+    return mask
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("set", type=Path, help="folder with images/, labels/ and per_image.csv")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--held-out", type=Path, required=True)
+    ap.add_argument("--preparation", default=None, help="only images of this per_image.csv preparation")
+    ap.add_argument("--model", default="nuclei-v2")
+    ap.add_argument("--foreground", type=float, default=0.5)
+    ap.add_argument("--overlap", type=float, default=0.1)
+    ap.add_argument("--grow", type=int, default=2)
+    ap.add_argument("--keep", type=int, default=2)
+    args = ap.parse_args()
+    imgs, labs = image_files(args.set / "images"), image_files(args.set / "labels", "labels")
+    held = set(read_ids(args.held_out))
+    ids = sorted(set(imgs) & set(labs) - held)
+    if args.preparation:
+        with open(args.set / "per_image.csv", newline="") as f:
+            prep = {row["id"]: row["preparation"] for row in csv.DictReader(f)}
+        ids = [i for i in ids if prep.get(i) == args.preparation]
+    args.out.mkdir(parents=True, exist_ok=True)
+    total_obj = total_px = 0
+    for i in ids:
+        image, labels = read_pair(imgs[i], labs[i])
+        seg = segment(args.model, image, diameter="auto",
+                      postprocess={"foreground_threshold": args.foreground})
+        mask = ignore_mask(seg.labels, labels, overlap=args.overlap, grow=args.grow, keep=args.keep)
+        n = int(ndi.label(mask)[1])
+        total_obj, total_px = total_obj + n, total_px + int(mask.sum())
+        tifffile.imwrite(args.out / f"{i}.tif", mask.astype(np.uint8), compression="zlib")
+        print(f"{i}: {n} regions left out by the annotators, {mask.mean():.1%} of the image ignored, "
+              f"{int(labels.max())} annotated nuclei")
+    print(f"{len(ids)} images, {total_obj} regions, {total_px} pixels ignored -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
