@@ -745,7 +745,8 @@ def _add_train(sub) -> None:
     mix.add_argument("--data", nargs=2, action="append", metavar=("IMAGES", "LABELS[:WEIGHT]"),
                      help="an image/label folder pair; share of patches after ':' (default 1); repeat")
     mix.add_argument("--data-list", default=None,
-                     help="text file, one set per line: IMAGES LABELS [WEIGHT] [HELD_OUT_IDS]")
+                     help="text file, one set per line: IMAGES LABELS [WEIGHT] [HELD_OUT_IDS] "
+                          "[ignore=FOLDER] (masks named like the images, nonzero where nothing counts)")
     mix.add_argument("--monitor-per-set", type=int, default=2,
                      help="images of each set held out to watch the validation loss (default 2)")
     mix.add_argument("--normalization-high", type=float, default=None,
