@@ -280,10 +280,9 @@ def load_mixture(sets: Sequence[DataSet], *, min_diameter: float = 12.0, max_dia
             d = median_diameter(lab)
             target = float(np.clip(d, min_diameter, max_diameter)) if d > 0 else d
             if d > 0 and abs(target / d - 1) > 0.05:
-                if ign is not None:
-                    ign = resize_labels(ign.astype(np.uint8), (max(1, round(lab.shape[0] * target / d)),
-                                                              max(1, round(lab.shape[1] * target / d)))) > 0
                 img, lab = resize_pair(img, lab, target / d)
+                if ign is not None:
+                    ign = resize_labels(ign.astype(np.uint8), lab.shape) > 0
                 n_resized += 1
                 d = median_diameter(lab)
             ignores.append(ign)
