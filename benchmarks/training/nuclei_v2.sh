@@ -20,6 +20,8 @@
 #   NAME=nuclei_v2_core BASE=nuclei-v2 TOUCH=3 CORE=0.4 KEEP=last MINUTES=100 benchmarks/training/nuclei_v2.sh
 # Larger patches, the same pixels per step (more context around each nucleus):
 #   NAME=nuclei_v2_p192 BASE=nuclei-v2 TOUCH=3 PATCH=192 BATCH=4 KEEP=last MINUTES=100 benchmarks/training/nuclei_v2.sh
+# Kromp's unannotated out-of-focus nuclei masked (ignore masks of make_ignore_masks.py; counted neither way):
+#   NAME=nuclei_v2_ignore SETS=nuclei_v2_ignore_sets.txt BASE=nuclei-v2 TOUCH=3 KEEP=last MINUTES=100 benchmarks/training/nuclei_v2.sh
 # KEEP=last writes the run's last weights instead of the best on the 8 watched images (train --keep;
 # the shipped nuclei-v2 holds the last weights of the t3 run, chosen by finalize_v2.py --last-from).
 HERE=$(cd "$(dirname "$0")" && pwd)
