@@ -92,9 +92,9 @@ def without_ignored(pred: np.ndarray, ignore: np.ndarray | None, share: float = 
     """``pred`` without the objects that lie at least ``share`` inside ``ignore``."""
     if ignore is None:
         return pred
-    area = np.bincount(pred.ravel())
-    inside = np.bincount(pred.ravel(), weights=ignore.ravel(), minlength=area.size)
-    drop = (area > 0) & (inside >= share * np.maximum(area, 1))
+    from training.make_ignore_masks import share_on
+
+    drop = share_on(pred, ignore) >= share
     drop[0] = False
     return np.where(drop[pred], 0, pred)
 

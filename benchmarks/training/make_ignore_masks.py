@@ -32,12 +32,18 @@ from napari_tiled_unet.segmentation import segment
 from napari_tiled_unet.training.folders import image_files, read_ids, read_pair
 
 
+def share_on(pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per object id of ``pred`` (index 0 = background), the share of its pixels on ``mask``
+    (1 for ids without pixels)."""
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    area = np.bincount(pred)
+    on = np.bincount(pred, weights=np.asarray(mask, dtype=bool).ravel(), minlength=area.size)
+    return np.where(area > 0, on / np.maximum(area, 1), 1.0)
+
+
 def left_out_objects(pred: np.ndarray, labels: np.ndarray, overlap: float) -> np.ndarray:
     """bool: the predicted objects with less than ``overlap`` of their pixels on annotations."""
-    pred = pred.astype(np.int64)
-    area = np.bincount(pred.ravel())
-    on = np.bincount(pred.ravel(), weights=(labels > 0).ravel(), minlength=area.size)
-    left = (area > 0) & (on < overlap * np.maximum(area, 1))
+    left = share_on(pred, labels > 0) < overlap
     left[0] = False
     return left[pred]
 
