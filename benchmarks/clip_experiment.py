@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from baseline_otsu import read_ids
-from tune_postprocess import training_probabilities
+from tune_postprocess import pooled_by_set, training_probabilities
 
 from napari_tiled_unet import normalization
 from napari_tiled_unet._synthetic import saturated_field
@@ -102,12 +102,11 @@ def main() -> None:
         line = f"ceiling {ceiling:g}: synthetic fields TP {counts[0]} FP {counts[1]} FN {counts[2]}"
         if args.tuning:
             cached, weights, _ = training_probabilities(bundle, args.mix, 40)
-            per_set: dict[str, list] = {name: [] for name in weights}
+            found = []
             for name, prob, gt in cached:
                 labels = instances_from_probabilities(prob, **bundle.postprocess)
-                per_set[name].append(match_instances(gt, labels, 0.5))
-            pooled = {n: Matching.pooled(ms) for n, ms in per_set.items()}
-            weighted = sum(weights[n] * m.ap for n, m in pooled.items())
+                found.append((name, match_instances(gt, labels, 0.5)))
+            weighted, pooled = pooled_by_set(found, weights)
             line += (f"; tuning images weighted AP@0.5 {weighted:.4f} ("
                      + ", ".join(f"{n} {m.ap:.3f}" for n, m in pooled.items()) + ")")
         print(line, flush=True)

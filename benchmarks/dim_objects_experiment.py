@@ -28,9 +28,9 @@ import numpy as np
 import tifffile
 from flood_experiment import segment, tuning_arguments
 from scipy import ndimage as ndi
-from tune_postprocess import training_ids, training_probabilities
+from tune_postprocess import pooled_by_set, training_ids, training_probabilities
 
-from napari_tiled_unet.metrics import Matching, match_instances
+from napari_tiled_unet.metrics import match_instances
 from napari_tiled_unet.model.bundle import load_model
 
 THRESHOLDS = {
@@ -94,13 +94,12 @@ def main() -> None:
             print(f"{score}, {name}: true objects {true.sum()} at 5/25/50 % "
                   f"{np.quantile(value[true], q).round(3)}, false {(~true).sum()} at {false}")
         for t in [None, *THRESHOLDS[score]]:
-            per_set: dict[str, list] = {name: [] for name in weights}
+            found = []
             for name, gt, labels, _, s in rows:
                 keep = np.concatenate([[0], np.where(s[score] >= t, np.arange(1, s[score].size + 1), 0)]) \
                     if t is not None else np.arange(int(labels.max()) + 1)
-                per_set[name].append(match_instances(gt, keep[labels], 0.5))
-            pooled = {n: Matching.pooled(ms) for n, ms in per_set.items()}
-            weighted = sum(weights[n] * m.ap for n, m in pooled.items())
+                found.append((name, match_instances(gt, keep[labels], 0.5)))
+            weighted, pooled = pooled_by_set(found, weights)
             print(f"{score} >= {t if t is not None else '-'}: weighted AP@0.5 {weighted:.4f}; "
                   + ", ".join(f"{n} {m.ap:.3f} (TP {m.tp} FP {m.fp} FN {m.fn})" for n, m in pooled.items()),
                   flush=True)

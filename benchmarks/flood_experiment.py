@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from tune_postprocess import training_probabilities
+from tune_postprocess import pooled_by_set, training_probabilities
 
 from napari_tiled_unet import postprocess as pp
 from napari_tiled_unet.enclosed import absorb_enclosed
-from napari_tiled_unet.metrics import Matching, match_instances
+from napari_tiled_unet.metrics import match_instances
 from napari_tiled_unet.model.bundle import load_model
 
 
@@ -94,15 +94,14 @@ def main() -> None:
     args = ap.parse_args()
     cached, weights, _ = training_probabilities(load_model(args.model), args.mix, args.n, cache=args.cache)
     for fg, seed, flood in itertools.product(args.foreground, args.seed, args.flood):
-        per_set: dict[str, list] = {name: [] for name in weights}
+        found = []
         kinds = {name: np.zeros(2, np.int64) for name in weights}
         for name, prob, gt in cached:
             pred = segment(prob, fg, seed, flood, args.min_size, args.min_size_fraction)
-            per_set[name].append(match_instances(gt, pred, 0.5))
+            found.append((name, match_instances(gt, pred, 0.5)))
             if args.kinds:
                 kinds[name] += merged_and_split(gt, pred)
-        pooled = {name: Matching.pooled(ms) for name, ms in per_set.items()}
-        weighted = sum(weights[n] * m.ap for n, m in pooled.items())
+        weighted, pooled = pooled_by_set(found, weights)
         print(f"foreground {fg} seed {seed} flood {flood}: weighted AP@0.5 {weighted:.4f}; "
               + ", ".join(f"{n} {m.ap:.3f}" for n, m in pooled.items()), flush=True)
         if args.kinds:

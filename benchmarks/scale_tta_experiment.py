@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from tune_postprocess import training_ids, training_probabilities
+from tune_postprocess import pooled_by_set, training_ids, training_probabilities
 
 from napari_tiled_unet.inference import predict
-from napari_tiled_unet.metrics import Matching, match_instances
+from napari_tiled_unet.metrics import match_instances
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.objectsize import resize, scaled_shape
 from napari_tiled_unet.postprocess import instances_from_probabilities
@@ -53,8 +53,7 @@ def main() -> None:
                   p, pp["foreground_threshold"], pp["seed_threshold"], pp["min_size"],
                   min_size_fraction=pp["min_size_fraction"]), 0.5))
               for (name, _, gt), p in zip(cached, probs)]
-        by_set = {n: Matching.pooled([m for k, m in ms if k == n]) for n in weights}
-        w = sum(weights[n] * m.ap for n, m in by_set.items())
+        w, by_set = pooled_by_set(ms, weights)
         return f"{w:.4f} " + str({n: f"{m.ap:.3f} ({m.tp}/{m.fp}/{m.fn})" for n, m in by_set.items()})
 
     print("image alone:", score([p for _, p, _ in cached]))

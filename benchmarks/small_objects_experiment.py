@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from tune_postprocess import training_probabilities
+from tune_postprocess import pooled_by_set, training_probabilities
 
-from napari_tiled_unet.metrics import Matching, match_instances
+from napari_tiled_unet.metrics import match_instances
 from napari_tiled_unet.model.bundle import load_model
 from napari_tiled_unet.postprocess import instances_from_probabilities, smallest_kept
 
@@ -61,8 +61,7 @@ def main() -> None:
 
     def score(rule):
         ms = [(name, match_instances(gt, rule(lab), 0.5)) for name, lab, gt in raws]
-        by_set = {n: Matching.pooled([m for k, m in ms if k == n]) for n in weights}
-        w = sum(weights[n] * m.ap for n, m in by_set.items())
+        w, by_set = pooled_by_set(ms, weights)
         return w, {n: f"{m.ap:.3f} ({m.tp}/{m.fp}/{m.fn})" for n, m in by_set.items()}
 
     def cut_of(lab):

@@ -75,6 +75,13 @@ def training_ids(mix: Path | None, n: int, data: Path = DEFAULT_DATA) -> tuple[l
     return ids, weights, origin
 
 
+def pooled_by_set(named: list, weights: dict[str, float]) -> tuple[float, dict[str, Matching]]:
+    """``[(set name, Matching)]`` -> (the sets' AP@0.5 weighted by ``weights``, each set's pooled
+    :class:`Matching`), the figure every tuning experiment ranks by."""
+    pooled = {n: Matching.pooled([m for k, m in named if k == n]) for n in weights}
+    return sum(weights[n] * m.ap for n, m in pooled.items()), pooled
+
+
 def ignore_masks(mix: Path | None, ids: list) -> list:
     """Per image of ``ids`` (:func:`training_ids`), its set's ignore mask (bool) or None."""
     from napari_tiled_unet.training.mixture import read_list_file
@@ -157,10 +164,11 @@ def main() -> None:
                   instances_from_probabilities(p, fg, seed, size, min_size_fraction=frac), ign), 0.5))
               for (name, p, gt), ign in zip(cached, masks)]
         m = Matching.pooled([x for _, x in ms])
-        by_set = {name: Matching.pooled([x for n, x in ms if n == name]).ap for name in weights}
+        weighted, pooled = pooled_by_set(ms, weights)
+        by_set = {name: p.ap for name, p in pooled.items()}
         rows.append({"foreground_threshold": fg, "seed_threshold": seed, "min_size": size,
                      "min_size_fraction": frac,
-                     "ap@0.5": round(sum(weights[n] * a for n, a in by_set.items()), 4),
+                     "ap@0.5": round(weighted, 4),
                      "pooled_ap@0.5": round(m.ap, 4), "f1@0.5": round(m.f1, 4),
                      "mean_matched_iou": round(m.mean_matched_iou, 4),
                      "by_set": {n: round(a, 4) for n, a in by_set.items()}})
