@@ -1,0 +1,222 @@
+"""Experiment (issue 13): a fourth output that regresses each nucleus' normalised distance to its edge.
+
+    # train: nuclei-v2 with one more output channel, the same mix and recipe as nuclei_v2.sh
+    python benchmarks/training/distance_head.py train -v train [train options of the CLI ...]
+    # score on the 40 tuning training images of the mix (never held-out ones)
+    python benchmarks/training/distance_head.py score MODEL.safetensors [--cache DIR]
+
+Most nuclei that `nuclei-v2` misses in dense tissue are touching ones merged into one object: the
+interior class bridges them. Star-convex (StarDist, Schmidt et al. 2018) and flow (Cellpose,
+Stringer et al. 2021) models split such pairs by shape: the network must place one peak per
+nucleus. This is the smallest test of that idea on this network: the 1x1 output convolution gets a
+fourth channel, trained (binary cross-entropy on its sigmoid, counted pixels only, weight 1 beside the
+3-class loss) towards each interior component's Euclidean distance to its edge divided by the
+component's largest distance, computed on every augmented patch from its class targets (the
+boundary band between touching nuclei separates their interiors). Its three class channels are
+trained as before. Seeds for the watershed then come from the distance channel above a threshold
+instead of from p(interior).
+
+Nothing of the package is changed: `train` runs the package's own CLI with the loss and the output
+convolution swapped in here. The trained file holds a 4-channel `outc`; load it with
+:func:`load_distance_model`, not with `load_model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+#: the latest distance logits of a training forward pass (the loss reads them)
+_LAST: list[torch.Tensor | None] = [None]
+#: weight of the distance term beside the 3-class loss
+DISTANCE_WEIGHT = 1.0
+
+
+class Heads(nn.Module):
+    """The 1x1 output convolution with a fourth channel (the distance logit).
+
+    In training mode it returns the three class logits and keeps the distance logits in
+    ``_LAST``; in eval mode ``mode="classes"`` returns the class logits and ``mode="distance"``
+    returns logits whose softmax puts sigmoid(distance) in channel 0, so the package's tiled
+    ``predict`` gives the distance map unchanged as ``prob[0]``.
+    """
+
+    def __init__(self, outc: nn.Module) -> None:
+        super().__init__()
+        old = outc.conv
+        self.conv = nn.Conv2d(old.in_channels, 4, kernel_size=1)
+        with torch.no_grad():
+            self.conv.weight[:3] = old.weight
+            self.conv.bias[:3] = old.bias
+            self.conv.weight[3:] = torch.randn_like(self.conv.weight[3:]) * 0.01
+            self.conv.bias[3:] = 0.0
+        self.mode = "classes"
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        z = self.conv(y)
+        if self.training:
+            _LAST[0] = z[:, 3]
+            return z[:, :3]
+        if self.mode == "distance":
+            d = z[:, 3:4]
+            return torch.cat([d, torch.zeros_like(d), torch.full_like(d, -60.0)], dim=1)
+        return z[:, :3]
+
+
+def _distance_unet():
+    from napari_tiled_unet.model.unet import UNet
+
+    class DistanceUNet(UNet):
+        """The package's U-Net with :class:`Heads` (the trainer rebuilds its class from the config)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.outc = Heads(self.outc)
+
+    return DistanceUNet
+
+
+def with_heads(bundle):
+    """A copy of ``bundle`` whose network has :class:`Heads` as its output convolution."""
+    bundle = copy.deepcopy(bundle)
+    model = bundle.model
+    distance_unet = _distance_unet()
+    new = distance_unet(**model.config)
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("outc.")}
+    new.load_state_dict(body, strict=False)
+    new.outc = Heads(model.outc)
+    new.eval()
+    bundle.model = new
+    return bundle
+
+
+def distance_targets(classes: np.ndarray) -> np.ndarray:
+    """(N, Y, X) class indices -> float32 (N, Y, X): each interior component's distance to its
+    edge over its largest distance (0 off the interiors)."""
+    out = np.zeros(classes.shape, np.float32)
+    for k, cls in enumerate(classes):
+        inner = cls == 1
+        lab, n = ndi.label(inner)
+        if not n:
+            continue
+        d = ndi.distance_transform_edt(inner)
+        top = np.asarray(ndi.maximum(d, lab, np.arange(1, n + 1)), np.float32)
+        out[k][inner] = d[inner] / top[lab[inner] - 1]
+    return out
+
+
+def install_training() -> None:
+    """Swap the output convolution into every base the CLI loads and add the distance term."""
+    from napari_tiled_unet.training import losses, mixture
+
+    load = mixture.load_model
+    mixture.load_model = lambda base: with_heads(load(base))
+    class_loss = losses.combined_loss
+
+    def combined(logits, classes, weight, mask, dice_weight=1.0):
+        loss = class_loss(logits, classes, weight, mask, dice_weight)
+        d = _LAST[0]
+        if d is None or d.shape != classes.shape:
+            return loss
+        target = torch.from_numpy(distance_targets(classes.cpu().numpy())).to(d.device)
+        m = mask.bool()
+        bce = nn.functional.binary_cross_entropy_with_logits(d.float(), target, reduction="none")
+        term = torch.where(m, bce, torch.zeros_like(bce)).sum() / m.sum().clamp_min(1)
+        _LAST[0] = None
+        return loss + DISTANCE_WEIGHT * term
+
+    losses.combined_loss = combined
+
+
+def load_distance_model(path: str | Path, base: str = "nuclei-v2"):
+    """A trained 4-channel file as a bundle of ``base`` (its metadata) with :class:`Heads`."""
+    from safetensors.torch import load_file
+
+    from napari_tiled_unet.model.bundle import load_model
+
+    bundle = with_heads(load_model(base))
+    bundle.model.load_state_dict(load_file(str(path)))
+    bundle.model.eval()
+    return bundle
+
+
+def distance_instances(prob: np.ndarray, dist: np.ndarray, foreground: float, seed: float, min_size: int,
+                       fraction: float, flood: str) -> np.ndarray:
+    """Objects from the class probabilities with seeds where the distance map exceeds ``seed``;
+    ``flood`` "classes" floods p(boundary) - p(interior) as the package does, "distance" floods
+    down the distance map."""
+    from napari_tiled_unet.enclosed import absorb_enclosed
+    from napari_tiled_unet.postprocess import _fill_holes, _foreground, _levels, _numbering, _objects
+
+    fg = _foreground(prob[0], foreground)
+    markers, n_seeds = ndi.label((dist > seed) & fg)
+    components, n_components = ndi.label(fg)
+    levels = _levels(prob[1], prob[2]) if flood == "classes" else _levels(dist, np.zeros_like(dist))
+    labels = _objects(levels, markers, components, n_seeds, (0, 0), prob.shape[1:])
+    labels = absorb_enclosed(_fill_holes(labels))
+    sizes = np.bincount(labels.ravel(), minlength=n_seeds + n_components + 1)
+    return _numbering(sizes, min_size, fraction)[labels]
+
+
+def score(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(HERE.parent))
+    from tune_postprocess import pooled_by_set, training_probabilities
+
+    from napari_tiled_unet.metrics import match_instances
+    from napari_tiled_unet.postprocess import instances_from_probabilities
+
+    bundle = load_distance_model(args.model)
+    mix = HERE / "nuclei_v2_sets.txt"
+    bundle.model.outc.mode = "classes"
+    cached, weights, _ = training_probabilities(bundle, mix, args.n, cache=args.cache)
+    bundle.model.outc.mode = "distance"
+    dists, _, _ = training_probabilities(bundle, mix, args.n,
+                                        cache=args.cache / "distance" if args.cache else None)
+    pp = load_distance_model(args.model).postprocess
+
+    def report(label, make):
+        ms = [(name, match_instances(gt, make(p, d[0]), 0.5))
+              for (name, p, gt), (_, d, _) in zip(cached, dists)]
+        w, by_set = pooled_by_set(ms, weights)
+        print(f"{label}: weighted AP@0.5 {w:.4f} "
+              + " ".join(f"{n}={m.ap:.3f} ({m.tp}/{m.fp}/{m.fn})" for n, m in by_set.items()), flush=True)
+        return w
+
+    report(f"class seeds {pp['foreground_threshold']}/{pp['seed_threshold']}/{pp['min_size']}",
+           lambda p, d: instances_from_probabilities(p, pp["foreground_threshold"], pp["seed_threshold"],
+                                                     pp["min_size"], True, pp["min_size_fraction"]))
+    for flood in args.flood:
+        for fg in args.foreground:
+            for s in args.seed:
+                report(f"distance seeds fg {fg} seed {s} flood {flood}",
+                       lambda p, d, fg=fg, s=s, flood=flood: distance_instances(
+                           p, d, fg, s, pp["min_size"], pp["min_size_fraction"], flood))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "train":
+        from napari_tiled_unet.cli import main as cli_main
+
+        install_training()
+        sys.exit(cli_main(sys.argv[2:]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["score"])
+    ap.add_argument("model")
+    ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--foreground", type=float, nargs="+", default=[0.85])
+    ap.add_argument("--seed", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
+    ap.add_argument("--flood", nargs="+", default=["classes", "distance"])
+    score(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()
