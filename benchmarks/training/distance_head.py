@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 from pathlib import Path
 
@@ -149,21 +150,57 @@ def load_distance_model(path: str | Path, base: str = "nuclei-v2"):
 
 
 def distance_instances(prob: np.ndarray, dist: np.ndarray, foreground: float, seed: float, min_size: int,
-                       fraction: float, flood: str) -> np.ndarray:
-    """Objects from the class probabilities with seeds where the distance map exceeds ``seed``;
-    ``flood`` "classes" floods p(boundary) - p(interior) as the package does, "distance" floods
-    down the distance map."""
+                       fraction: float, flood: str, h: float = 0.0, sigma: float = 0.0,
+                       split: float = 0.0) -> np.ndarray:
+    """Objects from the class probabilities with seeds from the distance map: where it exceeds
+    ``seed``, or (``h`` > 0) its regional maxima of height ``h`` above ``seed`` (one seed per
+    peak however far the peaks lie apart, none for a dip shallower than ``h``), after a Gaussian
+    of ``sigma`` px; ``flood`` "classes" floods p(boundary) - p(interior) as the package does,
+    "distance" floods down the distance map. With ``split`` > 0 the seeds are the package's
+    (p(interior) > ``split``) and only a seed that holds two or more such peaks is replaced by
+    them."""
     from napari_tiled_unet.enclosed import absorb_enclosed
     from napari_tiled_unet.postprocess import _fill_holes, _foreground, _levels, _numbering, _objects
 
     fg = _foreground(prob[0], foreground)
-    markers, n_seeds = ndi.label((dist > seed) & fg)
+    if sigma:
+        dist = ndi.gaussian_filter(dist.astype(np.float32), sigma)
+    if h:
+        from skimage.morphology import h_maxima
+
+        peaks = h_maxima(np.where(fg, dist, 0).astype(np.float32), h).astype(bool) & (dist > seed)
+        if split:
+            markers, n_seeds = split_seeds(ndi.label((prob[1] > split) & fg)[0], peaks)
+        else:
+            markers, n_seeds = ndi.label(peaks)
+    else:
+        markers, n_seeds = ndi.label((dist > seed) & fg)
     components, n_components = ndi.label(fg)
     levels = _levels(prob[1], prob[2]) if flood == "classes" else _levels(dist, np.zeros_like(dist))
     labels = _objects(levels, markers, components, n_seeds, (0, 0), prob.shape[1:])
     labels = absorb_enclosed(_fill_holes(labels))
     sizes = np.bincount(labels.ravel(), minlength=n_seeds + n_components + 1)
     return _numbering(sizes, min_size, fraction)[labels]
+
+
+def split_seeds(seeds: np.ndarray, peaks: np.ndarray) -> tuple[np.ndarray, int]:
+    """``seeds`` (labelled) with every seed that holds two or more connected regions of ``peaks``
+    replaced by those regions -> (markers numbered 1..n, n)."""
+    peak_ids, n_peaks = ndi.label(peaks & (seeds > 0))
+    if not n_peaks:
+        return seeds, int(seeds.max())
+    owner = np.asarray(ndi.maximum(seeds, peak_ids, np.arange(1, n_peaks + 1)), np.int64)
+    several = np.bincount(owner, minlength=int(seeds.max()) + 1) >= 2
+    several[0] = False
+    kept = np.where(several[seeds], 0, seeds)
+    from_peaks = several[owner]
+    lut = np.zeros(n_peaks + 1, np.int64)
+    lut[1:][from_peaks] = kept.max() + 1 + np.arange(int(from_peaks.sum()))
+    markers = np.where(peak_ids > 0, lut[peak_ids], 0)
+    markers = np.where(markers > 0, markers, kept)
+    _, numbered = np.unique(markers, return_inverse=True)
+    numbered = numbered.reshape(markers.shape)
+    return numbered, int(numbered.max())
 
 
 def score(args: argparse.Namespace) -> None:
@@ -193,12 +230,11 @@ def score(args: argparse.Namespace) -> None:
     report(f"class seeds {pp['foreground_threshold']}/{pp['seed_threshold']}/{pp['min_size']}",
            lambda p, d: instances_from_probabilities(p, pp["foreground_threshold"], pp["seed_threshold"],
                                                      pp["min_size"], True, pp["min_size_fraction"]))
-    for flood in args.flood:
-        for fg in args.foreground:
-            for s in args.seed:
-                report(f"distance seeds fg {fg} seed {s} flood {flood}",
-                       lambda p, d, fg=fg, s=s, flood=flood: distance_instances(
-                           p, d, fg, s, pp["min_size"], pp["min_size_fraction"], flood))
+    grid = itertools.product(args.flood, args.foreground, args.seed, args.h, args.sigma, args.split)
+    for flood, fg, s, h, sigma, split in grid:
+        report(f"distance seeds fg {fg} seed {s} h {h} sigma {sigma} split {split} flood {flood}",
+               lambda p, d, fg=fg, s=s, flood=flood, h=h, sigma=sigma, split=split: distance_instances(
+                   p, d, fg, s, pp["min_size"], pp["min_size_fraction"], flood, h, sigma, split))
 
 
 def main() -> None:
@@ -215,6 +251,10 @@ def main() -> None:
     ap.add_argument("--foreground", type=float, nargs="+", default=[0.85])
     ap.add_argument("--seed", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
     ap.add_argument("--flood", nargs="+", default=["classes", "distance"])
+    ap.add_argument("--h", type=float, nargs="+", default=[0.0], help="peak heights (0: thresholds)")
+    ap.add_argument("--split", type=float, nargs="+", default=[0.0],
+                    help="class seed threshold whose seeds the peaks split (0: seeds from the peaks only)")
+    ap.add_argument("--sigma", type=float, nargs="+", default=[0.0], help="Gaussian before seeding (px)")
     score(ap.parse_args())
 
 
