@@ -13,8 +13,11 @@ fourth channel, trained (binary cross-entropy on its sigmoid, counted pixels onl
 3-class loss) towards each interior component's Euclidean distance to its edge divided by the
 component's largest distance, computed on every augmented patch from its class targets (the
 boundary band between touching nuclei separates their interiors). Its three class channels are
-trained as before. Seeds for the watershed then come from the distance channel above a threshold
-instead of from p(interior).
+trained as before. Seeds for the watershed then come from the distance channel (above a threshold,
+or its peaks, or peaks that split the package's seeds) instead of from p(interior).
+
+Result (session 11, docs/models.md "A fourth output"): no gain on the tuning images (0.8120 weighted
+AP@0.5 at best against 0.8111 for the same run's class seeds and 0.8146 for `nuclei-v2`).
 
 Nothing of the package is changed: `train` runs the package's own CLI with the loss and the output
 convolution swapped in here. The trained file holds a 4-channel `outc`; load it with
