@@ -4,6 +4,8 @@
     python benchmarks/training/distance_head.py train -v train [train options of the CLI ...]
     # score on the 40 tuning training images of the mix (never held-out ones)
     python benchmarks/training/distance_head.py score MODEL.safetensors [--cache DIR]
+    # the picture of docs/models.md (merged nuclei, p(interior), distance output)
+    python benchmarks/training/distance_head.py picture MODEL.safetensors
 
 Most nuclei that `nuclei-v2` misses in dense tissue are touching ones merged into one object: the
 interior class bridges them. Star-convex (StarDist, Schmidt et al. 2018) and flow (Cellpose,
@@ -240,6 +242,84 @@ def score(args: argparse.Namespace) -> None:
                    p, d, fg, s, pp["min_size"], pp["min_size_fraction"], flood, h, sigma, split))
 
 
+def merged(labels: np.ndarray, gt: np.ndarray) -> list[tuple[int, int, int]]:
+    """(annotated nuclei held, centre y, centre x) of each object of ``labels`` that holds more
+    than half of each of two or more annotated nuclei."""
+    sizes = np.bincount(gt.ravel())
+    out = []
+    for o in np.unique(labels)[1:]:
+        inside = labels == o
+        ids, counts = np.unique(gt[inside], return_counts=True)
+        n = sum(1 for g, c in zip(ids, counts) if g and c > 0.5 * sizes[g])
+        if n >= 2:
+            ys, xs = np.nonzero(inside)
+            out.append((n, int(ys.mean()), int(xs.mean())))
+    return out
+
+
+def picture(args: argparse.Namespace) -> None:
+    """Crops of Kromp's tuning images where one object (class seeds) holds the most annotated nuclei:
+    image with annotations, p(interior), distance output, objects; written to ``args.out``."""
+    sys.path.insert(0, str(HERE.parent))
+    import tifffile
+    from PIL import Image, ImageDraw
+    from skimage.segmentation import find_boundaries
+    from tune_postprocess import training_ids
+
+    from napari_tiled_unet.inference import predict
+    from napari_tiled_unet.postprocess import instances_from_probabilities
+
+    bundle = load_distance_model(args.model)
+    pp = bundle.postprocess
+    picks = []
+    for folder, i in training_ids(HERE / "nuclei_v2_sets.txt", 40)[0]:
+        if folder.name != "kromp-sbsst265":
+            continue
+        img = tifffile.imread(folder / "images" / f"{i}.tif")
+        gt = tifffile.imread(folder / "labels" / f"{i}.tif")
+        bundle.model.outc.mode = "classes"
+        prob = predict(bundle, img, device="cpu", precision="bf16")
+        labels = instances_from_probabilities(prob, pp["foreground_threshold"], pp["seed_threshold"],
+                                              pp["min_size"], True, pp["min_size_fraction"])
+        found = merged(labels, gt)
+        if found:
+            picks.append((max(found), i, img, gt, prob, labels))
+    picks = sorted(picks, key=lambda t: -t[0][0])[:3]
+    r, zoom = 48, 3
+    rows = []
+    for (n, cy, cx), i, img, gt, prob, labels in picks:
+        bundle.model.outc.mode = "distance"
+        dist = predict(bundle, img, device="cpu", precision="bf16")[0]
+        y0, x0 = max(0, cy - r), max(0, cx - r)
+        sl = (slice(y0, y0 + 2 * r), slice(x0, x0 + 2 * r))
+        lo, hi = np.percentile(img[sl], (1, 99.5))
+        gray = np.clip((img[sl].astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+        annotated, objects = np.dstack([gray] * 3), np.dstack([gray] * 3)
+        annotated[find_boundaries(gt[sl])] = (0, 1, 0)
+        objects[find_boundaries(labels[sl])] = (1, 0, 1)
+        panels = [annotated, np.dstack([prob[1][sl]] * 3), np.dstack([dist[sl]] * 3), objects]
+        panels = [np.kron(a, np.ones((zoom, zoom, 1))) for a in panels]
+        gap = np.ones((panels[0].shape[0], 6, 3))
+        rows.append((np.concatenate([panels[0], gap, panels[1], gap, panels[2], gap, panels[3]], 1),
+                     f"kromp-sbsst265 {i}: one object holds {n} annotated nuclei"))
+    width = rows[0][0].shape[1]
+    stack = [np.ones((22, width, 3))]
+    for arr, _ in rows:
+        stack += [np.ones((18, width, 3)), arr]
+    canvas = Image.fromarray((np.concatenate(stack, 0) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    panel = (width - 18) // 4
+    titles = ["image, annotated (green)", "p(interior)", "distance output", "objects (magenta)"]
+    for k, title in enumerate(titles):
+        draw.text((k * (panel + 6) + 4, 4), title, fill=(0, 0, 0))
+    y = 22
+    for arr, caption in rows:
+        draw.text((4, y + 3), caption, fill=(0, 0, 0))
+        y += 18 + arr.shape[0]
+    canvas.save(args.out, optimize=True)
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "train":
         from napari_tiled_unet.cli import main as cli_main
@@ -247,7 +327,7 @@ def main() -> None:
         install_training()
         sys.exit(cli_main(sys.argv[2:]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["score"])
+    ap.add_argument("command", choices=["score", "picture"])
     ap.add_argument("model")
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--cache", type=Path, default=None)
@@ -258,7 +338,10 @@ def main() -> None:
     ap.add_argument("--split", type=float, nargs="+", default=[0.0],
                     help="class seed threshold whose seeds the peaks split (0: seeds from the peaks only)")
     ap.add_argument("--sigma", type=float, nargs="+", default=[0.0], help="Gaussian before seeding (px)")
-    score(ap.parse_args())
+    ap.add_argument("--out", type=Path, help="picture: where to write it",
+                    default=HERE.parents[1] / "docs" / "images" / "distance_head_merges.png")
+    args = ap.parse_args()
+    (score if args.command == "score" else picture)(args)
 
 
 if __name__ == "__main__":
