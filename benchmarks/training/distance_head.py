@@ -222,7 +222,7 @@ def score(args: argparse.Namespace) -> None:
     bundle.model.outc.mode = "distance"
     dists, _, _ = training_probabilities(bundle, mix, args.n,
                                         cache=args.cache / "distance" if args.cache else None)
-    pp = load_distance_model(args.model).postprocess
+    pp = bundle.postprocess
 
     def report(label, make):
         ms = [(name, match_instances(gt, make(p, d[0]), 0.5))
