@@ -193,10 +193,12 @@ def make(out: Path, per_set: int, seed: int) -> None:
     with open(out / "sources.csv", "w", newline="") as f:
         csv.writer(f).writerows([("field", "set", "source_image", "pasted", "nuclei"), *rows])
     (out / "README.md").write_text(
-        "Dense fields made by benchmarks/training/make_dense_fields.py from the training images of "
+        "# Dense fields\n\nMade by benchmarks/training/make_dense_fields.py from the training images of "
         + ", ".join(SOURCES) + " (held-out ids never used): a crop of each with nuclei of the same image "
-        "pasted beside nuclei already there. Licenses: those of the sources (CC0, CC0, Apache-2.0); "
-        "see ../shared/data/*/README.md.\n")
+        "pasted beside nuclei already there (sources.csv names each field's source image).\n\n"
+        "## License\n\nApache-2.0 (the fields cut from bitdepth-nucseg, Mahbod et al. 2021; the strictest of "
+        "the sources, named first so that a training record carries it); the fields of kromp-sbsst265 and "
+        "dsb2018-fluo-train are CC0-1.0. See ../shared/data/*/README.md for each source's attribution.\n")
 
 
 def picture(out: Path, dest: Path, n: int = 3) -> None:
