@@ -45,14 +45,13 @@ from scipy import ndimage as ndi
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from baseline_otsu import read_ids  # noqa: E402
+from eval_model import SETS  # noqa: E402
+
+from napari_tiled_unet.training.mixture import median_diameter  # noqa: E402
 
 DATA = HERE.parents[2] / "shared" / "data"
-#: the sets whose images give the fields, with their held-out ids
-SOURCES = {
-    "bitdepth-nucseg": HERE.parent / "data" / "bitdepth_nucseg_val_ids.txt",
-    "kromp-sbsst265": HERE.parent / "data" / "kromp_sbsst265_val_ids.txt",
-    "dsb2018-fluo-train": HERE.parent / "data" / "dsb2018_val_ids.txt",
-}
+#: the sets whose images give the fields (their held-out ids: eval_model.SETS)
+SOURCES = ("bitdepth-nucseg", "kromp-sbsst265", "dsb2018-fluo-train")
 
 
 def _objects(labels: np.ndarray) -> list[tuple[int, tuple[slice, slice]]]:
@@ -154,19 +153,13 @@ def dense_field(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     return img.astype(image.dtype), lab.astype(np.uint16), pasted
 
 
-def _median_diameter(labels: np.ndarray) -> float:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(np.sqrt(4 * areas / np.pi))) if areas.size else 0.0
-
-
 def make(out: Path, per_set: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, held_file in SOURCES.items():
-        held = set(read_ids(held_file))
+    for name in SOURCES:
+        held = set(read_ids(HERE.parent / "data" / SETS[name]))
         ids = sorted(p.stem for p in (DATA / name / "images").glob("*.tif") if p.stem not in held)
         made = 0
         tries = 0
@@ -177,7 +170,7 @@ def make(out: Path, per_set: int, seed: int) -> None:
             labels = tifffile.imread(DATA / name / "labels" / f"{src}.tif").astype(np.int32)
             if image.ndim != 2:
                 continue
-            d = _median_diameter(labels)
+            d = median_diameter(labels)
             if d <= 0:
                 continue
             window = int(np.clip(10 * d, 192, 512))
@@ -206,6 +199,7 @@ def make(out: Path, per_set: int, seed: int) -> None:
 def picture(out: Path, dest: Path, n: int = 3) -> None:
     """Fields beside their labels' outlines (PIL; 96 colours keep the file small)."""
     from PIL import Image
+    from skimage.segmentation import find_boundaries
 
     tiles = []
     fields = sorted((out / "images").glob("*.tif"))
@@ -215,9 +209,8 @@ def picture(out: Path, dest: Path, n: int = 3) -> None:
         lo, hi = np.percentile(img, (1, 99.5))
         g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
         rgb = np.stack([g, g, g], -1)
-        edge = (ndi.grey_dilation(lab, size=3) != ndi.grey_erosion(lab, size=3)) & (lab > 0)
         over = rgb.copy()
-        over[edge] = (1.0, 0.8, 0.0)
+        over[find_boundaries(lab, mode="inner")] = (1.0, 0.8, 0.0)
         tile = np.concatenate([rgb, np.ones((rgb.shape[0], 4, 3)), over], axis=1)
         tile = np.array(Image.fromarray((tile * 255).astype(np.uint8)).resize((2 * 300 + 4, 300)))
         tiles.append(tile)
