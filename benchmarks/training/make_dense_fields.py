@@ -111,11 +111,9 @@ def dense_field(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         ph, pw = mask.shape
         if ph >= h or pw >= w:
             continue
-        # the anchor: a nucleus already in the field; the donor goes beside it in a random direction
-        present = np.flatnonzero(np.bincount(lab.ravel(), minlength=next_id)[1:]) + 1
-        if present.size == 0:
-            break
-        a = int(rng.choice(present))
+        # the anchor: a nucleus already in the field (ids 1..next_id-1 all keep pixels: pastes never
+        # cover one, and the crop holds the nucleus it is centred on); the donor goes beside it
+        a = int(rng.choice(np.arange(1, next_id)))
         ay, ax = np.nonzero(lab == a)
         ra = np.sqrt(ay.size / np.pi)
         rd = np.sqrt(mask.sum() / np.pi)
@@ -125,6 +123,7 @@ def dense_field(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         tx = ax.mean() + (ra + rd + gap) * np.cos(t) - pw / 2
         # slide towards the anchor until touching (the shapes are not discs)
         placed = None
+        near = ndi.binary_dilation(mask, iterations=2)
         for step in np.linspace(0, ra + rd, 8):
             py = int(np.rint(ty - step * np.sin(t)))
             px = int(np.rint(tx - step * np.cos(t)))
@@ -133,7 +132,6 @@ def dense_field(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
             region = lab[py:py + ph, px:px + pw]
             if (region[mask] > 0).any():
                 break
-            near = ndi.binary_dilation(mask, iterations=2)
             if (region[near] > 0).any():
                 placed = (py, px)
                 break
