@@ -12,7 +12,8 @@ training. This script does that: the same patch sampler, augmentation and precis
 ``train`` (the mix of ``--sets``, its 2 monitoring images per set left out, seed 13), the
 weights untouched, each layer's running mean and variance replaced by the average over
 ``--batches`` batches of 8 patches. It writes a new bundle whose training record says so.
-Score it with tune_postprocess.py as any other candidate (docs/models.md, "Precise BN").
+Score it with tune_postprocess.py as any other candidate (docs/models.md, Training run,
+"BatchNorm statistics recomputed").
 """
 
 from __future__ import annotations
